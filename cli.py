@@ -1,0 +1,145 @@
+"""`mlrpl`: the command line. Thin: parse, call one library function, print."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import typer
+
+from mlrpl_data.errors import MlrplError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multi-label recognition with partial labels: datasets, masks, shards, DSRB.")
+
+
+def friendly(fn):
+    """Turn the project's errors into one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MlrplError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+def _report_build(m, out: Path, force: bool) -> None:
+    from mlrpl_data.manifest import write_manifest
+
+    state = write_manifest(m, out, force=force)
+    counts = ", ".join(f"{k} {v:,}" for k, v in m.counts().items())
+    missing = m.extra.get("missing") or []
+    typer.echo(f"{out}: {m.name} {m.version}, {m.num_classes} classes, {counts}; fingerprint {m.fingerprint[:16]} ({state})")
+    if missing:
+        typer.echo(f"dropped {len(missing):,} missing image(s) (listed in {out}/dataset.json)")
+
+
+@app.command("demo-data")
+@friendly
+def demo_data(out: Path = typer.Option(..., help="Folder for the raw COCO-format demo data"),
+              train_images: int = 2000, test_images: int = 500, seed: int = 0):
+    """Write the embedded default dataset (scikit-learn digit scans, COCO format)."""
+    from mlrpl_data.demo import DemoConfig, write_demo_data
+
+    write_demo_data(DemoConfig(out=out, train_images=train_images, test_images=test_images, seed=seed))
+    typer.echo(f"{out}: annotations/instances_{{train,val}}2014.json, train2014/, val2014/")
+
+
+@app.command("build-coco")
+@friendly
+def build_coco(root: Path = typer.Option(..., help="Holds annotations/instances_{train,val}YEAR.json and {train,val}YEAR/"),
+               out: Path = typer.Option(..., help="Dataset folder to write"),
+               year: str = "2014",
+               splits: str = typer.Option("train,val", help="Source splits to read"),
+               name: Optional[str] = typer.Option(None, help="Key prefix (default coco<year>)"),
+               exclude_crowd: bool = typer.Option(False, help="Ignore iscrowd=1 annotations"),
+               allow_missing: bool = typer.Option(False, help="Drop images missing on disk (recorded)"),
+               subset: bool = typer.Option(False, help="The files are a deliberate subset: skip the count check"),
+               force: bool = False):
+    """Build a manifest from COCO instances JSON files."""
+    from mlrpl_data.coco import CocoConfig, build_coco as build
+
+    m = build(CocoConfig(root=root, year=year, splits=tuple(s.strip() for s in splits.split(",")), name=name,
+                         include_crowd=not exclude_crowd, allow_missing=allow_missing, subset=subset))
+    _report_build(m, out, force)
+
+
+@app.command("build-voc07")
+@friendly
+def build_voc07(root: Path = typer.Option(..., help="VOCdevkit/VOC2007, or a folder holding it"),
+                out: Path = typer.Option(...),
+                difficult: str = typer.Option("negative", help="negative (as published) or ignore"),
+                allow_missing: bool = False, subset: bool = False, force: bool = False):
+    """Build a manifest from the PASCAL VOC 2007 devkit tree."""
+    from mlrpl_data.voc import VocConfig, build_voc07 as build
+
+    _report_build(build(VocConfig(root=root, difficult=difficult, allow_missing=allow_missing, subset=subset)), out, force)
+
+
+@app.command("build-vg200")
+@friendly
+def build_vg200(root: Path = typer.Option(..., help="Holds objects.json, image_data.json, VG_100K/, VG_100K_2/"),
+                out: Path = typer.Option(...),
+                test_size: int = 10000, seed: int = 0, num_classes: int = 200,
+                aliases: Optional[Path] = typer.Option(None, help="object_alias.txt (default ROOT/object_alias.txt)"),
+                vocabulary: Optional[Path] = typer.Option(None, help="JSON list of class names to use instead of ranking"),
+                ssgrl_lists: Optional[Tuple[Path, Path]] = typer.Option(None, help="TRAIN TEST: SSGRL's train_list_500.txt test_list_500.txt"),
+                ssgrl_labels: Optional[Path] = typer.Option(None, help="SSGRL's vg_category_500_labels_index.json"),
+                allow_missing: bool = False, force: bool = False):
+    """Build VG-200 from the raw release, or the papers' benchmark split with --ssgrl-lists."""
+    from mlrpl_data import vg
+
+    if ssgrl_lists or ssgrl_labels:
+        if not (ssgrl_lists and ssgrl_labels):
+            raise MlrplError("--ssgrl-lists TRAIN TEST and --ssgrl-labels JSON go together")
+        m = vg.build_vg200_ssgrl(vg.SsgrlConfig(root=root, train_list=ssgrl_lists[0], test_list=ssgrl_lists[1],
+                                                labels=ssgrl_labels, num_classes=num_classes, allow_missing=allow_missing))
+    else:
+        m = vg.build_vg200(vg.VgConfig(root=root, num_classes=num_classes, test_size=test_size, seed=seed,
+                                       aliases=aliases, vocabulary=vocabulary, allow_missing=allow_missing))
+    _report_build(m, out, force)
+
+
+@app.command()
+@friendly
+def stats(dataset: str = typer.Argument(..., help="Dataset folder or URL"), as_json: bool = typer.Option(False, "--json")):
+    """Images per split, positives per class, labels per image."""
+    from mlrpl_data.manifest import read_manifest
+    from mlrpl_data.stats import dataset_stats, format_stats
+
+    s = dataset_stats(read_manifest(dataset))
+    typer.echo(json.dumps(s, indent=2) if as_json else format_stats(s))
+
+
+@app.command()
+@friendly
+def demo(out: Path = typer.Option(Path("mlrpl-demo"), help="Working folder for the demo"),
+         force: bool = typer.Option(False, help="Rebuild from scratch")):
+    """The main job on the embedded default data: raw digits -> manifest -> stats."""
+    from mlrpl_data.coco import CocoConfig, build_coco as build
+    from mlrpl_data.demo import DemoConfig, write_demo_data
+    from mlrpl_data.manifest import write_manifest
+    from mlrpl_data.stats import dataset_stats, format_stats
+
+    raw, dataset = out / "raw", out / "dataset"
+    if force or not (raw / "annotations" / "instances_val2014.json").exists():
+        typer.echo(f"[1] writing the demo raw data to {raw}")
+        write_demo_data(DemoConfig(out=raw))
+    typer.echo(f"[2] building the manifest in {dataset}")
+    m = build(CocoConfig(root=raw, year="2014", name="digits"))
+    write_manifest(m, dataset, force=True)
+    typer.echo(format_stats(dataset_stats(m)))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

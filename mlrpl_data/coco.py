@@ -1,0 +1,188 @@
+"""MS-COCO instances JSON (2014, 2017, or any COCO-format pair) -> Manifest.
+
+Reference protocol of the MLR-PL papers: every image is kept (an image without
+annotations is all -1), a crowd annotation counts as present, classes are the file's
+categories ordered by id. train{year} becomes split "train", val{year} split "test".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import BadInputError
+from .manifest import Manifest, validate
+from .missing import check_missing, listdir_names
+from .specs import load_spec
+
+SOURCE_SPLITS = {"train": "train", "val": "test"}
+
+
+@dataclass
+class CocoConfig:
+    root: Path
+    year: str = "2014"
+    splits: tuple[str, ...] = ("train", "val")
+    name: str | None = None  # default "coco{year}"; the key prefix
+    include_crowd: bool = True
+    allow_missing: bool = False
+    subset: bool = False  # the raw files are a subset: skip the expected-count check
+
+
+def annotation_path(root: Path, split: str, year: str) -> Path:
+    return Path(root) / "annotations" / f"instances_{split}{year}.json"
+
+
+def _load(path: Path):
+    """Parse with position-aware errors, then index with pycocotools; returns (COCO, sha256, bytes)."""
+    from pycocotools.coco import COCO
+
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: file not found (expected ROOT/annotations/instances_<split><year>.json)") from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise BadInputError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno} (byte {e.pos}): {e.msg}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
+        raise BadInputError(f"{path}: not a COCO instances file (needs top-level 'images' and 'categories' lists)")
+    data.setdefault("annotations", [])
+    ids = [im.get("id") for im in data["images"]]
+    if len(set(ids)) != len(ids):
+        seen: set = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise BadInputError(f"{path}: duplicate image id {dup}")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco, hashlib.sha256(raw).hexdigest(), len(raw)
+
+
+def _categories(coco, path: Path) -> tuple[list[str], list[str]]:
+    cats = sorted(coco.dataset["categories"], key=lambda c: c["id"])
+    ids = [c["id"] for c in cats]
+    if len(set(ids)) != len(ids):
+        raise BadInputError(f"{path}: duplicate category id")
+    return [c["name"] for c in cats], [str(c["id"]) for c in cats]
+
+
+def _check_coco80(names, ids, path: Path) -> bool:
+    """True when the vocabulary is COCO's 80; a near-miss (80 names, other ids) is an error."""
+    spec = load_spec("coco80")["categories"]
+    spec_ids = [str(c["source_id"]) for c in spec]
+    spec_names = [c["name"] for c in spec]
+    if ids == spec_ids and names == spec_names:
+        return True
+    if len(ids) == 80 and (set(names) == set(spec_names) or ids == spec_ids):
+        diff = next(i for i, (a, b, x, y) in enumerate(zip(ids, spec_ids, names, spec_names)) if (a, x) != (b, y))
+        raise BadInputError(
+            f"{path}: categories look like COCO-80 but differ from manifests/coco80.json at index {diff}: "
+            f"id {ids[diff]} {names[diff]!r} vs {spec_ids[diff]} {spec_names[diff]!r}"
+        )
+    return False
+
+
+def _split_rows(coco, path: Path, split: str, year: str, prefix: str, col_of: dict, include_crowd: bool):
+    images = coco.dataset["images"]
+    n, c = len(images), len(col_of)
+    if n == 0:
+        raise BadInputError(f"{path}: split {split}{year} is empty (no images)")
+    labels = np.full((n, c), -1, dtype=np.int8)
+    row_of = {im["id"]: r for r, im in enumerate(images)}
+    rows, cols = [], []
+    for ann in coco.dataset["annotations"]:
+        if not include_crowd and ann.get("iscrowd", 0):
+            continue
+        try:
+            rows.append(row_of[ann["image_id"]])
+        except KeyError:
+            raise BadInputError(f"{path}: annotation {ann.get('id')} refers to unknown image id {ann.get('image_id')}") from None
+        try:
+            cols.append(col_of[ann["category_id"]])
+        except KeyError:
+            raise BadInputError(f"{path}: annotation {ann.get('id')} has unknown category id {ann.get('category_id')}") from None
+    labels[np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)] = 1
+    try:
+        frame = pd.DataFrame(
+            {
+                "key": [f"{prefix}_{split}_{im['id']:012d}" for im in images],
+                "split": SOURCE_SPLITS[split],
+                "path": [f"{split}{year}/{im['file_name']}" for im in images],
+                "width": [int(im["width"]) for im in images],
+                "height": [int(im["height"]) for im in images],
+            }
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        bad = next(im for im in images if not all(k in im for k in ("id", "file_name", "width", "height")))
+        raise BadInputError(f"{path}: image record {bad.get('id', bad)!r} lacks id/file_name/width/height ({e})") from None
+    return frame, labels
+
+
+def build_coco(cfg: CocoConfig) -> Manifest:
+    """Build the manifest of a COCO-format dataset (images.parquet rows in JSON image order)."""
+    root = Path(cfg.root)
+    prefix = cfg.name or f"coco{cfg.year}"
+    frames, label_blocks, sources, missing_all = [], [], [], []
+    vocab = None
+    for split in cfg.splits:
+        if split not in SOURCE_SPLITS:
+            raise BadInputError(f"unknown COCO split {split!r}: use train and/or val")
+        path = annotation_path(root, split, cfg.year)
+        coco, sha, nbytes = _load(path)
+        names, ids = _categories(coco, path)
+        if vocab is None:
+            vocab = (names, ids, path)
+        elif (names, ids) != vocab[:2]:
+            raise BadInputError(f"{path}: categories differ from those of {vocab[2]}")
+        col_of = {int(i): k for k, i in enumerate(ids)}
+        frame, labels = _split_rows(coco, path, split, cfg.year, prefix, col_of, cfg.include_crowd)
+        folder = root / f"{split}{cfg.year}"
+        present = listdir_names(folder)
+        keep, missing = check_missing(frame, present, folder, cfg.allow_missing, lambda p: p.split("/", 1)[1])
+        missing_all += missing
+        frames.append(frame[keep])
+        label_blocks.append(labels[keep])
+        sources.append({"file": f"annotations/{path.name}", "sha256": sha, "bytes": nbytes})
+    names, ids, _ = vocab
+    is_coco80 = _check_coco80(names, ids, vocab[2])
+    images = pd.concat(frames, ignore_index=True)
+    checks = {}
+    if is_coco80:
+        expected = load_spec("coco80")["expected_counts"].get(str(cfg.year), {})
+        for split in cfg.splits:
+            got = sum(f["split"].eq(SOURCE_SPLITS[split]).sum() for f in frames) + sum(
+                1 for m in missing_all if m["split"] == SOURCE_SPLITS[split]
+            )
+            want = expected.get(split)
+            if want is not None and got != want:
+                if not cfg.subset:
+                    raise BadInputError(
+                        f"{annotation_path(root, split, cfg.year)}: {got:,} images, manifests/coco80.json expects "
+                        f"{want:,} for {split}{cfg.year}; pass --subset if this is a deliberate subset"
+                    )
+                checks[f"{split}{cfg.year}"] = f"{got} images, official {want} (subset)"
+            elif want is not None:
+                checks[f"{split}{cfg.year}"] = f"{got} images, as official"
+    m = Manifest(
+        name=prefix,
+        version=str(cfg.year),
+        category_names=names,
+        category_source_ids=ids,
+        images=images,
+        labels=np.concatenate(label_blocks),
+        options={"format": "coco", "splits": list(cfg.splits), "include_crowd": cfg.include_crowd},
+        sources=sources,
+        root=str(root.resolve()),
+        extra={"vocabulary": "coco80" if is_coco80 else "from-file", "spec_checks": checks, "missing": missing_all},
+    )
+    validate(m, str(root))
+    return m

@@ -1,0 +1,27 @@
+"""Reading JSON annotation files with errors that name the file and the position."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError
+
+
+def load_json(path: Path) -> Any:
+    """Parse a JSON file; a syntax error names the file, line, column and byte offset."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: file not found") from None
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as e:
+        raise BadInputError(
+            f"{path}: malformed JSON at line {e.lineno}, column {e.colno} (byte {e.pos}): {e.msg}"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"{path}: not UTF-8 text at byte {e.start}") from None

@@ -1,0 +1,46 @@
+"""Images referenced by annotations but absent on disk: refused, or dropped and recorded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .errors import BadInputError
+
+SHOWN = 5
+
+
+def listdir_names(folder: Path) -> set[str]:
+    """File names in `folder` (one scandir, not one stat per image); empty when absent."""
+    try:
+        with os.scandir(folder) as it:
+            return {e.name for e in it}
+    except FileNotFoundError:
+        return set()
+
+
+def check_missing(
+    frame: pd.DataFrame,
+    present: set[str],
+    folder: Path,
+    allow_missing: bool,
+    name_of: Callable[[str], str],
+) -> tuple[np.ndarray, list[dict]]:
+    """Boolean mask of rows whose file exists, and the records of those that do not."""
+    keep = np.fromiter((name_of(p) in present for p in frame["path"]), dtype=bool, count=len(frame))
+    if keep.all():
+        return keep, []
+    gone = frame[~keep]
+    records = [{"key": k, "split": s, "path": p} for k, s, p in zip(gone["key"], gone["split"], gone["path"])]
+    if not allow_missing:
+        shown = ", ".join(r["path"] for r in records[:SHOWN])
+        more = f" and {len(records) - SHOWN:,} more" if len(records) > SHOWN else ""
+        raise BadInputError(
+            f"{folder}: {len(records):,} referenced image(s) missing on disk: {shown}{more}; "
+            f"pass --allow-missing to drop them (they are listed in dataset.json)"
+        )
+    return keep, records

@@ -1,0 +1,274 @@
+"""Visual Genome -> VG-200 Manifest, from the raw release or from SSGRL's benchmark split.
+
+Raw release (objects.json + image_data.json, v1.2 or v1.4; rules in manifests/vg200/rules.json):
+an object's name is its first `names` entry (or `name`), lower-cased with whitespace
+collapsed and mapped through object_alias.txt when the release has one; the vocabulary
+is the 200 names held by most images (ties by name); the test split is the `test_size`
+images with the smallest sha256(f"{seed}:{image_id}"), so it does not depend on file order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import BadInputError
+from .jsonio import load_json
+from .manifest import Manifest, validate
+from .missing import SHOWN, listdir_names
+from .fsutil import sha256_file
+
+IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
+_WS = re.compile(r"\s+")
+
+
+@dataclass
+class VgConfig:
+    root: Path
+    num_classes: int = 200
+    test_size: int = 10000
+    seed: int = 0
+    aliases: Path | None = None  # default ROOT/object_alias.txt when present
+    vocabulary: Path | None = None  # a fixed vocabulary (JSON list of names) instead of ranking
+    allow_missing: bool = False
+
+
+@dataclass
+class SsgrlConfig:
+    root: Path
+    train_list: Path
+    test_list: Path
+    labels: Path
+    num_classes: int = 200
+    allow_missing: bool = False
+
+
+def normalise_name(name: str) -> str:
+    return _WS.sub(" ", name.strip().lower())
+
+
+def read_aliases(path: Path) -> dict[str, str]:
+    """object_alias.txt: each line `canonical,alias,...`; every term maps to the line's first."""
+    out: dict[str, str] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        terms = [normalise_name(t) for t in line.split(",") if t.strip()]
+        if not terms:
+            continue
+        target = out.get(terms[0], terms[0])
+        for t in terms:
+            out[t] = target
+    return out
+
+
+def object_name(obj: dict, where: str) -> str | None:
+    """The object's primary name (None for an object with no name at all)."""
+    names = obj.get("names")
+    if names is None and "name" in obj:
+        names = [obj["name"]]
+    if not names:
+        return None
+    if not isinstance(names, list) or not isinstance(names[0], str):
+        raise BadInputError(f"{where}: object {obj.get('object_id')} has malformed names {names!r}")
+    return normalise_name(names[0]) or None
+
+
+def _image_id(rec: dict, where: str) -> int:
+    i = rec.get("image_id", rec.get("id"))
+    if not isinstance(i, int):
+        raise BadInputError(f"{where}: record without an integer image_id: {str(rec)[:80]}")
+    return i
+
+
+def split_test_ids(image_ids: list[int], test_size: int, seed: int) -> set[int]:
+    """The seeded, order-free test split: smallest sha256(f'{seed}:{id}')."""
+    if not 0 < test_size < len(image_ids):
+        raise BadInputError(f"--test-size {test_size} must be between 1 and {len(image_ids) - 1} (there are {len(image_ids)} images)")
+    ranked = sorted(image_ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
+    return set(ranked[:test_size])
+
+
+def _resolve_paths(root: Path, file_names: list[str], hinted: list[str | None]) -> list[str | None]:
+    """Relative path of each image in VG_100K/ or VG_100K_2/ (or ROOT), None when absent."""
+    listing = {folder: listdir_names(root / folder) for folder in IMAGE_FOLDERS}
+    listing[""] = listdir_names(root)
+    out = []
+    for name, hint in zip(file_names, hinted):
+        order = ([hint] if hint in listing else []) + [f for f in (*IMAGE_FOLDERS, "") if f != hint]
+        found = next((f for f in order if name in listing[f]), None)
+        out.append(None if found is None else (f"{found}/{name}" if found else name))
+    return out
+
+
+def _drop_missing(frame: pd.DataFrame, labels: np.ndarray, paths: list, root: Path, allow: bool):
+    gone = [i for i, p in enumerate(paths) if p is None]
+    if not gone:
+        return frame, labels, []
+    records = [{"key": frame["key"].iat[i], "split": frame["split"].iat[i], "path": frame["path"].iat[i]} for i in gone]
+    if not allow:
+        shown = ", ".join(r["path"] for r in records[:SHOWN])
+        raise BadInputError(
+            f"{root}: {len(records):,} image(s) missing from {'/, '.join(IMAGE_FOLDERS)}/: {shown}"
+            f"{' and more' if len(records) > SHOWN else ''}; pass --allow-missing to drop them"
+        )
+    keep = np.array([p is not None for p in paths])
+    return frame[keep], labels[keep], records
+
+
+def build_vg200(cfg: VgConfig) -> Manifest:
+    """Build VG-200 from the raw release (rows in image_data.json order)."""
+    root = Path(cfg.root)
+    img_path, obj_path = root / "image_data.json", root / "objects.json"
+    image_data = load_json(img_path)
+    objects = load_json(obj_path)
+    if not isinstance(image_data, list) or not isinstance(objects, list):
+        raise BadInputError(f"{root}: image_data.json and objects.json must each hold a list of image records")
+    alias_path = cfg.aliases or (root / "object_alias.txt")
+    aliases = read_aliases(alias_path) if Path(alias_path).exists() else {}
+
+    ids = [_image_id(r, str(img_path)) for r in image_data]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, c in Counter(ids).items() if c > 1)
+        raise BadInputError(f"{img_path}: duplicate image_id {dup}")
+    row_of = {i: r for r, i in enumerate(ids)}
+    names_per_image: list[set[str]] = [set() for _ in ids]
+    seen_obj_images: set[int] = set()
+    for rec in objects:
+        i = _image_id(rec, str(obj_path))
+        if i in seen_obj_images:
+            raise BadInputError(f"{obj_path}: image_id {i} appears twice")
+        seen_obj_images.add(i)
+        if i not in row_of:
+            raise BadInputError(f"{obj_path}: image_id {i} is not in image_data.json")
+        where = f"{obj_path} image {i}"
+        for obj in rec.get("objects", []):
+            name = object_name(obj, where)
+            if name:
+                names_per_image[row_of[i]].add(aliases.get(name, name))
+
+    image_counts = Counter(n for s in names_per_image for n in s)
+    if cfg.vocabulary:
+        vocab = [normalise_name(n) for n in load_json(Path(cfg.vocabulary))]
+    else:
+        ranked = sorted(image_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        vocab = [n for n, _ in ranked[: cfg.num_classes]]
+    if not vocab:
+        raise BadInputError(f"{obj_path}: no object names found")
+    warnings = [] if len(vocab) >= cfg.num_classes else [
+        f"only {len(vocab)} distinct names in {obj_path.name}: the vocabulary has fewer than {cfg.num_classes} classes"]
+    col_of = {n: c for c, n in enumerate(vocab)}
+    labels = np.full((len(ids), len(vocab)), -1, dtype=np.int8)
+    for r, names in enumerate(names_per_image):
+        cols = [col_of[n] for n in names if n in col_of]
+        labels[r, cols] = 1
+
+    test_ids = split_test_ids(ids, cfg.test_size, cfg.seed)
+    urls = [str(rec.get("url") or rec.get("image_url") or "") for rec in image_data]
+    hints = [next((f for f in IMAGE_FOLDERS if f"/{f}/" in u), None) for u in urls]
+    try:
+        frame = pd.DataFrame(
+            {
+                "key": [f"vg_{i}" for i in ids],
+                "split": ["test" if i in test_ids else "train" for i in ids],
+                "path": [f"{h or IMAGE_FOLDERS[0]}/{i}.jpg" for i, h in zip(ids, hints)],
+                "width": [int(rec["width"]) for rec in image_data],
+                "height": [int(rec["height"]) for rec in image_data],
+            }
+        )
+    except (KeyError, TypeError, ValueError):
+        raise BadInputError(f"{img_path}: an image record lacks an integer width/height") from None
+    paths = _resolve_paths(root, [f"{i}.jpg" for i in ids], hints)
+    frame, labels, missing = _drop_missing(frame, labels, paths, root, cfg.allow_missing)
+    frame["path"] = [p for p in paths if p is not None] if missing else paths
+    m = Manifest(
+        name="vg200",
+        version="raw",
+        category_names=vocab,
+        category_source_ids=vocab,
+        images=frame,
+        labels=labels,
+        options={"format": "vg-raw", "num_classes": cfg.num_classes, "test_size": cfg.test_size, "seed": cfg.seed,
+                 "aliases": bool(aliases), "fixed_vocabulary": bool(cfg.vocabulary)},
+        sources=[{"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+                 for p in (img_path, obj_path, Path(alias_path)) if p.exists()],
+        root=str(root.resolve()),
+        extra={"vocabulary": "vg200-raw", "image_counts": {n: image_counts[n] for n in vocab}, "missing": missing,
+               "warnings": warnings},
+    )
+    validate(m, str(root))
+    return m
+
+
+def read_name_list(path: Path) -> list[str]:
+    try:
+        names = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: list file not found") from None
+    if not names:
+        raise BadInputError(f"{path}: the split is empty")
+    dup = next((n for n, c in Counter(names).items() if c > 1), None)
+    if dup:
+        raise BadInputError(f"{path}: {dup} listed twice")
+    return names
+
+
+def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
+    """VG-200 as the papers' benchmark: SSGRL's lists + labels JSON, classes 0..num_classes-1 of VG-500."""
+    root = Path(cfg.root)
+    train, test = read_name_list(cfg.train_list), read_name_list(cfg.test_list)
+    overlap = set(train) & set(test)
+    if overlap:
+        raise BadInputError(f"{cfg.test_list}: {sorted(overlap)[0]} is also in {cfg.train_list}")
+    labels_map = load_json(Path(cfg.labels))
+    if not isinstance(labels_map, dict):
+        raise BadInputError(f"{cfg.labels}: expected an object mapping image name -> class indices")
+    sizes = {}
+    if (root / "image_data.json").exists():
+        sizes = {_image_id(r, "image_data.json"): (int(r["width"]), int(r["height"])) for r in load_json(root / "image_data.json")}
+    c = cfg.num_classes
+    rows, label_rows = [], []
+    for split, names, src in (("train", train, cfg.train_list), ("test", test, cfg.test_list)):
+        for name in names:
+            if name not in labels_map:
+                raise BadInputError(f"{cfg.labels}: no labels for {name} (listed in {src})")
+            idx = labels_map[name]
+            if not isinstance(idx, list) or not all(isinstance(k, int) and 0 <= k < 500 for k in idx):
+                raise BadInputError(f"{cfg.labels}: {name}: labels must be class indices 0..499, got {str(idx)[:60]}")
+            lab = np.full(c, -1, dtype=np.int8)
+            lab[[k for k in idx if k < c]] = 1
+            stem = name.rsplit(".", 1)[0]
+            rows.append([f"vg_{stem}", split, name, *sizes.get(int(stem) if stem.isdigit() else -1, (-1, -1))])
+            label_rows.append(lab)
+    frame = pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"])
+    labels = np.stack(label_rows)
+    paths = _resolve_paths(root, frame["path"].tolist(), [None] * len(frame))
+    frame, labels, missing = _drop_missing(frame, labels, paths, root, cfg.allow_missing)
+    frame["path"] = [p for p in paths if p is not None]
+    unknown = frame["width"].to_numpy() < 0
+    if unknown.any():  # no image_data.json: read the sizes from the image headers
+        from PIL import Image
+
+        for r in np.flatnonzero(unknown):
+            with Image.open(root / frame["path"].iat[r]) as im:
+                frame.iloc[r, frame.columns.get_loc("width")], frame.iloc[r, frame.columns.get_loc("height")] = im.size
+    names = [f"vg500_class_{k:03d}" for k in range(c)]
+    m = Manifest(
+        name="vg200",
+        version="ssgrl",
+        category_names=names,
+        category_source_ids=[str(k) for k in range(c)],
+        images=frame,
+        labels=labels,
+        options={"format": "vg-ssgrl", "num_classes": c},
+        sources=[{"file": Path(p).name, "sha256": sha256_file(Path(p)), "bytes": Path(p).stat().st_size}
+                 for p in (cfg.train_list, cfg.test_list, cfg.labels)],
+        root=str(root.resolve()),
+        extra={"vocabulary": "vg500[0:200] (SSGRL)", "missing": missing},
+    )
+    validate(m, str(root))
+    return m

@@ -1,0 +1,157 @@
+"""PASCAL VOC 2007 devkit tree -> Manifest.
+
+Splits come from ImageSets/Main/trainval.txt (-> "train") and test.txt (-> "test"),
+never from the per-class lists beside them (`train_test.txt` is the class "train").
+Labels come from Annotations/*.xml parsed with defusedxml (entity bombs are refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as SafeET
+from xml.etree.ElementTree import ParseError
+
+from .errors import BadInputError
+from .manifest import Manifest, validate
+from .missing import SHOWN
+from .specs import load_spec, voc20_names
+
+SPLIT_FILES = {"train": "trainval.txt", "test": "test.txt"}
+SOURCE_NAMES = {"train": "trainval", "test": "test"}
+DIFFICULT_POLICIES = ("negative", "ignore")
+
+
+@dataclass
+class VocConfig:
+    root: Path
+    difficult: str = "negative"
+    allow_missing: bool = False
+    subset: bool = False
+
+
+def find_voc2007(root: Path) -> Path:
+    """Accept VOCdevkit/VOC2007 itself, or a folder holding VOC2007 or VOCdevkit/VOC2007."""
+    root = Path(root)
+    for cand in (root, root / "VOC2007", root / "VOCdevkit" / "VOC2007"):
+        if (cand / "ImageSets" / "Main").is_dir() and (cand / "Annotations").is_dir():
+            return cand
+    raise BadInputError(f"{root}: no VOC2007 tree found (need ImageSets/Main and Annotations under it, VOC2007/ or VOCdevkit/VOC2007/)")
+
+
+def read_image_set(path: Path) -> tuple[list[str], str]:
+    """Ids of a main split list (one id per line); returns (ids, sha256)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: split list not found") from None
+    ids = []
+    for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 1:
+            raise BadInputError(f"{path}:{n}: {line.strip()!r} is not an image id (a per-class list, not a split?)")
+        ids.append(parts[0])
+    if not ids:
+        raise BadInputError(f"{path}: the split is empty")
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise BadInputError(f"{path}: image id {i} listed twice")
+        seen.add(i)
+    return ids, hashlib.sha256(raw).hexdigest()
+
+
+def parse_annotation(path: Path, class_index: dict[str, int], difficult: str) -> tuple[np.ndarray, int, int]:
+    """One XML -> (labels int8[C], width, height)."""
+    try:
+        tree = SafeET.parse(path, forbid_dtd=True)
+    except DefusedXmlException as e:
+        raise BadInputError(f"{path}: refused XML ({type(e).__name__}: entity or DTD declarations, a possible XML bomb)") from None
+    except ParseError as e:
+        raise BadInputError(f"{path}: malformed XML at line {e.position[0]}, column {e.position[1]}") from None
+    root = tree.getroot()
+    try:
+        width = int(root.findtext("size/width"))
+        height = int(root.findtext("size/height"))
+    except (TypeError, ValueError):
+        raise BadInputError(f"{path}: missing or non-integer <size><width>/<height>") from None
+    present = np.zeros(len(class_index), dtype=bool)
+    difficult_only = np.zeros(len(class_index), dtype=bool)
+    for k, obj in enumerate(root.iter("object")):
+        name = (obj.findtext("name") or "").strip()
+        if name not in class_index:
+            raise BadInputError(f"{path}: object {k} has unknown class name {name!r} (VOC classes: manifests/voc20.json)")
+        c = class_index[name]
+        if (obj.findtext("difficult") or "0").strip() == "1":
+            difficult_only[c] = True
+        else:
+            present[c] = True
+    labels = np.where(present, 1, -1).astype(np.int8)
+    if difficult == "ignore":
+        labels[difficult_only & ~present] = 0
+    return labels, width, height
+
+
+def build_voc07(cfg: VocConfig) -> Manifest:
+    """Build the VOC 2007 manifest (rows in trainval.txt, then test.txt order)."""
+    if cfg.difficult not in DIFFICULT_POLICIES:
+        raise BadInputError(f"unknown --difficult policy {cfg.difficult!r}: use one of {', '.join(DIFFICULT_POLICIES)}")
+    voc = find_voc2007(cfg.root)
+    names = voc20_names()
+    class_index = {n: i for i, n in enumerate(names)}
+    spec = load_spec("voc20")
+    jpegs = {p.name for p in (voc / "JPEGImages").glob("*")} if (voc / "JPEGImages").is_dir() else set()
+    rows, label_rows, missing, sources, checks = [], [], [], [], {}
+    for split, fname in SPLIT_FILES.items():
+        list_path = voc / "ImageSets" / "Main" / fname
+        ids, sha = read_image_set(list_path)
+        sources.append({"file": f"ImageSets/Main/{fname}", "sha256": sha, "bytes": list_path.stat().st_size})
+        want = spec["expected_counts"][SOURCE_NAMES[split]]
+        if len(ids) != want and not cfg.subset:
+            raise BadInputError(
+                f"{list_path}: {len(ids):,} ids, manifests/voc20.json expects {want:,}; pass --subset if deliberate"
+            )
+        checks[SOURCE_NAMES[split]] = f"{len(ids)} listed, official {want}"
+        for image_id in ids:
+            key = f"voc2007_{SOURCE_NAMES[split]}_{image_id}"
+            rel = f"JPEGImages/{image_id}.jpg"
+            xml = voc / "Annotations" / f"{image_id}.xml"
+            if not xml.exists() or f"{image_id}.jpg" not in jpegs:
+                missing.append({"key": key, "split": split, "path": rel, "annotation_missing": not xml.exists()})
+                continue
+            labels, w, h = parse_annotation(xml, class_index, cfg.difficult)
+            rows.append((key, split, rel, w, h))
+            label_rows.append(labels)
+    if missing and not cfg.allow_missing:
+        shown = ", ".join(m["path"] for m in missing[:SHOWN])
+        raise BadInputError(
+            f"{voc}: {len(missing):,} listed image(s) lack their JPEG or XML: {shown}"
+            f"{' and more' if len(missing) > SHOWN else ''}; pass --allow-missing to drop them"
+        )
+    if not rows:
+        raise BadInputError(f"{voc}: no image has both its XML and JPEG")
+    for split in SPLIT_FILES:
+        if not any(r[1] == split for r in rows):
+            raise BadInputError(f"{voc}: split {split} ({SPLIT_FILES[split]}) has no image left")
+    images = pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"])
+    m = Manifest(
+        name="voc2007",
+        version="2007",
+        category_names=names,
+        category_source_ids=names,
+        images=images,
+        labels=np.stack(label_rows),
+        options={"format": "voc", "difficult": cfg.difficult},
+        sources=sources,
+        root=str(voc.resolve()),
+        extra={"vocabulary": "voc20", "spec_checks": checks, "missing": missing},
+    )
+    validate(m, str(voc))
+    return m

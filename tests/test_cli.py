@@ -1,0 +1,49 @@
+"""The CLI is thin: these check the wiring, one clear error line, and exit codes."""
+
+import json
+
+from typer.testing import CliRunner
+
+from cli import app
+from conftest import make_coco, make_voc
+
+runner = CliRunner()
+
+
+def test_build_then_stats_table_and_json(tmp_path):
+    raw = make_coco(tmp_path / "raw")
+    r = runner.invoke(app, ["build-coco", "--root", str(raw), "--out", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    assert "train 3, test 2" in r.output
+    r = runner.invoke(app, ["stats", str(tmp_path / "d")])
+    assert r.exit_code == 0 and "person" in r.output and "no positive" in r.output
+    r = runner.invoke(app, ["stats", str(tmp_path / "d"), "--json"])
+    s = json.loads(r.output)
+    assert s["splits"]["train"]["images"] == 3 and s["splits"]["train"]["images_without_positive"] == 1
+    assert s["splits"]["test"]["positives_per_class"] == {"person": 1, "car": 1, "train": 1}
+
+
+def test_rerun_needs_force_for_other_content(tmp_path):
+    raw = make_coco(tmp_path / "raw")
+    args = ["build-coco", "--root", str(raw), "--out", str(tmp_path / "d")]
+    assert runner.invoke(app, args).exit_code == 0
+    assert "unchanged" in runner.invoke(app, args).output
+    r = runner.invoke(app, args + ["--exclude-crowd"])  # other options: another dataset version
+    assert r.exit_code == 1 and "--force" in r.output
+    assert runner.invoke(app, args + ["--exclude-crowd", "--force"]).exit_code == 0
+
+
+def test_bad_input_is_one_line_and_exit_1(tmp_path):
+    raw = make_voc(tmp_path / "raw", trainval={"000005": [("unicorn", 0)]})
+    r = runner.invoke(app, ["build-voc07", "--root", str(raw), "--out", str(tmp_path / "d"), "--subset"])
+    assert r.exit_code == 1
+    assert r.output.strip().startswith("error: ") and "unicorn" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_data_is_coco_format(tmp_path):
+    r = runner.invoke(app, ["demo-data", "--out", str(tmp_path / "raw"), "--train-images", "40", "--test-images", "10"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["build-coco", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "d"), "--name", "digits"])
+    assert r.exit_code == 0, r.output
+    assert "10 classes, train 40, test 10" in r.output
