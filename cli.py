@@ -117,6 +117,43 @@ def stats(dataset: str = typer.Argument(..., help="Dataset folder or URL"), as_j
     typer.echo(json.dumps(s, indent=2) if as_json else format_stats(s))
 
 
+@app.command("make-masks")
+@friendly
+def make_masks(dataset: Path = typer.Argument(..., help="Dataset folder"),
+               proportion: str = typer.Option("0.3", help="Known proportion(s): 0.3, 0.1,0.5,0.9 or 0.1:0.9:0.1"),
+               seed: int = 0,
+               scheme: str = typer.Option("uniform", help="uniform | hcp | per-image | single-positive"),
+               split: str = typer.Option("train", help="train | test | all"),
+               force: bool = False):
+    """Write seeded partial-label masks: DIR/masks/<scheme>-p0.30-s0.parquet (+ .json)."""
+    from mlrpl_data.masks import MaskConfig, format_mask_stats, make_masks as make, parse_proportions
+
+    proportions = parse_proportions(proportion) if scheme != "single-positive" else []
+    results = make(dataset, MaskConfig(proportions=proportions, seed=seed, scheme=scheme, split=split, force=force))
+    typer.echo(format_mask_stats([mask.meta for mask, _ in results]))
+    for mask, state in results:
+        missing = mask.meta["stats"]["classes_without_known_positive"]
+        if missing:
+            typer.echo(f"warning: {mask.name}: {len(missing)} class(es) have no known positive "
+                       f"(DSRB prototypes need one): {', '.join(missing[:10])}", err=True)
+    typer.echo(", ".join(f"{mask.name} {state}" for mask, state in results))
+
+
+@app.command()
+@friendly
+def masks(dataset: Path = typer.Argument(..., help="Dataset folder")):
+    """List the masks of a dataset with their stats (checked against the manifest)."""
+    from mlrpl_data.manifest import read_card
+    from mlrpl_data.masks import format_mask_stats, list_masks, read_mask
+
+    fp = read_card(dataset)["fingerprint"]
+    metas = []
+    for meta in list_masks(dataset):
+        read_mask(dataset, meta["name"], fingerprint=fp)  # refuses stale or altered masks
+        metas.append(meta)
+    typer.echo(format_mask_stats(metas) if metas else f"{dataset}: no masks yet (mlrpl make-masks {dataset} --proportion 0.3)")
+
+
 @app.command()
 @friendly
 def demo(out: Path = typer.Option(Path("mlrpl-demo"), help="Working folder for the demo"),

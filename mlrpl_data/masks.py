@@ -1,0 +1,295 @@
+"""Partial-label masks: which (image, class) labels are known, per scheme, proportion and seed.
+
+A mask file DIR/masks/<scheme>-p0.30-s0.parquet holds `key` and `labels` (list<int8> in
+{-1, 0, 1}: the full label where known, 0 where unknown) for the images of one split, with
+a JSON sidecar (manifest fingerprint, scheme, seed, proportion, content hash, stats).
+
+Schemes:
+- uniform: entry known iff u(seed, key, class) < p, u a counter-based hash in [0, 1). A pure
+  function of (seed, key, class): other images never change an image's mask, and for one
+  seed the known sets are nested across p.
+- hcp: bit-identical to the published HCP-MLR-PL code: np.random.seed(seed);
+  np.random.random((N, C)) < p over the manifest's (reference) image order.
+- per-image: exactly max(1, round(p*C)) known entries per image (the smallest u), nested.
+- single-positive: one known positive per image (the one with the smallest u), all else
+  unknown; an image with no positive is fully unknown (Cole et al. 2021).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .errors import AlreadyExistsError, BadInputError, FingerprintMismatchError
+from .fsutil import atomic_write_bytes
+from .manifest import Manifest, labels_from_arrow, labels_to_arrow, read_card
+
+SCHEMES = ("uniform", "hcp", "per-image", "single-positive")
+MASKS_DIR = "masks"
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def parse_proportions(text: str) -> list[float]:
+    """'0.3', '0.1,0.5,0.9' or 'start:stop:step' (stop included) -> proportions in (0, 1]."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            values = [round(start + i * step, 6) for i in range(n)]
+        else:
+            values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BadInputError(f"--proportion {text!r}: use 0.3, 0.1,0.5,0.9 or 0.1:0.9:0.1") from None
+    for p in values:
+        if not 0 < p <= 1:
+            raise BadInputError(f"--proportion {p}: a proportion of known labels must be in (0, 1]")
+    if not values:
+        raise BadInputError("--proportion: no value given")
+    return values
+
+
+def mask_name(scheme: str, proportion: float | None, seed: int) -> str:
+    if scheme == "single-positive":
+        return f"{scheme}-s{seed}"
+    return f"{scheme}-p{proportion:.2f}-s{seed}"
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser, vectorised (uint64 arithmetic wraps, as it should)."""
+    z = z + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def entry_hashes(keys, num_classes: int, seed: int) -> np.ndarray:
+    """(N, C) uint64: a uniform hash of (seed, key, class), independent of the other keys."""
+    key_h = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(f"{seed}\x00{k}".encode(), digest_size=8).digest(), "little") for k in keys),
+        dtype=np.uint64,
+        count=len(keys),
+    )
+    with np.errstate(over="ignore"):
+        cls = _splitmix64(np.arange(num_classes, dtype=np.uint64))
+        return _splitmix64(key_h[:, None] ^ cls[None, :])
+
+
+def _threshold(p: float) -> np.uint64:
+    """Entries with hash < threshold are known: P = p (to 2^-64); p = 1 knows everything."""
+    return np.uint64(min(int(p * 2.0**64), 2**64 - 1))
+
+
+def uniform_known(hashes: np.ndarray, p: float) -> np.ndarray:
+    return hashes < _threshold(p) if p < 1 else np.ones(hashes.shape, dtype=bool)
+
+
+def hcp_known(n: int, c: int, p: float, seed: int = 0) -> np.ndarray:
+    """The published protocol, bit for bit: np.random.seed(seed); np.random.random((N, C)) < p."""
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        return np.random.random((n, c)) < p
+    finally:
+        np.random.set_state(state)
+
+
+def per_image_known(hashes: np.ndarray, p: float) -> np.ndarray:
+    c = hashes.shape[1]
+    k = max(1, int(math.floor(p * c + 0.5)))
+    ranks = np.argsort(np.argsort(hashes, axis=1, kind="stable"), axis=1, kind="stable")
+    return ranks < k
+
+
+def single_positive_known(hashes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    pos = labels == 1
+    masked = np.where(pos, hashes, np.uint64(2**64 - 1))
+    pick = masked.argmin(axis=1)
+    known = np.zeros(labels.shape, dtype=bool)
+    rows = np.flatnonzero(pos.any(axis=1))
+    known[rows, pick[rows]] = True
+    return known
+
+
+def mask_stats(partial: np.ndarray, category_names: list[str]) -> dict[str, Any]:
+    n, c = partial.shape
+    known = partial != 0
+    pos_per_class = (partial == 1).sum(axis=0)
+    return {
+        "images": int(n),
+        "entries": int(n * c),
+        "known_proportion": float(known.mean()) if n else 0.0,
+        "known_positives": int((partial == 1).sum()),
+        "known_negatives": int((partial == -1).sum()),
+        "images_without_known_label": int((~known.any(axis=1)).sum()),
+        "classes_without_known_positive": [category_names[i] for i in np.flatnonzero(pos_per_class == 0)],
+    }
+
+
+def content_hash(keys, partial: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update("\x1f".join(keys).encode())
+    h.update(np.asarray(partial.shape, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(partial, dtype=np.int8).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class MaskConfig:
+    proportions: list[float]
+    seed: int = 0
+    scheme: str = "uniform"
+    split: str = "train"
+    force: bool = False
+
+
+@dataclass
+class Mask:
+    """Partial labels of one split: `labels` (N, C) int8 in {-1, 0, 1}, rows aligned with `keys`."""
+
+    keys: np.ndarray
+    labels: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+
+def compute_masks(m: Manifest, cfg: MaskConfig) -> list[Mask]:
+    """The masks of `m` for every proportion of `cfg` (in memory)."""
+    if cfg.scheme not in SCHEMES:
+        raise BadInputError(f"unknown scheme {cfg.scheme!r}: use one of {', '.join(SCHEMES)}")
+    rows = m.split_rows(cfg.split) if cfg.split in ("train", "test", "all") else None
+    if rows is None:
+        raise BadInputError(f"unknown split {cfg.split!r}: use train, test or all")
+    if len(rows) == 0:
+        raise BadInputError(f"{m.name}: split {cfg.split} has no images")
+    keys = m.keys[rows]
+    labels = m.labels[rows]
+    n, c = labels.shape
+    hashes = None if cfg.scheme == "hcp" else entry_hashes(keys, c, cfg.seed)
+    proportions = [None] if cfg.scheme == "single-positive" else cfg.proportions
+    out = []
+    for p in proportions:
+        if cfg.scheme == "uniform":
+            known = uniform_known(hashes, p)
+        elif cfg.scheme == "hcp":
+            known = hcp_known(n, c, p, cfg.seed)
+        elif cfg.scheme == "per-image":
+            known = per_image_known(hashes, p)
+        else:
+            known = single_positive_known(hashes, labels)
+        partial = labels * known.astype(np.int8)
+        name = mask_name(cfg.scheme, p, cfg.seed)
+        meta = {
+            "name": name,
+            "fingerprint": m.fingerprint,
+            "dataset": m.name,
+            "scheme": cfg.scheme,
+            "seed": cfg.seed,
+            "proportion": p,
+            "split": cfg.split,
+            "num_classes": c,
+            "mlrpl_version": __version__,
+            "content_sha256": content_hash(keys, partial),
+            "stats": mask_stats(partial, m.category_names),
+        }
+        out.append(Mask(keys=keys, labels=partial, meta=meta))
+    return out
+
+
+def mask_paths(dataset_dir: Path, name: str) -> tuple[Path, Path]:
+    folder = Path(dataset_dir) / MASKS_DIR  # names hold dots (p0.30): no with_suffix
+    return folder / f"{name}.parquet", folder / f"{name}.json"
+
+
+def write_mask(dataset_dir: Path, mask: Mask, force: bool = False) -> str:
+    """Write atomically; "unchanged" when identical content exists, refuse other content unless force."""
+    pq_path, js_path = mask_paths(dataset_dir, mask.name)
+    if js_path.exists() and pq_path.exists():
+        old = json.loads(js_path.read_text())
+        if old.get("content_sha256") == mask.meta["content_sha256"] and old.get("fingerprint") == mask.meta["fingerprint"]:
+            return "unchanged"
+        if not force:
+            raise AlreadyExistsError(
+                f"{pq_path}: exists with other content (made from manifest {old.get('fingerprint', '?')[:12]}…); "
+                f"pass --force to replace it"
+            )
+    table = pa.table({"key": pa.array(list(mask.keys), type=pa.string()), "labels": labels_to_arrow(mask.labels)})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", compression_level=1)
+    # parquet first, sidecar last: a reader needs both and checks one against the other
+    atomic_write_bytes(pq_path, buf.getvalue())
+    atomic_write_bytes(js_path, (json.dumps(mask.meta, indent=2) + "\n").encode())
+    return "written"
+
+
+def make_masks(dataset_dir: Path, cfg: MaskConfig) -> list[tuple[Mask, str]]:
+    from .manifest import read_manifest
+
+    m = read_manifest(dataset_dir)
+    return [(mask, write_mask(dataset_dir, mask, cfg.force)) for mask in compute_masks(m, cfg)]
+
+
+def _open(url: str, name: str):
+    import fsspec
+
+    return fsspec.open(f"{str(url).rstrip('/')}/{MASKS_DIR}/{name}", "rb").open()
+
+
+def read_mask(dataset_url: str | Path, name: str, fingerprint: str | None = None) -> Mask:
+    """Read a mask by name (with or without .parquet); its fingerprint must match the manifest."""
+    name = name.removesuffix(".parquet").removesuffix(".json")
+    where = f"{str(dataset_url).rstrip('/')}/{MASKS_DIR}/{name}"
+    try:
+        with _open(dataset_url, f"{name}.json") as f:
+            meta = json.loads(f.read())
+        with _open(dataset_url, f"{name}.parquet") as f:
+            table = pq.read_table(f)
+    except FileNotFoundError:
+        raise BadInputError(f"{where}: mask not found (make it with `mlrpl make-masks`; `mlrpl masks DIR` lists them)") from None
+    expected = fingerprint or read_card(dataset_url)["fingerprint"]
+    if meta.get("fingerprint") != expected:
+        raise FingerprintMismatchError(
+            f"{where}: made from manifest {meta.get('fingerprint')} but the dataset is {expected}; remake the mask"
+        )
+    keys = np.asarray(table.column("key").to_pylist(), dtype=object)
+    labels = labels_from_arrow(table.column("labels"), int(meta["num_classes"]), f"{where}.parquet")
+    if content_hash(keys, labels) != meta.get("content_sha256"):
+        raise BadInputError(f"{where}.parquet: content does not match its sidecar (altered or half-written); remake it")
+    return Mask(keys=keys, labels=labels, meta=meta)
+
+
+def list_masks(dataset_dir: Path) -> list[dict[str, Any]]:
+    folder = Path(dataset_dir) / MASKS_DIR
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def format_mask_stats(metas: list[dict[str, Any]]) -> str:
+    head = f"{'mask':<28}{'split':>6}{'images':>9}{'known':>8}{'known +':>10}{'known -':>11}{'no label':>10}  classes w/o known +"
+    lines = [head, "-" * len(head)]
+    for meta in metas:
+        s = meta["stats"]
+        missing = s["classes_without_known_positive"]
+        lines.append(
+            f"{meta['name']:<28}{meta['split']:>6}{s['images']:>9,}{s['known_proportion']:>8.3f}{s['known_positives']:>10,}"
+            f"{s['known_negatives']:>11,}{s['images_without_known_label']:>10,}  "
+            + (f"{len(missing)}: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}" if missing else "none")
+        )
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from mlrpl_data.errors import AlreadyExistsError, BadInputError, FingerprintMismatchError
+from mlrpl_data.manifest import Manifest, write_manifest
+from mlrpl_data.masks import (MaskConfig, compute_masks, entry_hashes, hcp_known, list_masks, make_masks,
+                              parse_proportions, read_mask)
+
+from conftest import random_labels
+
+
+def manifest(n=300, c=12, seed=0, prefix="img") -> Manifest:
+    keys = [f"{prefix}_{i}" for i in range(n)]
+    images = pd.DataFrame({"key": keys, "split": ["train"] * (n - n // 5) + ["test"] * (n // 5),
+                           "path": [f"{k}.jpg" for k in keys], "width": 10, "height": 10})
+    return Manifest(name="t", version="1", category_names=[f"c{i}" for i in range(c)],
+                    category_source_ids=[str(i) for i in range(c)], images=images, labels=random_labels(n, c, seed))
+
+
+def test_parse_proportions():
+    assert parse_proportions("0.3") == [0.3]
+    assert parse_proportions("0.1,0.5") == [0.1, 0.5]
+    assert parse_proportions("0.1:0.9:0.1") == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    for bad in ("0", "1.5", "-0.1", "x", "0.1:0.9:0"):
+        with pytest.raises(BadInputError):
+            parse_proportions(bad)
+
+
+def test_uniform_realises_p_and_is_nested():
+    m = manifest(n=2000, c=20)
+    masks = compute_masks(m, MaskConfig(proportions=[0.1, 0.3, 0.5, 0.9]))
+    for mask, p in zip(masks, [0.1, 0.3, 0.5, 0.9]):
+        assert abs(mask.meta["stats"]["known_proportion"] - p) < 0.01
+        assert mask.name == f"uniform-p{p:.2f}-s0"
+        known = mask.labels != 0
+        np.testing.assert_array_equal(mask.labels[known], m.labels[m.split_rows("train")][known])
+    for a, b in zip(masks, masks[1:]):
+        assert ((a.labels != 0) <= (b.labels != 0)).all()  # known at 0.3 => known at 0.5
+    assert (compute_masks(m, MaskConfig(proportions=[1.0]))[0].labels != 0).all()
+
+
+def test_uniform_is_a_pure_function_of_seed_key_class():
+    h = entry_hashes(["a", "b", "c", "d"], 5, seed=0)
+    np.testing.assert_array_equal(entry_hashes(["d", "b"], 5, seed=0), h[[3, 1]])  # reorder / remove: same rows
+    assert not np.array_equal(entry_hashes(["a"], 5, seed=1), h[:1])
+    big, small = manifest(n=300), manifest(n=300)
+    small.images = small.images.iloc[::-1].reset_index(drop=True)
+    small.labels = small.labels[::-1].copy()
+    mb = compute_masks(big, MaskConfig(proportions=[0.4]))[0]
+    ms = compute_masks(small, MaskConfig(proportions=[0.4]))[0]
+    by_key = dict(zip(ms.keys, ms.labels))
+    assert all((by_key[k] == row).all() for k, row in zip(mb.keys, mb.labels))
+
+
+def test_hcp_matches_the_published_voc_files(real):
+    full = np.loadtxt(real / "hcp-voc2007/original-labels/train.txt", delimiter=",", dtype=np.int8)
+    for p in ("0.1", "0.5", "0.9"):
+        published = np.loadtxt(real / f"hcp-voc2007/partial-labels/train_proportion_{p}.txt", delimiter=",", dtype=np.int8)
+        ours = full * hcp_known(*full.shape, float(p), seed=0)
+        np.testing.assert_array_equal(ours, published)
+
+
+def test_hcp_scheme_through_a_manifest_in_trainval_order(real):
+    full = np.loadtxt(real / "hcp-voc2007/original-labels/train.txt", delimiter=",", dtype=np.int8)
+    ids = (real / "voc2007/VOCdevkit/VOC2007/ImageSets/Main/trainval.txt").read_text().split()
+    keys = [f"voc2007_trainval_{i}" for i in ids]
+    m = Manifest(name="voc2007", version="2007", category_names=[f"c{i}" for i in range(20)],
+                 category_source_ids=[str(i) for i in range(20)],
+                 images=pd.DataFrame({"key": keys, "split": "train", "path": keys, "width": 1, "height": 1}), labels=full)
+    mask = compute_masks(m, MaskConfig(proportions=[0.5], scheme="hcp"))[0]
+    published = np.loadtxt(real / "hcp-voc2007/partial-labels/train_proportion_0.5.txt", delimiter=",", dtype=np.int8)
+    np.testing.assert_array_equal(mask.labels, published)
+    state = np.random.get_state()[1].copy()
+    compute_masks(m, MaskConfig(proportions=[0.1], scheme="hcp"))
+    np.testing.assert_array_equal(np.random.get_state()[1], state)  # the global RNG is left alone
+
+
+def test_per_image_exact_count_and_nested():
+    m = manifest(c=10)
+    a, b = compute_masks(m, MaskConfig(proportions=[0.3, 0.5], scheme="per-image"))
+    assert ((a.labels != 0).sum(axis=1) == 3).all() and ((b.labels != 0).sum(axis=1) == 5).all()
+    assert ((a.labels != 0) <= (b.labels != 0)).all()
+
+
+def test_single_positive():
+    m = manifest()
+    m.labels[0] = -1  # an image with no positive
+    mask = compute_masks(m, MaskConfig(proportions=[], scheme="single-positive"))[0]
+    assert mask.name == "single-positive-s0"
+    assert (mask.labels[0] == 0).all()
+    has_pos = (m.labels[m.split_rows("train")] == 1).any(axis=1)
+    assert ((mask.labels == 1).sum(axis=1) == has_pos).all() and (mask.labels >= 0).all()
+
+
+def test_stats_warn_of_classes_without_known_positive():
+    m = manifest(n=50, c=4)
+    m.labels[:, 2] = -1
+    mask = compute_masks(m, MaskConfig(proportions=[0.5]))[0]
+    assert mask.meta["stats"]["classes_without_known_positive"] == ["c2"]
+
+
+def test_write_read_refuse_and_noop(tmp_path):
+    write_manifest(manifest(), tmp_path / "d")
+    [(mask, state)] = make_masks(tmp_path / "d", MaskConfig(proportions=[0.3]))
+    assert state == "written" and (tmp_path / "d/masks/uniform-p0.30-s0.parquet").exists()
+    meta = json.loads((tmp_path / "d/masks/uniform-p0.30-s0.json").read_text())
+    assert meta["seed"] == 0 and meta["proportion"] == 0.3 and meta["scheme"] == "uniform" and meta["mlrpl_version"]
+    assert make_masks(tmp_path / "d", MaskConfig(proportions=[0.3]))[0][1] == "unchanged"
+    r = read_mask(tmp_path / "d", "uniform-p0.30-s0")
+    np.testing.assert_array_equal(r.labels, mask.labels)
+    # the dataset is rebuilt with other content: the old mask is refused, naming both fingerprints
+    other = manifest(seed=1)
+    write_manifest(other, tmp_path / "d2")
+    (tmp_path / "d2" / "masks").mkdir()
+    for ext in ("parquet", "json"):
+        (tmp_path / "d2/masks" / f"uniform-p0.30-s0.{ext}").write_bytes((tmp_path / "d/masks" / f"uniform-p0.30-s0.{ext}").read_bytes())
+    with pytest.raises(FingerprintMismatchError, match=f"{meta['fingerprint']}.*{other.fingerprint}"):
+        read_mask(tmp_path / "d2", "uniform-p0.30-s0")
+    with pytest.raises(AlreadyExistsError, match="--force"):
+        make_masks(tmp_path / "d2", MaskConfig(proportions=[0.3]))
+    assert make_masks(tmp_path / "d2", MaskConfig(proportions=[0.3], force=True))[0][1] == "written"
+
+
+def test_unknown_scheme_and_split():
+    with pytest.raises(BadInputError, match="unknown scheme"):
+        compute_masks(manifest(), MaskConfig(proportions=[0.3], scheme="bernoulli"))
+    with pytest.raises(BadInputError, match="unknown split"):
+        compute_masks(manifest(), MaskConfig(proportions=[0.3], split="val"))
+
+
+def test_cli_make_masks_and_list(tmp_path):
+    write_manifest(manifest(), tmp_path / "d")
+    runner = CliRunner()
+    r = runner.invoke(app, ["make-masks", str(tmp_path / "d"), "--proportion", "0.1:0.3:0.1", "--seed", "2"])
+    assert r.exit_code == 0, r.output
+    assert [m["name"] for m in list_masks(tmp_path / "d")] == ["uniform-p0.10-s2", "uniform-p0.20-s2", "uniform-p0.30-s2"]
+    r = runner.invoke(app, ["masks", str(tmp_path / "d")])
+    assert r.exit_code == 0 and "uniform-p0.20-s2" in r.output
+    r = runner.invoke(app, ["make-masks", str(tmp_path / "d"), "--proportion", "1.2"])
+    assert r.exit_code == 1 and "(0, 1]" in r.output
