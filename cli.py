@@ -154,6 +154,48 @@ def masks(dataset: Path = typer.Argument(..., help="Dataset folder")):
     typer.echo(format_mask_stats(metas) if metas else f"{dataset}: no masks yet (mlrpl make-masks {dataset} --proportion 0.3)")
 
 
+@app.command("write-shards")
+@friendly
+def write_shards(dataset: Path = typer.Argument(..., help="Dataset folder"),
+                 split: str = typer.Option("all", help="train | test | all"),
+                 shard_size: str = typer.Option("512MB", help="Target shard size (planned from the source file sizes)"),
+                 max_samples: Optional[int] = typer.Option(None, help="Samples per shard instead of --shard-size"),
+                 workers: int = typer.Option(1, help="Processes writing shards in parallel (same bytes for any number)"),
+                 resize: Optional[int] = typer.Option(None, help="Re-encode as JPEG with the shorter side shrunk to this"),
+                 on_bad_image: str = typer.Option("fail", help="fail | skip (skipped images are listed in index.json)"),
+                 part: Optional[str] = typer.Option(None, help="i/n: write only part i of n (e.g. a Slurm array task)"),
+                 no_progress: bool = False):
+    """Write deterministic, checksummed WebDataset shards: DIR/shards/<split>-000000.tar ..."""
+    from mlrpl_data.shards import ShardConfig, parse_part, parse_size, write_shards as write
+
+    cfg = ShardConfig(split=split, shard_size=None if max_samples else parse_size(shard_size), max_samples=max_samples,
+                      workers=workers, resize=resize, on_bad_image=on_bad_image, part=parse_part(part),
+                      progress=not no_progress)
+    r = write(dataset, cfg)
+    typer.echo(f"{dataset}/shards: {len(r.written)} written, {len(r.kept)} kept (already complete)")
+    if r.complete:
+        skipped = r.index["skipped"]
+        typer.echo(f"index.json and SHA256SUMS: {len(r.index['shards'])} shards, {r.index['splits']}"
+                   + (f"; {len(skipped)} bad image(s) skipped (listed in index.json)" if skipped else ""))
+    else:
+        typer.echo("not all shards exist yet (other --part runs?): index.json is written when the last one is done; "
+                   "re-run without --part to finish")
+
+
+@app.command()
+@friendly
+def verify(dataset: str = typer.Argument(..., help="Dataset folder or URL (http(s)://, s3://, ...)")):
+    """Check every shard's sha256, sample count and keys against the index and the manifest."""
+    from mlrpl_data.shards import verify as check
+
+    problems = check(dataset)
+    for p in problems:
+        typer.echo(f"problem: {p}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{dataset}: all shards match the index and the manifest")
+
+
 @app.command()
 @friendly
 def demo(out: Path = typer.Option(Path("mlrpl-demo"), help="Working folder for the demo"),

@@ -1,0 +1,143 @@
+"""Image decoding policy: sniff the real format, refuse corrupt files and decompression bombs,
+normalise what the wild holds (CMYK, grayscale, 16-bit, EXIF rotation, PNG named .jpg) to RGB.
+
+Works with Pillow and pillow-simd alike (only the common API is used).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import BadInputError
+
+MAX_PIXELS = 89_478_485  # Pillow's own bomb threshold (about 0.25 GB of RGBA)
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+)
+
+
+class BadImageError(BadInputError):
+    """An image that cannot be used: corrupt, truncated, unknown format or too large."""
+
+
+def sniff_format(data: bytes) -> str | None:
+    for magic, fmt in _MAGIC:
+        if data.startswith(magic):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Width, height from the first SOFn marker (no PIL: this runs once per image in write-shards)."""
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        seg = int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        i += 2 + seg
+    return None
+
+
+def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    if fmt == "JPEG":
+        return _jpeg_size(data)
+    if fmt == "PNG" and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
+def probe(data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> tuple[str, int, int]:
+    """Cheap validity check without decoding pixels: (format, width, height) or BadImageError.
+
+    Reads the header and checks the end marker of JPEG (EOI) and PNG (IEND), which catches
+    truncated files, the common corruption of interrupted downloads.
+    """
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise BadImageError(f"{where}: not an image (unknown format, first bytes {data[:8].hex()})")
+    if fmt == "JPEG" and data[-64:].rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        raise BadImageError(f"{where}: truncated JPEG (no end-of-image marker)")
+    if fmt == "PNG" and b"IEND" not in data[-16:]:
+        raise BadImageError(f"{where}: truncated PNG (no IEND chunk)")
+    size = _header_size(data, fmt)
+    if size is None or min(size) <= 0:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                size = im.size
+        except Exception as e:  # PIL raises many types for broken headers
+            raise BadImageError(f"{where}: unreadable {fmt} header ({e})") from None
+    w, h = size
+    if w * h > max_pixels:
+        raise BadImageError(f"{where}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} (decompression bomb?)")
+    return fmt, w, h
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: keep the top 8 bits (Pillow's convert("L") would clip instead)
+        arr = np.asarray(im, dtype=np.uint32)
+        shift = 8 if arr.max(initial=0) > 255 else 0
+        im = Image.fromarray((arr >> shift).astype(np.uint8), "L")
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return im
+
+
+def decode_rgb(data: bytes, where: str, max_pixels: int = MAX_PIXELS, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Fully decode to an upright RGB image (EXIF orientation applied); BadImageError otherwise.
+
+    `draft` lets a JPEG decode at a reduced DCT scale when the caller only needs at least that size.
+    """
+    try:
+        im = Image.open(io.BytesIO(data))
+        w, h = im.size
+        if w * h > max_pixels:
+            raise BadImageError(f"{where}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} (decompression bomb?)")
+        if draft is not None and im.format == "JPEG":
+            im.draft("RGB", draft)
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return _to_rgb(im)
+    except BadImageError:
+        raise
+    except Exception as e:
+        raise BadImageError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def resize_shorter_side(im: Image.Image, size: int) -> Image.Image:
+    """Shrink so the shorter side is `size` (never enlarge), bicubic."""
+    w, h = im.size
+    if min(w, h) <= size:
+        return im
+    scale = size / min(w, h)
+    return im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+
+
+def encode_jpeg(im: Image.Image, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def reencode(data: bytes, where: str, size: int | None, quality: int = 95) -> tuple[bytes, int, int, str]:
+    """Decode, normalise to RGB, optionally resize, encode JPEG: (bytes, width, height, source format)."""
+    im = decode_rgb(data, where)
+    if size:
+        im = resize_shorter_side(im, size)
+    return encode_jpeg(im, quality), im.size[0], im.size[1], sniff_format(data) or "unknown"

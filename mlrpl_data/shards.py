@@ -1,0 +1,437 @@
+"""WebDataset shards that two labs can build to the same sha256.
+
+DIR/shards/<split>-000000.tar ... are plain uncompressed USTAR tars of samples `<key>.jpg`
+(original bytes, or re-encoded with --resize) + `<key>.json` (full labels, size, source,
+real format). Samples follow a shuffled order fixed by the manifest fingerprint, so reading
+the shards in sequence is already a random order. Member metadata is fixed (mtime 0, uid/gid
+0, mode 0444, empty user/group names): the same inputs give the same bytes anywhere, with any
+number of workers.
+
+Each shard is written to a temporary name, renamed when complete, and recorded in
+shards/.records/<shard>.json (plan hash, sha256). A re-run keeps shards whose record matches
+the plan and whose sha256 still matches, and writes only the rest. index.json and SHA256SUMS
+are written once every planned shard exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import __version__
+from .errors import BadInputError
+from .fsutil import atomic_write_bytes, sha256_file
+from .images import BadImageError, probe, reencode
+from .manifest import Manifest, read_manifest
+
+SHARDS_DIR = "shards"
+RECORDS_DIR = ".records"
+INDEX = "index.json"
+SUMS = "SHA256SUMS"
+SAMPLE_OVERHEAD = 3 * 512 + 256  # two headers, padding, the JSON member (for planning by size)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'512MB', '1.5GB', '200k' -> bytes (powers of 1024)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise BadInputError(f"--shard-size {text!r}: use e.g. 512MB or 2GB")
+    return int(float(m.group(1)) * 1024 ** "_KMGT".index(m.group(2).upper() or "_"))
+
+
+def parse_part(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise BadInputError(f"--part {text!r}: use i/n, e.g. 3/8") from None
+    if not 1 <= i <= n:
+        raise BadInputError(f"--part {text}: i must be between 1 and n")
+    return i, n
+
+
+@dataclass
+class ShardConfig:
+    split: str = "train"  # train | test | all
+    shard_size: int | None = 512 * 1024**2
+    max_samples: int | None = None
+    workers: int = 1
+    resize: int | None = None
+    quality: int = 95
+    on_bad_image: str = "fail"  # fail | skip
+    part: tuple[int, int] | None = None
+    progress: bool = True
+
+
+@dataclass
+class ShardPlan:
+    name: str
+    split: str
+    rows: list[int]
+    plan_hash: str = ""
+
+
+@dataclass
+class ShardJob:
+    """Everything a worker needs to write one shard (picklable, no manifest)."""
+
+    out_dir: str
+    name: str
+    plan_hash: str
+    fingerprint: str
+    root: str
+    samples: list[dict[str, Any]] = field(default_factory=list)  # key, path, labels, source size
+    resize: int | None = None
+    quality: int = 95
+    on_bad_image: str = "fail"
+
+
+def sample_order(keys: Iterable[str], fingerprint: str) -> np.ndarray:
+    """A shuffled order fixed by the manifest: sort by sha256(fingerprint:key)."""
+    digests = [hashlib.sha256(f"{fingerprint}:{k}".encode()).digest()[:8] for k in keys]
+    return np.argsort(np.frombuffer(b"".join(digests), dtype=">u8"), kind="stable") if digests else np.array([], int)
+
+
+def _source_sizes(m: Manifest, rows: np.ndarray) -> np.ndarray:
+    root = Path(m.root)
+    sizes = np.zeros(len(rows), dtype=np.int64)
+    for i, r in enumerate(rows):
+        try:
+            sizes[i] = os.stat(root / m.images["path"].iat[r]).st_size
+        except FileNotFoundError:
+            sizes[i] = 0  # reported when the shard is written
+    return sizes
+
+
+def plan_shards(m: Manifest, cfg: ShardConfig) -> list[ShardPlan]:
+    """Deterministic shard plan: which rows go in which shard, in which order."""
+    if cfg.split not in ("train", "test", "all"):
+        raise BadInputError(f"--split {cfg.split!r}: use train, test or all")
+    if not cfg.max_samples and not cfg.shard_size:
+        raise BadInputError("give --shard-size or --max-samples")
+    plans = []
+    fp, keys = m.fingerprint, m.keys
+    for split in (("train", "test") if cfg.split == "all" else (cfg.split,)):
+        rows = m.split_rows(split)
+        if len(rows) == 0:
+            continue
+        rows = rows[sample_order(keys[rows], fp)]
+        if cfg.max_samples:
+            bounds = list(range(0, len(rows), cfg.max_samples)) + [len(rows)]
+        else:
+            sizes = _source_sizes(m, rows) + SAMPLE_OVERHEAD
+            bounds, acc = [0], 0
+            for i, s in enumerate(sizes):
+                if acc and acc + s > cfg.shard_size:
+                    bounds.append(i)
+                    acc = 0
+                acc += int(s)
+            bounds.append(len(rows))
+        for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            plans.append(ShardPlan(name=f"{split}-{k:06d}.tar", split=split, rows=[int(r) for r in rows[a:b]]))
+    if not plans:
+        raise BadInputError(f"{m.name}: split {cfg.split} has no images")
+    opts = {"resize": cfg.resize, "quality": cfg.quality if cfg.resize else None, "on_bad_image": cfg.on_bad_image}
+    for p in plans:
+        blob = json.dumps({"fingerprint": fp, "name": p.name, "keys": [keys[r] for r in p.rows], **opts})
+        p.plan_hash = hashlib.sha256(blob.encode()).hexdigest()
+    return plans
+
+
+class TarWriter:
+    """A minimal byte-reproducible USTAR writer that hashes as it writes (no second read).
+
+    One write per member (header + data + padding); fixed metadata; ends with two zero
+    blocks padded to tar's 10 KiB record, as GNU tar and Python's tarfile do.
+    """
+
+    def __init__(self, f):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def _put(self, b) -> None:
+        self.h.update(b)
+        self.f.write(b)
+        self.n += len(b)
+
+    def add(self, name: str, data: bytes) -> None:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = len(data), 0, 0o444, 0, 0, "", ""
+        self._put(ti.tobuf(format=tarfile.USTAR_FORMAT))
+        self._put(data)
+        pad = -len(data) % tarfile.BLOCKSIZE
+        if pad:
+            self._put(b"\0" * pad)
+
+    def close(self) -> None:
+        self._put(b"\0" * (2 * tarfile.BLOCKSIZE))
+        pad = -self.n % tarfile.RECORDSIZE
+        if pad:
+            self._put(b"\0" * pad)
+
+
+def sample_json(key: str, labels: list[int], width: int, height: int, source: str, fmt: str, reencoded: bool) -> bytes:
+    doc = {"key": key, "labels": labels, "width": width, "height": height, "source": source,
+           "format": fmt, "reencoded": reencoded}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _sample_bytes(s: dict[str, Any], job: ShardJob) -> tuple[bytes, bytes]:
+    path = Path(job.root) / s["path"]
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BadImageError(f"{path}: cannot read ({e.strerror})") from None
+    if job.resize:
+        data, w, h, fmt = reencode(data, str(path), job.resize, job.quality)
+    else:
+        fmt, w, h = probe(data, str(path))
+    return data, sample_json(s["key"], s["labels"], w, h, s["path"], fmt, bool(job.resize))
+
+
+def write_shard(job: ShardJob) -> dict[str, Any]:
+    """Write one shard atomically; returns its record (sha256, samples, keys, skipped).
+
+    No fsync: a shard is trusted on resume only if its sha256 still matches its record.
+    """
+    out_dir = Path(job.out_dir)
+    tmp = out_dir / f".{job.name}.tmp-{os.getpid()}"
+    skipped, keys = [], []
+    try:
+        with open(tmp, "wb", buffering=1 << 20) as f:
+            tar = TarWriter(f)
+            for s in job.samples:
+                try:
+                    data, meta = _sample_bytes(s, job)
+                except BadImageError as e:
+                    if job.on_bad_image == "fail":
+                        raise
+                    skipped.append({"key": s["key"], "path": s["path"], "reason": str(e)})
+                    continue
+                tar.add(f"{s['key']}.jpg", data)  # members sorted within a sample: .jpg < .json
+                tar.add(f"{s['key']}.json", meta)
+                keys.append(s["key"])
+            tar.close()
+        os.replace(tmp, out_dir / job.name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    record = {"name": job.name, "split": job.name.split("-")[0], "samples": len(keys), "bytes": tar.n,
+              "sha256": tar.h.hexdigest(), "first_key": keys[0] if keys else None, "last_key": keys[-1] if keys else None,
+              "fingerprint": job.fingerprint, "plan_hash": job.plan_hash, "resize": job.resize, "skipped": skipped}
+    atomic_write_bytes(out_dir / RECORDS_DIR / f"{job.name}.json", json.dumps(record, indent=1).encode(), fsync=False)
+    return record
+
+
+def _job(m: Manifest, keys: np.ndarray, paths: np.ndarray, fingerprint: str, plan: ShardPlan, out_dir: Path,
+         cfg: ShardConfig) -> ShardJob:
+    return ShardJob(out_dir=str(out_dir), name=plan.name, plan_hash=plan.plan_hash, fingerprint=fingerprint,
+                    root=m.root, resize=cfg.resize, quality=cfg.quality, on_bad_image=cfg.on_bad_image,
+                    samples=[{"key": keys[r], "path": paths[r], "labels": m.labels[r].tolist()} for r in plan.rows])
+
+
+def _valid_record(out_dir: Path, plan: ShardPlan) -> dict[str, Any] | None:
+    """The shard's record when the tar on disk is the one this plan would write."""
+    rec_path = out_dir / RECORDS_DIR / f"{plan.name}.json"
+    tar = out_dir / plan.name
+    if not (rec_path.exists() and tar.exists()):
+        return None
+    try:
+        rec = json.loads(rec_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if rec.get("plan_hash") != plan.plan_hash or tar.stat().st_size != rec.get("bytes"):
+        return None
+    return rec if sha256_file(tar) == rec.get("sha256") else None
+
+
+@dataclass
+class ShardResult:
+    written: list[str]
+    kept: list[str]
+    complete: bool
+    index: dict[str, Any] | None
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="write-shards", disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
+    """Plan, then write the shards that are not already there (in parallel with cfg.workers)."""
+    if cfg.on_bad_image not in ("fail", "skip"):
+        raise BadInputError(f"--on-bad-image {cfg.on_bad_image!r}: use fail or skip")
+    m = read_manifest(dataset_dir)
+    out_dir = Path(dataset_dir) / SHARDS_DIR
+    (out_dir / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
+    plans = plan_shards(m, cfg)
+    mine = plans if cfg.part is None else [p for k, p in enumerate(plans) if k % cfg.part[1] == cfg.part[0] - 1]
+    kept, todo = [], []
+    for p in mine:
+        (kept if _valid_record(out_dir, p) else todo).append(p)
+    bar = _progress(sum(len(p.rows) for p in todo), cfg.progress)
+    written = []
+    keys, paths, fingerprint = m.keys, m.images["path"].to_numpy(), m.fingerprint
+    jobs = (_job(m, keys, paths, fingerprint, p, out_dir, cfg) for p in todo)
+    try:
+        if cfg.workers <= 1 or len(todo) <= 1:
+            for job in jobs:
+                rec = write_shard(job)
+                written.append(rec["name"])
+                bar.update(len(job.samples))
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+            with ctx.Pool(cfg.workers) as pool:
+                for rec in pool.imap_unordered(write_shard, jobs):
+                    written.append(rec["name"])
+                    bar.update(rec["samples"] + len(rec["skipped"]))
+    finally:
+        bar.close()
+    complete = all(_record_matches(out_dir, p) for p in plans)
+    index = assemble_index(m, out_dir, plans) if complete else None
+    return ShardResult(written=sorted(written), kept=[p.name for p in kept], complete=complete, index=index)
+
+
+def _record_matches(out_dir: Path, plan: ShardPlan) -> bool:
+    rec_path = out_dir / RECORDS_DIR / f"{plan.name}.json"
+    if not (rec_path.exists() and (out_dir / plan.name).exists()):
+        return False
+    return json.loads(rec_path.read_text()).get("plan_hash") == plan.plan_hash
+
+
+def assemble_index(m: Manifest, out_dir: Path, plans: list[ShardPlan]) -> dict[str, Any]:
+    """index.json + SHA256SUMS over the planned shards and any other split's current shards."""
+    planned = {p.name for p in plans}
+    splits = {p.split for p in plans}
+    # shards of these splits that the plan no longer has (an earlier, larger plan) go
+    for tar in out_dir.glob("*.tar"):
+        if tar.name.split("-")[0] in splits and tar.name not in planned:
+            tar.unlink()
+            (out_dir / RECORDS_DIR / f"{tar.name}.json").unlink(missing_ok=True)
+    records, fp = [], m.fingerprint
+    for rec_path in sorted((out_dir / RECORDS_DIR).glob("*.tar.json")):
+        rec = json.loads(rec_path.read_text())
+        if rec.get("fingerprint") == fp and (out_dir / rec["name"]).exists():
+            records.append(rec)
+    records.sort(key=lambda r: r["name"])
+    from PIL import __version__ as pil_version
+
+    index = {
+        "dataset": m.name,
+        "fingerprint": fp,
+        "mlrpl_version": __version__,
+        "pillow_version": pil_version,
+        "splits": {s: sum(r["samples"] for r in records if r["split"] == s) for s in sorted({r["split"] for r in records})},
+        "shards": [{k: r[k] for k in ("name", "split", "samples", "bytes", "sha256", "first_key", "last_key",
+                                      "fingerprint", "resize")} for r in records],
+        "skipped": [s for r in records for s in r["skipped"]],
+    }
+    atomic_write_bytes(out_dir / SUMS, "".join(f"{r['sha256']}  {r['name']}\n" for r in records).encode())
+    atomic_write_bytes(out_dir / INDEX, (json.dumps(index, indent=1) + "\n").encode())
+    return index
+
+
+def read_index(url: str) -> dict[str, Any]:
+    import fsspec
+
+    where = f"{url.rstrip('/')}/{SHARDS_DIR}/{INDEX}"
+    try:
+        with fsspec.open(where, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        raise BadInputError(f"{where}: no shard index (run `mlrpl write-shards` to completion)") from None
+
+
+def shard_urls(url: str, split: str, index: dict[str, Any] | None = None) -> list[str]:
+    """URLs of the shards of one split (or all), from the index."""
+    index = index or read_index(url)
+    return [f"{url.rstrip('/')}/{SHARDS_DIR}/{s['name']}" for s in index["shards"] if split in ("all", s["split"])]
+
+
+def verify(url: str) -> list[str]:
+    """Every problem found: index vs manifest, each shard's sha256, sample count, keys and order."""
+    import fsspec
+
+    url = str(url).rstrip("/")
+    problems: list[str] = []
+    index = read_index(url)
+    m = read_manifest(url)
+    if index.get("fingerprint") != m.fingerprint:
+        problems.append(f"{url}/{SHARDS_DIR}/{INDEX}: made from manifest {index.get('fingerprint')} but the dataset is {m.fingerprint}")
+    known_keys = set(m.keys)
+    seen: set[str] = set()
+    for s in index["shards"]:
+        shard_url = f"{url}/{SHARDS_DIR}/{s['name']}"
+        h, n = hashlib.sha256(), 0
+        keys: list[str] = []
+        try:
+            with fsspec.open(shard_url, "rb") as f:
+                reader = _TeeHash(f, h)
+                with tarfile.open(fileobj=reader, mode="r|") as tar:
+                    for member in tar:
+                        if member.name.endswith(".json"):
+                            keys.append(member.name[: -len(".json")])
+                while reader.read(1 << 20):  # hash the tar's end padding as well
+                    pass
+                n = reader.n
+        except FileNotFoundError:
+            problems.append(f"{shard_url}: missing")
+            continue
+        except (tarfile.TarError, OSError, EOFError) as e:
+            problems.append(f"{shard_url}: unreadable or truncated tar ({e})")
+            continue
+        if n != s["bytes"]:
+            problems.append(f"{shard_url}: {n:,} bytes, index says {s['bytes']:,} (truncated or altered)")
+        elif h.hexdigest() != s["sha256"]:
+            problems.append(f"{shard_url}: sha256 {h.hexdigest()[:16]}… differs from the index {s['sha256'][:16]}… (altered)")
+        if len(keys) != s["samples"]:
+            problems.append(f"{shard_url}: {len(keys)} samples, index says {s['samples']}")
+        unknown = [k for k in keys if k not in known_keys]
+        if unknown:
+            problems.append(f"{shard_url}: {len(unknown)} key(s) not in the manifest, e.g. {unknown[0]}")
+        dup = [k for k in keys if k in seen]
+        if dup:
+            problems.append(f"{shard_url}: key {dup[0]} also in another shard")
+        seen.update(keys)
+        if keys and (keys[0] != s["first_key"] or keys[-1] != s["last_key"]):
+            problems.append(f"{shard_url}: key range {keys[0]}..{keys[-1]} differs from the index")
+    return problems
+
+
+class _TeeHash(io.RawIOBase):
+    """A read-only stream that hashes and counts what is read through it."""
+
+    def __init__(self, f, h):
+        self.f, self.h, self.n = f, h, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.f.read(len(b))
+        self.h.update(data)
+        self.n += len(data)
+        b[: len(data)] = data
+        return len(data)
+
+    def read(self, size=-1) -> bytes:
+        data = self.f.read(size)
+        self.h.update(data)
+        self.n += len(data)
+        return data

@@ -1,0 +1,75 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlrpl_data.images import BadImageError, decode_rgb, probe, reencode, resize_shorter_side
+
+
+def jpeg(mode="RGB", size=(40, 30), exif_orientation=None) -> bytes:
+    im = Image.new(mode, size, 128 if mode in ("L",) else (10, 20, 30, 40)[: len(mode)] if mode == "CMYK" else (200, 10, 10))
+    buf = io.BytesIO()
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        im.save(buf, "JPEG", exif=exif.tobytes())
+    else:
+        im.save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def png(mode="RGB", size=(40, 30)) -> bytes:
+    if mode == "I;16":
+        im = Image.fromarray(np.full(size[::-1], 40000, dtype=np.uint16))
+    else:
+        im = Image.new(mode, size, (1, 2, 3) if mode == "RGB" else 7)
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_probe_reads_real_format_and_size():
+    assert probe(jpeg(), "a.jpg") == ("JPEG", 40, 30)
+    assert probe(png(), "png-named.jpg") == ("PNG", 40, 30)  # a PNG named .jpg: format recorded
+
+
+def test_truncated_and_garbage_refused_with_file_named():
+    data = jpeg()
+    with pytest.raises(BadImageError, match="x.jpg: truncated JPEG"):
+        probe(data[: len(data) // 2], "x.jpg")
+    with pytest.raises(BadImageError, match="y.jpg: not an image"):
+        probe(b"<html>404</html>", "y.jpg")
+    with pytest.raises(BadImageError, match="truncated PNG"):
+        probe(png()[:-20], "z.png")
+
+
+def test_pixel_limit():
+    with pytest.raises(BadImageError, match="exceeds the limit"):
+        probe(jpeg(size=(200, 200)), "big.jpg", max_pixels=1000)
+    with pytest.raises(BadImageError, match="decompression bomb"):
+        decode_rgb(jpeg(size=(200, 200)), "big.jpg", max_pixels=1000)
+
+
+@pytest.mark.parametrize("data", [jpeg("CMYK"), jpeg("L"), png("I;16"), png("RGB"), png("P")],
+                         ids=["cmyk", "gray", "png16", "png", "palette"])
+def test_everything_normalises_to_rgb(data):
+    im = decode_rgb(data, "w")
+    assert im.mode == "RGB" and im.size == (40, 30)
+
+
+def test_sixteen_bit_keeps_top_bits():
+    im = decode_rgb(png("I;16"), "w")
+    assert np.asarray(im)[0, 0, 0] == 40000 >> 8
+
+
+def test_exif_rotation_applied():
+    im = decode_rgb(jpeg(size=(40, 30), exif_orientation=6), "r")
+    assert im.size == (30, 40)
+
+
+def test_reencode_resizes_shorter_side_only_down():
+    data, w, h, fmt = reencode(jpeg(size=(400, 300)), "a", 150)
+    assert fmt == "JPEG"
+    assert (w, h) == (200, 150) and probe(data, "a")[0] == "JPEG"
+    assert resize_shorter_side(Image.new("RGB", (100, 80)), 150).size == (100, 80)
