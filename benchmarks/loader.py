@@ -1,0 +1,105 @@
+"""Benchmark: images/s per worker of (a) the published CPU pipeline over loose JPEGs and (b) the mlrpl
+streaming loader over shards, on the same ~640x480 images in the same run (one process each).
+
+(a) PIL open -> RGB -> bicubic resize 512x512 -> random square crop from {512,...,256} ->
+    bicubic resize 448 -> flip -> ToTensor -> Normalize  (torchvision transforms, all on the CPU)
+(b) shard read -> decode -> one bicubic resize from the crop box in original coordinates -> flip
+    -> uint8 tensor (normalisation happens on the device)
+Run it under plain Pillow, and with pillow-simd first on the path:
+    PYTHONPATH=/path/to/pillow-simd python benchmarks/loader.py
+Targets: (b) >= 3x (a) with pillow-simd, >= 1.5x with plain Pillow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import PIL  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from mlrpl_train.loader import CROP_SCALES, StreamConfig, make_loader  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from shards import coco_dataset, make_images  # noqa: E402
+
+
+def published_pipeline(files: list[Path], seed: int = 0) -> float:
+    import torchvision.transforms as T
+
+    rng = random.Random(seed)
+    norm = T.Compose([T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    t = time.perf_counter()
+    for f in files:
+        im = Image.open(f).convert("RGB").resize((512, 512), Image.BICUBIC)
+        s = rng.choice(CROP_SCALES)
+        x0, y0 = rng.randint(0, 512 - s), rng.randint(0, 512 - s)
+        im = im.crop((x0, y0, x0 + s, y0 + s)).resize((448, 448), Image.BICUBIC)
+        if rng.random() < 0.5:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        norm(im)
+    return len(files) / (time.perf_counter() - t)
+
+
+def decode_only(files: list[Path]) -> float:
+    t = time.perf_counter()
+    for f in files:
+        Image.open(f).convert("RGB")
+    return len(files) / (time.perf_counter() - t)
+
+
+def mlrpl_loader(dataset: Path, n: int) -> float:
+    from mlrpl_train.loader import resolve_data
+
+    spec = resolve_data(str(dataset), None)
+    cfg = StreamConfig(urls=spec.test_urls + spec.train_urls, num_classes=spec.num_classes, train=True, image_size=448,
+                       batch_size=16, shuffle_buffer=64)
+    cfg.urls = spec.train_urls
+    t = time.perf_counter()
+    seen = 0
+    for batch in make_loader(cfg, 0):  # num_workers=0: this process is the one worker
+        seen += len(batch["keys"])
+        if seen >= n:
+            break
+    return seen / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=400)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    from mlrpl_data.shards import ShardConfig, write_shards
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        names = make_images(tmp / "raw" / "train2014", a.images)
+        files = [tmp / "raw" / "train2014" / n for n in names]
+        d = coco_dataset(tmp / "raw", names, 1, tmp / "ds")
+        write_shards(d, ShardConfig(split="train", shard_size=None, max_samples=100, progress=False))
+        pub, ours, dec = [], [], []
+        for _ in range(a.repeats):
+            pub.append(published_pipeline(files))
+            ours.append(mlrpl_loader(d, a.images))
+            dec.append(decode_only(files))
+    simd = "post" in PIL.__version__
+    print(json.dumps({
+        "pillow": PIL.__version__, "pillow_simd": simd, "images": a.images,
+        "published_pipeline_img_s": round(max(pub), 1), "mlrpl_loader_img_s": round(max(ours), 1),
+        "decode_only_img_s": round(max(dec), 1), "ratio": round(max(ours) / max(pub), 2),
+        "target_ratio": 3.0 if simd else 1.5,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""The streaming loader, as explicit stages (each an iterator in, an iterator out):
+
+shard URLs -> split by rank and worker -> read tar members (.jpg/.json only) -> shuffle buffer
+-> skip (resume) -> decode -> join partial labels by key -> augment -> batch (DataLoader).
+
+Determinism: the shuffle of (epoch, rank, worker, pass) and each sample's augmentation
+(seed, epoch, key) come from seeded RNGs, so a run resumed mid-epoch sees the same batches.
+Every rank yields the same number of batches per epoch: the training stream cycles over
+the rank's share and the epoch is cut at len(train samples) // (world * batch) batches.
+Untrusted shards: only `.jpg` and `.json` members are ever read (never pickles), images are
+refused over a pixel limit, labels are checked, a corrupt sample is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mlrpl_data.errors import BadInputError, FingerprintMismatchError, MlrplError
+from mlrpl_data.images import MAX_PIXELS, BadImageError, decode_rgb
+from mlrpl_data.shards import read_index, shard_urls
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_SCALES = (512, 448, 384, 320, 256)
+BASE = 512
+
+
+class ShardReadError(MlrplError):
+    """A shard that cannot be opened or parsed (names the URL)."""
+
+
+class BadSampleError(MlrplError):
+    """A sample that fails its checks, with --on-bad-sample fail."""
+
+
+@dataclass
+class StreamConfig:
+    """What a stream reads and how; picklable (it travels to DataLoader workers)."""
+
+    urls: list[str]
+    num_classes: int
+    train: bool
+    image_size: int = 448
+    batch_size: int = 32
+    seed: int = 0
+    epoch: int = 0
+    rank: int = 0
+    world: int = 1
+    shuffle_buffer: int = 1000
+    skip_batches: int = 0
+    max_pixels: int = MAX_PIXELS
+    on_bad_sample: str = "skip"
+    partial: dict[str, np.ndarray] | None = None  # key -> partial labels (training)
+    num_workers: int = 1  # of the DataLoader (for the resume skip)
+    crop_scales: tuple[int, ...] = CROP_SCALES
+
+
+# ---- stage 1: which shards / which samples are mine -------------------------------------------
+
+def my_share(urls: list[str], rank: int, world: int, worker: int, workers: int) -> tuple[list[str], int, int]:
+    """(urls to read, sample stride, sample offset) for one worker of one rank.
+
+    With at least one shard per (rank, worker), shards are dealt out round-robin; with fewer,
+    every worker reads all shards and keeps every k-th sample, so no sample is read twice.
+    """
+    k, g = world * workers, rank * workers + worker
+    if len(urls) >= k:
+        return urls[g::k], 1, 0
+    return urls, k, g
+
+
+# ---- stage 2: tar members -> raw samples ----------------------------------------------------------
+
+def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
+    """Group `.jpg` and `.json` members by key; every other member is skipped unread."""
+    import fsspec
+
+    for url in urls:
+        current: dict[str, Any] | None = None
+        try:
+            with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+                for member in tar:
+                    if not member.isfile() or "." not in member.name:
+                        continue
+                    key, ext = member.name.split(".", 1)
+                    if ext not in ("jpg", "json"):
+                        continue  # never decode pickles, .pth or anything else an untrusted shard holds
+                    data = tar.extractfile(member).read()
+                    if current is None or current["__key__"] != key:
+                        if current is not None:
+                            yield current
+                        current = {"__key__": key, "__url__": url}
+                    current[ext] = data
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise ShardReadError(f"{url}: cannot read shard ({type(e).__name__}: {e})") from None
+        if current is not None:
+            yield current
+
+
+def take_every(samples: Iterator[dict], stride: int, offset: int) -> Iterator[dict]:
+    for i, s in enumerate(samples):
+        if i % stride == offset:
+            yield s
+
+
+def shuffle(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
+    """A reservoir shuffle buffer (bounded memory)."""
+    buf: list[dict] = []
+    for s in samples:
+        if len(buf) < bufsize:
+            buf.append(s)
+            continue
+        i = rng.randrange(len(buf))
+        buf[i], s = s, buf[i]
+        yield s
+    rng.shuffle(buf)
+    yield from buf
+
+
+def skip(samples: Iterator[dict], n: int) -> Iterator[dict]:
+    for i, s in enumerate(samples):
+        if i >= n:
+            yield s
+
+
+# ---- stage 3: decode and check ---------------------------------------------------------------------
+
+def check_labels(labels: Any, num_classes: int, where: str) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.shape != (num_classes,) or not np.isin(arr, (-1, 0, 1)).all():
+        raise BadSampleError(f"{where}: labels must be {num_classes} values in {{-1,0,1}}")
+    return arr.astype(np.int8)
+
+
+def decode(samples: Iterator[dict], cfg: StreamConfig, counter: list[int]) -> Iterator[dict]:
+    """Raw bytes -> PIL RGB image + full labels; a bad sample is skipped and counted (or raises)."""
+    for s in samples:
+        where = f"{s['__url__']} sample {s['__key__']}"
+        try:
+            if "jpg" not in s or "json" not in s:
+                raise BadSampleError(f"{where}: needs both .jpg and .json members")
+            try:
+                meta = json.loads(s["json"])
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise BadSampleError(f"{where}: malformed .json member") from None
+            labels = check_labels(meta.get("labels"), cfg.num_classes, where)
+            image = decode_rgb(s["jpg"], where, max_pixels=cfg.max_pixels)
+        except (BadSampleError, BadImageError) as e:
+            if cfg.on_bad_sample == "fail":
+                raise BadSampleError(str(e)) from None
+            print(f"warning: skipped bad sample: {e}", file=sys.stderr)
+            counter[0] += 1
+            continue
+        yield {"key": s["__key__"], "image": image, "labels": labels}
+
+
+def join_partial(samples: Iterator[dict], partial: dict[str, np.ndarray] | None) -> Iterator[dict]:
+    """Attach the mask's partial labels by key (training); the full labels stay for evaluation."""
+    for s in samples:
+        if partial is not None:
+            try:
+                s["partial"] = partial[s["key"]]
+            except KeyError:
+                raise BadSampleError(f"sample {s['key']} has no row in the mask: the mask does not cover this split") from None
+        else:
+            s["partial"] = s["labels"]
+        yield s
+
+
+# ---- stage 4: augmentation (one fused resize) ---------------------------------------------------------
+
+def train_crop_box(width: int, height: int, rng: random.Random,
+                   scales: tuple[int, ...] = CROP_SCALES) -> tuple[float, float, float, float]:
+    """The published crop (resize to 512x512, random square crop of a size in CROP_SCALES) as a
+    box in ORIGINAL coordinates, so one resize from the box replaces resize-crop-resize."""
+    s = rng.choice(scales)
+    x0, y0 = rng.randint(0, BASE - s), rng.randint(0, BASE - s)
+    sx, sy = width / BASE, height / BASE
+    return (x0 * sx, y0 * sy, (x0 + s) * sx, (y0 + s) * sy)
+
+
+def augment_image(image: Image.Image, train: bool, size: int, rng: random.Random,
+                  scales: tuple[int, ...] = CROP_SCALES) -> np.ndarray:
+    """PIL RGB -> (size, size, 3) uint8: fused crop+resize and flip (train) or plain resize (test)."""
+    if train:
+        box = train_crop_box(*image.size, rng, scales)
+        out = image.resize((size, size), Image.BICUBIC, box=box)
+        if rng.random() < 0.5:
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    else:
+        out = image.resize((size, size), Image.BICUBIC)
+    return np.array(out, dtype=np.uint8)  # a writable copy (torch refuses read-only buffers)
+
+
+def augment(samples: Iterator[dict], cfg: StreamConfig) -> Iterator[dict]:
+    for s in samples:
+        rng = random.Random(f"{cfg.seed}:{cfg.epoch}:{s['key']}")
+        yield {"key": s["key"], "image": torch.from_numpy(augment_image(s.pop("image"), cfg.train, cfg.image_size, rng, tuple(cfg.crop_scales))),
+               "partial": torch.tensor(s["partial"]), "labels": torch.tensor(s["labels"])}
+
+
+# ---- the dataset: the stages chained per worker ------------------------------------------------------
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Yields augmented samples; training streams cycle over the share forever (the engine cuts
+    the epoch at a fixed number of batches); test streams read each sample exactly once."""
+
+    def __init__(self, cfg: StreamConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def __iter__(self) -> Iterator[dict]:
+        cfg = self.cfg
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if cfg.train:
+            # the DataLoader deals batches to workers round-robin from worker 0. Resumed after k
+            # batches, batch k comes from worker 0 but was made by worker k % W: so worker w plays
+            # the logical worker (w + k) % W, and skips that worker's share of the first k batches.
+            worker = (worker + cfg.skip_batches) % workers
+        urls, stride, offset = my_share(cfg.urls, cfg.rank, cfg.world, worker, workers)
+        counter = [0]
+        if cfg.train:
+            raw = self._cycle(urls, stride, offset, worker)
+            mine = len(range(worker, cfg.skip_batches, workers))
+            raw = skip(raw, mine * cfg.batch_size)
+        else:
+            raw = take_every(read_samples(urls), stride, offset)
+        stream = augment(join_partial(decode(raw, cfg, counter), cfg.partial), cfg)
+        for s in stream:
+            s["bad"] = counter[0]
+            counter[0] = 0
+            yield s
+
+    def _cycle(self, urls, stride, offset, worker) -> Iterator[dict]:
+        cfg = self.cfg
+        if not urls:
+            return
+        for p in range(10**9):
+            rng = random.Random(f"{cfg.seed}:{cfg.epoch}:{cfg.rank}:{worker}:{p}")
+            order = list(urls)
+            rng.shuffle(order)
+            yield from shuffle(take_every(read_samples(order), stride, offset), cfg.shuffle_buffer, rng)
+
+
+def collate(samples: list[dict]) -> dict[str, Any]:
+    return {
+        "keys": [s["key"] for s in samples],
+        "images": torch.stack([s["image"] for s in samples]),  # (B, H, W, 3) uint8
+        "partial": torch.stack([s["partial"] for s in samples]),  # (B, C) int8
+        "labels": torch.stack([s["labels"] for s in samples]),  # (B, C) int8
+        "bad": sum(s["bad"] for s in samples),
+    }
+
+
+def to_device(images: torch.Tensor, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) on the device, channels-last in memory."""
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).to(dtype).div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+# ---- what the engine calls --------------------------------------------------------------------------------
+
+@dataclass
+class DataSpec:
+    """Where the data is and what it holds, resolved once per run."""
+
+    dataset: str
+    fingerprint: str
+    num_classes: int
+    class_names: list[str]
+    train_urls: list[str]
+    test_urls: list[str]
+    train_samples: int
+    test_samples: int
+    partial: dict[str, np.ndarray] | None = None
+    mask_name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_data(dataset: str, mask: str | None) -> DataSpec:
+    """Read the manifest card, shard index and mask; refuse any fingerprint mismatch."""
+    from mlrpl_data.manifest import read_card
+    from mlrpl_data.masks import read_mask
+    import fsspec
+    import pyarrow.parquet as pq
+
+    card = read_card(dataset)
+    index = read_index(dataset)
+    if index["fingerprint"] != card["fingerprint"]:
+        raise FingerprintMismatchError(
+            f"{dataset}/shards/index.json: shards made from manifest {index['fingerprint']} but the dataset is "
+            f"{card['fingerprint']}; rebuild the shards (mlrpl write-shards)")
+    with fsspec.open(f"{str(dataset).rstrip('/')}/categories.parquet", "rb") as f:
+        names = pq.read_table(f).column("name").to_pylist()
+    partial = None
+    if mask:
+        m = read_mask(dataset, mask, fingerprint=index["fingerprint"])
+        partial = {k: row for k, row in zip(m.keys, m.labels)}
+    splits = index.get("splits", {})
+    spec = DataSpec(dataset=str(dataset), fingerprint=card["fingerprint"], num_classes=int(card["num_classes"]),
+                    class_names=names, train_urls=shard_urls(str(dataset), "train", index),
+                    test_urls=shard_urls(str(dataset), "test", index), train_samples=int(splits.get("train", 0)),
+                    test_samples=int(splits.get("test", 0)), partial=partial, mask_name=mask)
+    return spec
+
+
+def batches_per_epoch(samples: int, world: int, batch_size: int) -> int:
+    n = samples // (world * batch_size)
+    if n < 1:
+        raise BadInputError(f"{samples} training samples are fewer than one batch of {batch_size} per rank ({world} ranks)")
+    return n
+
+
+def make_loader(cfg: StreamConfig, workers: int) -> torch.utils.data.DataLoader:
+    cfg.num_workers = max(1, workers)
+    return torch.utils.data.DataLoader(
+        ShardStream(cfg), batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate,
+        drop_last=False, persistent_workers=False, pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if workers > 0 else None,
+    )

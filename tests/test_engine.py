@@ -1,0 +1,145 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mlrpl_data.errors import AlreadyExistsError
+from mlrpl_train import engine
+from mlrpl_train.engine import TrainConfig, TrainingDivergedError, evaluate_checkpoint, load_checkpoint, train
+from mlrpl_train.model.backbone import WeightsError, build_backbone, imagenet_weights_path
+
+from trainkit import tiny_training_set
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_training_set(tmp_path_factory.mktemp("engine"), n_train=40, n_test=12)
+
+
+def config(data, out, **kw) -> TrainConfig:
+    base = dict(method="pbce", dataset=str(data), masks="uniform-p0.50-s0", out=str(out), backbone="tiny", weights="none",
+                freeze="none", epochs=2, batch_size=4, lr=3e-3, image_size=32, workers=0, progress=False, shuffle_buffer=8)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_run_directory_holds_everything(data, tmp_path):
+    run = train(config(data, tmp_path / "run", epochs=3, lr_step=2))
+    for name in ("config.json", "metrics.csv", "last.pt", "best.pt"):
+        assert (run / name).exists(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["manifest_fingerprint"] and doc["mask"] == "uniform-p0.50-s0" and doc["config"]["epochs"] == 3
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert float(rows[2]["lr"]) == pytest.approx(3e-4)  # step decay /10 after lr_step epochs
+    ckpt = load_checkpoint(run / "last.pt")  # weights_only=True
+    assert ckpt["epoch"] == 3 and ckpt["step"] == 0
+    # learned something: well above the positive rate
+    assert max(float(r["mAP"]) for r in rows) > 0.6
+
+
+def test_existing_run_needs_resume_or_force(data, tmp_path):
+    train(config(data, tmp_path / "run", epochs=1))
+    with pytest.raises(AlreadyExistsError, match="--resume"):
+        train(config(data, tmp_path / "run", epochs=1))
+    train(config(data, tmp_path / "run", epochs=1), force=True)
+
+
+def test_killed_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch):
+    ref = train(config(data, tmp_path / "ref", checkpoint_every=3))
+    real_step = engine.train_step
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 14:  # 10 batches per epoch: the 4th step of epoch 2, after its step-3 checkpoint
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(engine, "train_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, tmp_path / "killed", checkpoint_every=3))
+    monkeypatch.setattr(engine, "train_step", real_step)
+    mid = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert (mid["epoch"], mid["step"]) == (1, 3)  # the kill came mid-epoch
+    train(engine.load_run_config(tmp_path / "killed"), resume=True)
+    a, b = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(tmp_path / "killed" / "last.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
+    real_step = engine.train_step
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss, logs = real_step(*a, **k)
+        return (float("nan"), logs) if calls["n"] == 13 else (loss, logs)
+
+    monkeypatch.setattr(engine, "train_step", poisoned)
+    with pytest.raises(TrainingDivergedError, match="loss is nan at epoch 2, step 3"):
+        train(config(data, tmp_path / "run"))
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_evaluate_writes_table_json_and_png(data, tmp_path):
+    run = train(config(data, tmp_path / "run", epochs=1))
+    m = evaluate_checkpoint(run, str(data), tmp_path / "report", workers=0)
+    assert m["keys_evaluated"] == 12
+    assert json.loads((tmp_path / "report/per_class_ap.json").read_text()).keys() == {"person", "car", "train"}
+    assert (tmp_path / "report/per_class_ap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_imagenet_weights_come_from_the_local_cache_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    torch.hub.set_dir(str(tmp_path / "torch" / "hub"))
+    try:
+        with pytest.raises(WeightsError, match="not in the local torch cache"):
+            build_backbone("resnet18", "imagenet")
+        path, url = imagenet_weights_path("resnet18")
+        import torchvision
+
+        ref = torchvision.models.resnet18(weights=None)
+        path.parent.mkdir(parents=True)
+        torch.save(ref.state_dict(), path)
+        net = build_backbone("resnet18", "imagenet")
+        assert torch.equal(net.layer4[0].conv1.weight, ref.layer4[0].conv1.weight)
+        torch.save({"something": torch.zeros(1)}, tmp_path / "bad.pth")
+        with pytest.raises(WeightsError, match="does not fit"):
+            build_backbone("resnet18", str(tmp_path / "bad.pth"))
+    finally:
+        torch.hub.set_dir(str(Path.home() / ".cache" / "torch" / "hub"))
+
+
+def test_frozen_layers_keep_batchnorm_in_eval(data, tmp_path):
+    from mlrpl_train.loader import resolve_data
+    from mlrpl_train.model.factory import build_model
+
+    spec = resolve_data(str(data), "uniform-p0.50-s0")
+    model = build_model(config(data, tmp_path, freeze="layer3"), spec).train()
+    assert not model.backbone.layer3[1].training and model.backbone.layer4[1].training
+    assert not any(p.requires_grad for p in model.backbone.layer3.parameters())
+
+
+def test_two_process_ddp_with_gloo(data, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cli", "train", "pbce",
+           str(data), "--masks", "uniform-p0.50-s0", "--backbone", "tiny", "--weights", "none", "--freeze", "none",
+           "--epochs", "2", "--batch-size", "4", "--image-size", "32", "--workers", "1", "--out", str(out), "--no-progress"]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((out / "metrics_last.json").read_text())
+    assert metrics["keys_evaluated"] == 12  # every test image once across the two ranks
+    assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 2

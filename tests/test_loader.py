@@ -1,0 +1,210 @@
+import io
+import json
+import random
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mlrpl_data.errors import FingerprintMismatchError
+from mlrpl_data.masks import MaskConfig, make_masks
+from mlrpl_train.loader import (BadSampleError, ShardReadError, ShardStream, StreamConfig, augment_image, batches_per_epoch,
+                                collate, make_loader, my_share, resolve_data, train_crop_box)
+
+from trainkit import tiny_training_set
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_training_set(tmp_path_factory.mktemp("loader"))
+
+
+def cfg_for(spec, train, **kw):
+    base = dict(urls=spec.train_urls if train else spec.test_urls, num_classes=spec.num_classes, train=train,
+                image_size=16, batch_size=4, partial=spec.partial if train else None, shuffle_buffer=8)
+    base.update(kw)
+    return StreamConfig(**base)
+
+
+def keys_of(cfg, workers):
+    return [k for b in make_loader(cfg, workers) for k in b["keys"]]
+
+
+def test_my_share_deals_shards_or_strides_samples():
+    urls = [f"s{i}" for i in range(5)]
+    shares = [my_share(urls, r, 2, w, 2) for r in range(2) for w in range(2)]
+    assert sorted(u for s in shares for u in s[0]) == urls and all(s[1] == 1 for s in shares)
+    few = [my_share(urls[:2], r, 2, w, 2) for r in range(2) for w in range(2)]
+    assert [(s[1], s[2]) for s in few] == [(4, 0), (4, 1), (4, 2), (4, 3)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("n_shards", [1, 2, 10])
+def test_evaluation_reads_every_test_image_once_across_ranks(data, workers, n_shards):
+    spec = resolve_data(str(data), "uniform-p0.50-s0")
+    urls = (spec.test_urls * 10)[:n_shards] if n_shards <= len(spec.test_urls) else spec.test_urls
+    if n_shards < len(spec.test_urls):
+        urls = spec.test_urls[:n_shards]
+    seen = []
+    for rank in range(2):
+        seen += keys_of(cfg_for(spec, False, urls=urls, rank=rank, world=2), workers)
+    expected = []
+    for u in urls:
+        with tarfile.open(u) as t:
+            expected += [m.name[:-5] for m in t.getmembers() if m.name.endswith(".json")]
+    assert sorted(seen) == sorted(expected) and len(seen) == len(set(seen))
+
+
+def take(cfg, workers, n):
+    return [b["keys"] for b, _ in zip(make_loader(cfg, workers), range(n))]
+
+
+def test_every_rank_gets_the_same_number_of_batches_even_with_few_shards(data):
+    spec = resolve_data(str(data), "uniform-p0.50-s0")
+    n = batches_per_epoch(spec.train_samples, 3, 4)
+    for urls in (spec.train_urls, spec.train_urls[:1]):  # 6 shards, then fewer shards than ranks x workers
+        for rank in range(3):
+            batches = take(cfg_for(spec, True, urls=urls, rank=rank, world=3), 2, n)
+            assert len(batches) == n and all(len(b) == 4 for b in batches)
+
+
+def test_shuffle_changes_with_epoch_and_is_stable_within(data):
+    spec = resolve_data(str(data), "uniform-p0.50-s0")
+    a = take(cfg_for(spec, True, epoch=0), 2, 6)
+    assert a == take(cfg_for(spec, True, epoch=0), 2, 6)
+    assert a != take(cfg_for(spec, True, epoch=1), 2, 6)  # no frozen shuffle seed
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_skip_gives_the_same_following_batches(data, workers):
+    spec = resolve_data(str(data), "uniform-p0.50-s0")
+    full = [b for b, _ in zip(make_loader(cfg_for(spec, True, epoch=1), workers), range(8))]
+    resumed = [b for b, _ in zip(make_loader(cfg_for(spec, True, epoch=1, skip_batches=3), workers), range(5))]
+    for a, b in zip(full[3:], resumed):
+        assert a["keys"] == b["keys"] and torch.equal(a["images"], b["images"]) and torch.equal(a["partial"], b["partial"])
+
+
+def test_partial_labels_joined_by_key(data):
+    spec = resolve_data(str(data), "uniform-p0.50-s0")
+    for b, _ in zip(make_loader(cfg_for(spec, True), 0), range(3)):
+        for k, p, full in zip(b["keys"], b["partial"], b["labels"]):
+            assert p.tolist() == spec.partial[k].tolist()
+            known = p != 0
+            assert torch.equal(p[known], full[known])
+    assert b["images"].dtype == torch.uint8 and b["images"].shape == (4, 16, 16, 3)  # uint8 until the device
+
+
+def test_mask_of_another_manifest_refused(data, tmp_path):
+    spec = resolve_data(str(data), None)
+    other = tiny_training_set(tmp_path, n_train=20, n_test=4)
+    (data / "masks" / "alien.json").write_text((other / "masks" / "uniform-p0.50-s0.json").read_text())
+    (data / "masks" / "alien.parquet").write_bytes((other / "masks" / "uniform-p0.50-s0.parquet").read_bytes())
+    try:
+        with pytest.raises(FingerprintMismatchError, match=spec.fingerprint):
+            resolve_data(str(data), "alien")
+    finally:
+        (data / "masks" / "alien.json").unlink()
+        (data / "masks" / "alien.parquet").unlink()
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> str:
+    with tarfile.open(path, "w") as t:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    return str(path)
+
+
+def jpeg(size=(20, 20)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (9, 9, 9)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+class Boom:
+    def __reduce__(self):
+        return (Path.write_text, (Path(BOOM_FILE), "pwned"))
+
+
+BOOM_FILE = ""
+
+
+def test_untrusted_shard_pickles_are_never_loaded(tmp_path):
+    import pickle
+
+    global BOOM_FILE
+    BOOM_FILE = str(tmp_path / "executed")
+    meta = json.dumps({"labels": [1, -1, 1]}).encode()
+    url = write_tar(tmp_path / "evil.tar", [("a.jpg", jpeg()), ("a.json", meta), ("a.pyd", pickle.dumps(Boom())),
+                                             ("a.pth", pickle.dumps(Boom())), ("b.jpg", jpeg()), ("b.json", meta)])
+    cfg = StreamConfig(urls=[url], num_classes=3, train=False, image_size=8, batch_size=2)
+    batches = list(make_loader(cfg, 0))
+    assert batches[0]["keys"] == ["a", "b"]
+    assert not Path(BOOM_FILE).exists()
+    # what WebDataset's default decoding would do with the same member: it runs the payload
+    pickle.loads(pickle.dumps(Boom()))
+    assert Path(BOOM_FILE).exists()
+
+
+def test_bad_samples_skipped_and_counted_or_fail(tmp_path):
+    good = json.dumps({"labels": [1, -1, 1]}).encode()
+    url = write_tar(tmp_path / "s.tar", [
+        ("a.jpg", jpeg()), ("a.json", good),
+        ("b.jpg", jpeg()[:50]), ("b.json", good),                          # corrupt image
+        ("c.jpg", jpeg()), ("c.json", json.dumps({"labels": [1, 2]}).encode()),  # bad labels
+        ("d.jpg", jpeg((300, 300))), ("d.json", good),                     # over the pixel limit
+        ("e.jpg", jpeg()), ("e.json", good)])
+    cfg = StreamConfig(urls=[url], num_classes=3, train=False, image_size=8, batch_size=8, max_pixels=10000)
+    [batch] = list(make_loader(cfg, 0))
+    assert batch["keys"] == ["a", "e"] and batch["bad"] == 3
+    cfg.on_bad_sample = "fail"
+    with pytest.raises(BadSampleError, match="s.tar sample b"):
+        list(make_loader(cfg, 0))
+
+
+def test_unreadable_shard_names_its_url(tmp_path):
+    bad = tmp_path / "broken.tar"
+    bad.write_bytes(b"this is not a tar" * 100)
+    cfg = StreamConfig(urls=[str(bad)], num_classes=3, train=False, image_size=8, batch_size=2)
+    with pytest.raises(ShardReadError, match="broken.tar"):
+        list(make_loader(cfg, 0))
+
+
+def test_crop_boxes_follow_the_published_distribution():
+    rng = random.Random(0)
+    sizes = set()
+    for _ in range(500):
+        x0, y0, x1, y1 = train_crop_box(640, 480, rng)
+        s = round((x1 - x0) * 512 / 640)
+        assert round((y1 - y0) * 512 / 480) == s and 0 <= x0 and x1 <= 640 + 1e-6 and y1 <= 480 + 1e-6
+        sizes.add(s)
+    assert sizes == {512, 448, 384, 320, 256}
+
+
+def test_fused_resize_matches_the_two_resize_reference():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:480, 0:640]
+    arr = np.stack([128 + 100 * np.sin(xx / 37.0), 128 + 100 * np.cos(yy / 23.0), (xx + yy) % 256], -1)
+    im = Image.fromarray(np.clip(arr + rng.normal(0, 5, arr.shape), 0, 255).astype(np.uint8))
+    errors = []
+    for seed in range(10):
+        r = random.Random(seed)
+        x0, y0, x1, y1 = train_crop_box(*im.size, random.Random(seed))
+        s = round((x1 - x0) * 512 / 640)
+        px, py = round(x0 * 512 / 640), round(y0 * 512 / 480)
+        ref = im.resize((512, 512), Image.BICUBIC).crop((px, py, px + s, py + s)).resize((448, 448), Image.BICUBIC)
+        fused = im.resize((448, 448), Image.BICUBIC, box=(x0, y0, x1, y1))
+        errors.append(np.abs(np.asarray(ref, float) - np.asarray(fused, float)).mean())
+    assert max(errors) < 4.0, errors  # mean absolute error in 0..255 units
+
+
+def test_augment_flip_and_test_resize():
+    im = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8)[None, :, None], (32, 1, 3)))
+    test = augment_image(im, False, 16, random.Random(0))
+    assert test.shape == (16, 16, 3) and test[0, 0, 0] < test[0, -1, 0]
+    flips = {bool(augment_image(im, True, 16, random.Random(s))[0, 0, 0] > augment_image(im, True, 16, random.Random(s))[0, -1, 0]) for s in range(20)}
+    assert flips == {True, False}
