@@ -112,7 +112,8 @@ def decode_rgb(data: bytes, where: str, max_pixels: int = MAX_PIXELS, draft: tup
         if draft is not None and im.format == "JPEG":
             im.draft("RGB", draft)
         im.load()
-        im = ImageOps.exif_transpose(im)
+        if im.getexif().get(0x0112, 1) != 1:  # only rotate when needed: exif_transpose copies otherwise
+            im = ImageOps.exif_transpose(im)
         return _to_rgb(im)
     except BadImageError:
         raise
