@@ -184,6 +184,7 @@ def compute_masks(m: Manifest, cfg: MaskConfig) -> list[Mask]:
     labels = m.labels[rows]
     n, c = labels.shape
     hashes = None if cfg.scheme == "hcp" else entry_hashes(keys, c, cfg.seed)
+    fingerprint = m.fingerprint  # computed once: it hashes the whole manifest
     proportions = [None] if cfg.scheme == "single-positive" else cfg.proportions
     out = []
     for p in proportions:
@@ -199,7 +200,7 @@ def compute_masks(m: Manifest, cfg: MaskConfig) -> list[Mask]:
         name = mask_name(cfg.scheme, p, cfg.seed)
         meta = {
             "name": name,
-            "fingerprint": m.fingerprint,
+            "fingerprint": fingerprint,
             "dataset": m.name,
             "scheme": cfg.scheme,
             "seed": cfg.seed,

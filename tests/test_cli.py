@@ -47,3 +47,43 @@ def test_demo_data_is_coco_format(tmp_path):
     r = runner.invoke(app, ["build-coco", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "d"), "--name", "digits"])
     assert r.exit_code == 0, r.output
     assert "10 classes, train 40, test 10" in r.output
+
+
+def test_build_vg200_both_sources(tmp_path):
+    from conftest import make_vg
+
+    raw = make_vg(tmp_path / "vg")
+    r = runner.invoke(app, ["build-vg200", "--root", str(raw), "--out", str(tmp_path / "d"), "--test-size", "2",
+                            "--num-classes", "3"])
+    assert r.exit_code == 0, r.output
+    assert "3 classes, train 4, test 2" in r.output
+    (tmp_path / "train.txt").write_text("1.jpg\n2.jpg\n3.jpg\n")
+    (tmp_path / "test.txt").write_text("4.jpg\n")
+    (tmp_path / "labels.json").write_text(json.dumps({"1.jpg": [0], "2.jpg": [1, 2], "3.jpg": [], "4.jpg": [199, 300]}))
+    r = runner.invoke(app, ["build-vg200", "--root", str(raw), "--out", str(tmp_path / "s"),
+                            "--ssgrl-lists", str(tmp_path / "train.txt"), str(tmp_path / "test.txt"),
+                            "--ssgrl-labels", str(tmp_path / "labels.json")])
+    assert r.exit_code == 0, r.output
+    assert "200 classes, train 3, test 1" in r.output
+    r = runner.invoke(app, ["build-vg200", "--root", str(raw), "--out", str(tmp_path / "x"),
+                            "--ssgrl-labels", str(tmp_path / "labels.json")])
+    assert r.exit_code == 1 and "go together" in r.output
+
+
+def test_train_and_evaluate_commands(tmp_path):
+    from trainkit import tiny_training_set
+
+    d = tiny_training_set(tmp_path, n_train=16, n_test=4)
+    args = ["train", "pbce", str(d), "--masks", "uniform-p0.50-s0", "--backbone", "tiny", "--weights", "none",
+            "--freeze", "none", "--epochs", "1", "--batch-size", "4", "--image-size", "32", "--workers", "0",
+            "--out", str(tmp_path / "run"), "--no-progress"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1 and "--resume" in r.output
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(d), "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    assert "mAP" in r.output and "per_class_ap.png" in r.output
+    r = runner.invoke(app, ["train", "pbce", str(d), "--masks", "nope-p0.10-s0", "--out", str(tmp_path / "r2"),
+                            "--backbone", "tiny", "--weights", "none"])
+    assert r.exit_code == 1 and "mask not found" in r.output

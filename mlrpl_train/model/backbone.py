@@ -55,11 +55,13 @@ class ResNetTrunk(nn.Module):
 
 
 def imagenet_weights_path(name: str) -> tuple[Path, str]:
-    """Where torchvision caches `name`'s ImageNet weights, and the URL to fetch them from."""
+    """Where torchvision caches `name`'s ImageNet weights, and the URL to fetch them from.
+
+    IMAGENET1K_V1: the weights `pretrained=True` gave, which the published numbers used."""
     import torchvision
 
     enum = torchvision.models.get_model_weights(name)
-    url = enum.DEFAULT.url
+    url = enum.IMAGENET1K_V1.url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url
 
 
