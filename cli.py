@@ -6,7 +6,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import typer
 
@@ -228,6 +228,7 @@ def train(method: str = typer.Argument(..., help="pbce (partial BCE baseline) | 
           blend_start: int = typer.Option(5, help="Epoch from which IPRB/PPRB blend"),
           prototype_every: int = typer.Option(5, help="Recompute prototypes every N epochs"),
           contrastive_weight: float = typer.Option(0.05, help="lambda of eq. 16"),
+          feat_dim: int = typer.Option(1024, help="DSRB/SSGRL feature size after the 1x1 conv (paper: 1024)"),
           embeddings: Optional[str] = typer.Option(None, help="Label embeddings .npy (default DIR/label_embeddings.npy, else learned)")):
     """Train a model on a dataset's shards and a mask (one GPU, CPU, or many with --nproc)."""
     from mlrpl_train.engine import load_run_config, train as run_training
@@ -258,7 +259,8 @@ def _train_config(o: dict):
     model = {"iprb": not o["no_iprb"], "pprb": not o["no_pprb"], "learn_alpha": not o["fixed_alpha"],
              "learn_beta": not o["fixed_beta"], "blend": o["blend"], "csrl": o["csrl"], "grid_k": o["grid_k"],
              "blend_start": o["blend_start"], "prototype_every": o["prototype_every"],
-             "contrastive_weight": o["contrastive_weight"], "embeddings": o["embeddings"]}
+             "contrastive_weight": o["contrastive_weight"], "embeddings": o["embeddings"],
+             "feat_dim": o["feat_dim"], "attn_dim": o["feat_dim"]}
     return TrainConfig(method=o["method"], dataset=o["dataset"], masks=o.get("masks") or "", out=str(o["out"]),
                        backbone=o["backbone"], weights=o["weights"], freeze=o["freeze"], epochs=o["epochs"],
                        batch_size=o["batch_size"], lr=o["lr"], lr_step=o["lr_step"], weight_decay=o["weight_decay"],
@@ -282,7 +284,8 @@ def sweep(method: str = typer.Argument(..., help="pbce | ssgrl | dsrb"),
           image_size: int = 448, crop_scales: str = "512,448,384,320,256", workers: int = 4,
           no_iprb: bool = False, no_pprb: bool = False, fixed_alpha: bool = False, fixed_beta: bool = False,
           blend: str = "map", csrl: str = "sd", grid_k: int = 1, blend_start: int = 5, prototype_every: int = 5,
-          contrastive_weight: float = 0.05, embeddings: Optional[str] = None, no_progress: bool = False):
+          contrastive_weight: float = 0.05, feat_dim: int = 1024, embeddings: Optional[str] = None,
+          no_progress: bool = False):
     """Train one run per proportion (and seed), then write Table 1 (Markdown, CSV) and a mAP plot."""
     from mlrpl_data.masks import parse_proportions
     from mlrpl_train.sweep import run_sweep, write_table

@@ -362,7 +362,10 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "per_class_ap.json").write_text(json.dumps(metrics["per_class_ap"], indent=1))
-    plot_per_class_ap(metrics["per_class_ap"], out / "per_class_ap.png", title=f"{Path(dataset).name}: mAP {100 * metrics['mAP']:.2f}")
+    from mlrpl_data.manifest import read_card
+
+    title = f"{read_card(dataset)['name']} test, {cfg.method} ({ckpt.get('mask') or 'full labels'}): mAP {100 * metrics['mAP']:.2f}"
+    plot_per_class_ap(metrics["per_class_ap"], out / "per_class_ap.png", title=title)
     metrics["report_dir"] = str(out)
     return metrics
 

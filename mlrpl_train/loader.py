@@ -13,7 +13,6 @@ refused over a pixel limit, labels are checked, a corrupt sample is skipped and 
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import sys

@@ -1,4 +1,3 @@
-import json
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from mlrpl_train.engine import TrainConfig, load_checkpoint, train
 from mlrpl_train.loader import resolve_data
 from mlrpl_train.model import naive
 from mlrpl_train.model.blending import (accumulate_prototypes, choose_pprb, iprb_blend, peak_cells, pprb_blend)
-from mlrpl_train.model.dsrb import DsrbOptions, cooccurrence
+from mlrpl_train.model.dsrb import cooccurrence
 from mlrpl_train.model.factory import build_model
 
 from trainkit import tiny_training_set

@@ -10,9 +10,8 @@ import torch
 from PIL import Image
 
 from mlrpl_data.errors import FingerprintMismatchError
-from mlrpl_data.masks import MaskConfig, make_masks
-from mlrpl_train.loader import (BadSampleError, ShardReadError, ShardStream, StreamConfig, augment_image, batches_per_epoch,
-                                collate, make_loader, my_share, resolve_data, train_crop_box)
+from mlrpl_train.loader import (BadSampleError, ShardReadError, StreamConfig, augment_image, batches_per_epoch,
+                                make_loader, my_share, resolve_data, train_crop_box)
 
 from trainkit import tiny_training_set
 
@@ -192,7 +191,6 @@ def test_fused_resize_matches_the_two_resize_reference():
     im = Image.fromarray(np.clip(arr + rng.normal(0, 5, arr.shape), 0, 255).astype(np.uint8))
     errors = []
     for seed in range(10):
-        r = random.Random(seed)
         x0, y0, x1, y1 = train_crop_box(*im.size, random.Random(seed))
         s = round((x1 - x0) * 512 / 640)
         px, py = round(x0 * 512 / 640), round(y0 * 512 / 480)
@@ -208,3 +206,12 @@ def test_augment_flip_and_test_resize():
     assert test.shape == (16, 16, 3) and test[0, 0, 0] < test[0, -1, 0]
     flips = {bool(augment_image(im, True, 16, random.Random(s))[0, 0, 0] > augment_image(im, True, 16, random.Random(s))[0, -1, 0]) for s in range(20)}
     assert flips == {True, False}
+
+
+def test_one_epoch_is_counted_in_samples_and_sees_each_once(data):
+    """An epoch is len(train) // (world * batch) batches, and with one reader it is exactly one pass."""
+    spec = resolve_data(str(data), "uniform-p0.50-s0")
+    n = batches_per_epoch(spec.train_samples, 1, 4)
+    assert n == spec.train_samples // 4
+    keys = [k for b in take(cfg_for(spec, True), 0, n) for k in b]
+    assert sorted(keys) == sorted(spec.partial)  # every training image once, none twice

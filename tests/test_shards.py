@@ -20,7 +20,7 @@ from mlrpl_data.manifest import read_manifest, write_manifest
 from mlrpl_data import shards as shards_mod
 from mlrpl_data.shards import ShardConfig, parse_size, plan_shards, verify, write_shards
 
-from conftest import make_coco, write_jpeg
+from conftest import make_coco
 
 
 def dataset(tmp_path: Path, n_train=23, n_test=7, name="raw") -> Path:
