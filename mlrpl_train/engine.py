@@ -253,7 +253,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Pat
             core.load_extra_state_from(ckpt)
     model = core
     if info.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
+        # DSRB's alpha/beta take no gradient before blending starts (or without prototypes)
+        model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None,
+                                                          find_unused_parameters=cfg.method != "pbce")
     n_batches = batches_per_epoch(spec.train_samples, info.world, cfg.batch_size)
     writer = None
     if info.main:

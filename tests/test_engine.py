@@ -131,12 +131,15 @@ def test_frozen_layers_keep_batchnorm_in_eval(data, tmp_path):
     assert not any(p.requires_grad for p in model.backbone.layer3.parameters())
 
 
-def test_two_process_ddp_with_gloo(data, tmp_path):
+@pytest.mark.parametrize("method", ["pbce", "dsrb"])
+def test_two_process_ddp_with_gloo(data, tmp_path, method):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cli", "train", "pbce",
+    extra = ["--feat-dim", "16", "--blend-start", "1", "--prototype-every", "1"] if method == "dsrb" else []
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cli", "train", method,
            str(data), "--masks", "uniform-p0.50-s0", "--backbone", "tiny", "--weights", "none", "--freeze", "none",
-           "--epochs", "2", "--batch-size", "4", "--image-size", "32", "--workers", "1", "--out", str(out), "--no-progress"]
+           "--epochs", "2", "--batch-size", "4", "--image-size", "32", "--workers", "1", "--out", str(out), "--no-progress",
+           *extra]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((out / "metrics_last.json").read_text())
