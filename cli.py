@@ -292,7 +292,9 @@ def sweep(method: str = typer.Argument(..., help="pbce | ssgrl | dsrb"),
 
     base = _train_config(locals())
     run_sweep(base, parse_proportions(proportions), [int(s) for s in seeds.split(",")], out, scheme)
-    t = write_table(out, title=f"{Path(dataset).name}: final-epoch test metrics")
+    from mlrpl_data.manifest import read_card
+
+    t = write_table(out, title=f"{read_card(dataset)['name']}: final-epoch test metrics ({scheme} masks)")
     typer.echo(t["markdown"])
     typer.echo(f"{out}: table.md, table.csv, map_vs_proportion.png")
 

@@ -271,3 +271,11 @@ def test_verify_over_s3(tmp_path, monkeypatch):
             fsspec.config.conf.pop("s3", None)
     finally:
         srv.stop()
+
+
+def test_direct_header_equals_tarfiles():
+    from mlrpl_data.shards import _tarinfo_header, ustar_header
+
+    for name, size in (("coco2014_train_000000000009.jpg", 123456), ("k.json", 0), ("x" * 100, 7), ("é" * 30, 1 << 33 - 1),
+                       ("y" * 150 + "/z.jpg", 5)):
+        assert ustar_header(name, size) == _tarinfo_header(name, size)
