@@ -331,40 +331,13 @@ def demo(out: Path = typer.Option(Path("mlrpl-demo"), help="Working folder for t
          epochs: int = typer.Option(20, help="Training epochs of the baseline"),
          force: bool = typer.Option(False, help="Rebuild the raw data from scratch")):
     """The main job on the embedded default data: raw digits -> manifest -> 10% masks -> shards -> train -> evaluate."""
-    from mlrpl_data.coco import CocoConfig, build_coco as build
-    from mlrpl_data.demo import DemoConfig, write_demo_data
-    from mlrpl_data.manifest import write_manifest
-    from mlrpl_data.masks import MaskConfig, make_masks as make
-    from mlrpl_data.shards import ShardConfig, write_shards as write
-    from mlrpl_data.stats import dataset_stats, format_stats
-    from mlrpl_train.engine import TrainConfig, evaluate_checkpoint, train as run_training
+    from mlrpl_train.demo import run_demo
     from mlrpl_train.metrics import format_metrics
 
-    raw, dataset, run = out / "raw", out / "dataset", out / "run-pbce"
-    if force or not (raw / "annotations" / "instances_val2014.json").exists():
-        typer.echo(f"[1/6] writing the demo raw data (scikit-learn digit scans, COCO format) to {raw}")
-        write_demo_data(DemoConfig(out=raw))
-    typer.echo(f"[2/6] building the manifest in {dataset}")
-    m = build(CocoConfig(root=raw, year="2014", name="digits"))
-    write_manifest(m, dataset, force=True)
-    typer.echo(format_stats(dataset_stats(m)))
-    typer.echo("[3/6] masks: 10% of the training labels known (uniform, seed 0)")
-    [(mask, _)] = make(dataset, MaskConfig(proportions=[0.1]))
-    typer.echo(f"      known {mask.meta['stats']['known_proportion']:.3f} of the entries, "
-               f"{mask.meta['stats']['known_positives']:,} known positives")
-    typer.echo("[4/6] writing shards")
-    r = write(dataset, ShardConfig(split="all", shard_size=None, max_samples=250, workers=2, progress=False))
-    typer.echo(f"      {len(r.written)} written, {len(r.kept)} kept: {r.index['splits']}")
-    typer.echo(f"[5/6] training the partial-BCE baseline (tiny CNN, CPU, {epochs} epochs) in {run}")
-    cfg = TrainConfig(method="pbce", dataset=str(dataset), masks=mask.name, out=str(run), backbone="tiny", weights="none",
-                      freeze="none", epochs=epochs, batch_size=32, lr=3e-3, lr_step=max(1, int(epochs * 0.7)),
-                      weight_decay=0.0, image_size=128, crop_scales=(512,), workers=2)
-    run_training(cfg, force=True)
-    typer.echo("[6/6] evaluating the best checkpoint on the test split")
-    metrics = evaluate_checkpoint(run, str(dataset), workers=2)
+    metrics = run_demo(out, epochs=epochs, force=force, say=typer.echo)
     typer.echo(format_metrics(metrics))
-    chance = float((m.labels[m.split_rows("test")] == 1).mean())
-    typer.echo(f"chance mAP (the positive rate) is about {100 * chance:.1f}; reports in {metrics['report_dir']}")
+    typer.echo(f"chance mAP (the positive rate) is about {100 * metrics['chance_map']:.1f}; "
+               f"reports in {metrics['report_dir']}")
 
 
 def main() -> None:

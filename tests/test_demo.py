@@ -25,3 +25,13 @@ def test_demo_is_deterministic(tmp_path):
     a = build_coco(CocoConfig(root=write_demo_data(DemoConfig(out=tmp_path / "a", train_images=8, test_images=4)), name="d"))
     b = build_coco(CocoConfig(root=write_demo_data(DemoConfig(out=tmp_path / "b", train_images=8, test_images=4)), name="d"))
     assert a.fingerprint == b.fingerprint
+
+
+def test_demo_runs_end_to_end_small(tmp_path):
+    from mlrpl_train.demo import run_demo
+
+    lines = []
+    m = run_demo(tmp_path, epochs=1, train_images=64, test_images=16, workers=0, say=lines.append)
+    assert m["keys_evaluated"] == 16 and 0 <= m["mAP"] <= 1 and 0 < m["chance_map"] < 1
+    assert lines[-1].startswith("[6/6]")
+    assert (tmp_path / "run-pbce" / "per_class_ap.png").exists()
