@@ -238,3 +238,23 @@ def test_sweep_writes_table1_layout(data, tmp_path):
     t0 = time.time()
     run_sweep(base, [0.3, 0.7], [0, 1], tmp_path / "sweep")
     assert time.time() - t0 < 5
+
+
+def test_head_reuses_the_original_pass_exactly():
+    from mlrpl_train.model.dsrb import Head
+
+    torch.manual_seed(0)
+    head = Head(16, C, torch.rand(C, C) / C, 3)
+    f = torch.randn(B, C, 16, requires_grad=True)
+    rows = torch.rand(B, C) < 0.2
+    delta = torch.randn(B, C, 16) * rows.unsqueeze(-1)
+    ref = head(f + delta)
+    logits, cache = head.forward_cached(f)
+    assert torch.allclose(logits, head(f), atol=1e-6)
+    fast = head.forward_delta(f + delta, delta, rows, cache)
+    assert torch.allclose(fast, ref, atol=1e-5)
+    w = torch.randn(B, C)
+    g_ref = torch.autograd.grad((ref * w).sum(), [f] + list(head.parameters()), allow_unused=True)
+    g_fast = torch.autograd.grad((fast * w).sum(), [f] + list(head.parameters()), allow_unused=True)
+    for a, b in zip(g_ref, g_fast):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5)

@@ -19,13 +19,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from mlrpl_data.errors import MlrplError
 
 from ..losses import contrastive_loss, partial_bce
 from . import naive
-from .blending import accumulate_prototypes, choose_pprb, iprb_blend, peak_cells, pprb_blend
+from .blending import accumulate_prototypes, choose_pprb, iprb_blend, iprb_mask, peak_cells, pprb_blend
 
 
 @dataclass
@@ -112,12 +113,32 @@ class GGNN(nn.Module):
         self.u_zr = nn.Linear(dim, 2 * dim, bias=False)
         self.u_h = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h (B, C, D) -> (B, C, D)."""
-        for _ in range(self.steps):
-            a = torch.cat([self.adj_in @ h, self.adj_out @ h], dim=-1)
-            wa_z, wa_r, wa_h = self.w_a(a).chunk(3, dim=-1)
-            uz, ur = self.u_zr(h).chunk(2, dim=-1)
+    def first_linear(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The part of step 1 that is linear in h: (W_a [A_in h, A_out h] without bias, U_zr h)."""
+        a = torch.cat([self.adj_in @ h, self.adj_out @ h], dim=-1)
+        return F.linear(a, self.w_a.weight), self.u_zr(h)
+
+    def first_linear_rows(self, delta: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """first_linear(delta) for a delta that is zero outside `rows` (B, C): the projections run on
+        those rows only, then the C x C mixing (projecting features and mixing classes commute)."""
+        b, c, d = delta.shape
+        idx = rows.nonzero(as_tuple=True)
+        dr = delta[idx]  # (k, D)
+        w_in, w_out = self.w_a.weight[:, :d], self.w_a.weight[:, d:]
+        zeros3 = delta.new_zeros(b, c, 3 * d)
+        wa = self.adj_in @ zeros3.index_put(idx, dr @ w_in.t()) + self.adj_out @ zeros3.index_put(idx, dr @ w_out.t())
+        return wa, delta.new_zeros(b, c, 2 * d).index_put(idx, self.u_zr(dr))
+
+    def forward(self, h: torch.Tensor, first: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """h (B, C, D) -> (B, C, D); `first` = first_linear(h) when the caller already has it."""
+        for step in range(self.steps):
+            if step == 0 and first is not None:
+                wa, uzr = first[0] + self.w_a.bias, first[1]
+            else:
+                wa = self.w_a(torch.cat([self.adj_in @ h, self.adj_out @ h], dim=-1))
+                uzr = self.u_zr(h)
+            wa_z, wa_r, wa_h = wa.chunk(3, dim=-1)
+            uz, ur = uzr.chunk(2, dim=-1)
             z, r = torch.sigmoid(wa_z + uz), torch.sigmoid(wa_r + ur)
             cand = torch.tanh(wa_h + self.u_h(r * h))
             h = (1 - z) * h + z * cand
@@ -125,20 +146,46 @@ class GGNN(nn.Module):
 
 
 class Head(nn.Module):
-    """GGNN -> o_c = tanh(fc([h_c, f_c])) -> per-class linear classifier: (B, C, D) -> logits (B, C)."""
+    """GGNN -> o_c = tanh(fc([h_c, f_c])) -> per-class linear classifier: (B, C, D) -> logits (B, C).
+
+    A blended input f + delta differs from f in a few (image, class) rows only (IPRB: the blended
+    unknown labels; PPRB: one class per image). Everything linear in the input before the first
+    nonlinearity (GGNN step 1's projections, fc's f half) is then the original's plus delta's
+    projection on those rows: `forward_delta` reuses the original pass's terms. Same function,
+    about a fifth less work per step for the two blended passes."""
 
     def __init__(self, dim: int, num_classes: int, adjacency: torch.Tensor, steps: int):
         super().__init__()
+        self.dim = dim
         self.ggnn = GGNN(dim, adjacency, steps)
         self.fc = nn.Linear(2 * dim, dim)
         self.cls_w = nn.Parameter(torch.empty(num_classes, dim))
         self.cls_b = nn.Parameter(torch.zeros(num_classes))
         nn.init.uniform_(self.cls_w, -1 / math.sqrt(dim), 1 / math.sqrt(dim))
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        h = self.ggnn(f)
-        o = torch.tanh(self.fc(torch.cat([h, f], dim=-1)))
+    def _fc_f(self, f: torch.Tensor) -> torch.Tensor:
+        return F.linear(f, self.fc.weight[:, self.dim:])
+
+    def _run(self, f, first, fc_f) -> torch.Tensor:
+        h = self.ggnn(f, first)
+        o = torch.tanh(F.linear(h, self.fc.weight[:, :self.dim], self.fc.bias) + fc_f)
         return (o * self.cls_w).sum(-1) + self.cls_b
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self._run(f, None, self._fc_f(f))
+
+    def forward_cached(self, f: torch.Tensor):
+        """forward(f), and the terms a blended pass can reuse."""
+        cache = (self.ggnn.first_linear(f), self._fc_f(f))
+        return self._run(f, cache[0], cache[1]), cache
+
+    def forward_delta(self, f_new: torch.Tensor, delta: torch.Tensor, rows: torch.Tensor, cache) -> torch.Tensor:
+        """forward(f_new) where f_new = f + delta, delta zero outside `rows` (B, C), cache from f."""
+        (wa0, uzr0), fc0 = cache
+        wa_d, uzr_d = self.ggnn.first_linear_rows(delta, rows)
+        idx = rows.nonzero(as_tuple=True)
+        fc_d = delta.new_zeros(fc0.shape).index_put(idx, self._fc_f(delta[idx]))
+        return self._run(f_new, (wa0 + wa_d, uzr0 + uzr_d), fc0 + fc_d)
 
 
 def cooccurrence(partial: np.ndarray | None, num_classes: int) -> torch.Tensor:
@@ -218,9 +265,9 @@ class DSRB(nn.Module):
     def forward(self, x: torch.Tensor, partial: torch.Tensor | None = None, epoch: int = 0, step: int = 0):
         """(B, 3, H, W) -> logits (B, C); with `partial` (B, C): (loss, logs) of eq. 16."""
         xs, att, f, hw = self.features(x)
-        logits = self.head(f)
         if partial is None:
-            return logits
+            return self.head(f)
+        logits, cache = self.head.forward_cached(f)
         y = partial
         loss = partial_bce(logits.float(), y)
         logs = {"loss_cls": float(loss.detach())}
@@ -233,10 +280,11 @@ class DSRB(nn.Module):
             if self.opts.iprb:
                 if maps is None:
                     f_hat, y_hat = iprb_blend(f, y, self.alpha)
+                    s_hat = self.head.forward_delta(f_hat, f_hat - f, iprb_mask(y), cache)
                 else:
                     m_hat, y_hat = naive.iprb_blend_maps(maps, y, self.alpha)
-                    f_hat = naive.pool(m_hat)
-                l_i = partial_bce(self.head(f_hat).float(), y_hat)
+                    s_hat = self.head(naive.pool(m_hat))
+                l_i = partial_bce(s_hat.float(), y_hat)
                 loss = loss + l_i
                 logs["loss_iprb"] = float(l_i.detach())
             if self.opts.pprb and bool(self.proto_counts.sum() > 0):
@@ -245,11 +293,15 @@ class DSRB(nn.Module):
                 cls, cell = choose_pprb(y.cpu(), own.cpu(), (self.proto_counts > 0).cpu(), gen)
                 if maps is None:
                     f_tilde, y_tilde = pprb_blend(f, y, self.beta, self.prototypes, cls, cell)
+                    rows = torch.zeros_like(y, dtype=torch.bool)
+                    chosen = torch.nonzero(cls >= 0).squeeze(1)
+                    rows[chosen.to(y.device), cls[chosen].to(y.device)] = True
+                    s_tilde = self.head.forward_delta(f_tilde, f_tilde - f, rows, cache)
                 else:
                     proto_maps = self._naive_proto_maps(maps)
                     m_tilde, y_tilde = naive.pprb_blend_maps(maps, y, self.beta, proto_maps, cls, cell)
-                    f_tilde = naive.pool(m_tilde)
-                l_p = partial_bce(self.head(f_tilde).float(), y_tilde)
+                    s_tilde = self.head(naive.pool(m_tilde))
+                l_p = partial_bce(s_tilde.float(), y_tilde)
                 loss = loss + l_p
                 logs["loss_pprb"] = float(l_p.detach())
         return loss, logs
