@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import BadInputError
+from .jsonio import parse_json
 from .manifest import Manifest, validate
 from .missing import check_missing, listdir_names
 from .specs import load_spec
@@ -48,10 +48,7 @@ def _load(path: Path):
         raw = path.read_bytes()
     except FileNotFoundError:
         raise BadInputError(f"{path}: file not found (expected ROOT/annotations/instances_<split><year>.json)") from None
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise BadInputError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno} (byte {e.pos}): {e.msg}") from None
+    data = parse_json(raw, path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
         raise BadInputError(f"{path}: not a COCO instances file (needs top-level 'images' and 'categories' lists)")
     data.setdefault("annotations", [])

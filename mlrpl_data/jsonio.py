@@ -17,6 +17,11 @@ def load_json(path: Path) -> Any:
             data = f.read()
     except FileNotFoundError:
         raise BadInputError(f"{path}: file not found") from None
+    return parse_json(data, path)
+
+
+def parse_json(data: bytes, path: Path) -> Any:
+    """Parse bytes read from `path`; a syntax error names the file, line, column and byte offset."""
     try:
         return json.loads(data)
     except json.JSONDecodeError as e:

@@ -37,10 +37,13 @@ def check_missing(
     gone = frame[~keep]
     records = [{"key": k, "split": s, "path": p} for k, s, p in zip(gone["key"], gone["split"], gone["path"])]
     if not allow_missing:
-        shown = ", ".join(r["path"] for r in records[:SHOWN])
-        more = f" and {len(records) - SHOWN:,} more" if len(records) > SHOWN else ""
-        raise BadInputError(
-            f"{folder}: {len(records):,} referenced image(s) missing on disk: {shown}{more}; "
-            f"pass --allow-missing to drop them (they are listed in dataset.json)"
-        )
+        refuse_missing(records, folder, "referenced image(s) missing on disk")
     return keep, records
+
+
+def refuse_missing(records: list[dict], where, what: str) -> None:
+    """The one error every builder gives for missing files: how many, the first few, the way out."""
+    shown = ", ".join(r["path"] for r in records[:SHOWN])
+    more = f" and {len(records) - SHOWN:,} more" if len(records) > SHOWN else ""
+    raise BadInputError(f"{where}: {len(records):,} {what}: {shown}{more}; "
+                        f"pass --allow-missing to drop them (they are listed in dataset.json)")

@@ -21,7 +21,7 @@ import pandas as pd
 from .errors import BadInputError
 from .jsonio import load_json
 from .manifest import Manifest, validate
-from .missing import SHOWN, listdir_names
+from .missing import listdir_names, refuse_missing
 from .fsutil import sha256_file
 
 IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
@@ -111,11 +111,7 @@ def _drop_missing(frame: pd.DataFrame, labels: np.ndarray, paths: list, root: Pa
         return frame, labels, []
     records = [{"key": frame["key"].iat[i], "split": frame["split"].iat[i], "path": frame["path"].iat[i]} for i in gone]
     if not allow:
-        shown = ", ".join(r["path"] for r in records[:SHOWN])
-        raise BadInputError(
-            f"{root}: {len(records):,} image(s) missing from {'/, '.join(IMAGE_FOLDERS)}/: {shown}"
-            f"{' and more' if len(records) > SHOWN else ''}; pass --allow-missing to drop them"
-        )
+        refuse_missing(records, root, f"image(s) missing from {'/, '.join(IMAGE_FOLDERS)}/")
     keep = np.array([p is not None for p in paths])
     return frame[keep], labels[keep], records
 

@@ -19,7 +19,7 @@ from xml.etree.ElementTree import ParseError
 
 from .errors import BadInputError
 from .manifest import Manifest, validate
-from .missing import SHOWN
+from .missing import refuse_missing
 from .specs import load_spec, voc20_names
 
 SPLIT_FILES = {"train": "trainval.txt", "test": "test.txt"}
@@ -130,11 +130,7 @@ def build_voc07(cfg: VocConfig) -> Manifest:
             rows.append((key, split, rel, w, h))
             label_rows.append(labels)
     if missing and not cfg.allow_missing:
-        shown = ", ".join(m["path"] for m in missing[:SHOWN])
-        raise BadInputError(
-            f"{voc}: {len(missing):,} listed image(s) lack their JPEG or XML: {shown}"
-            f"{' and more' if len(missing) > SHOWN else ''}; pass --allow-missing to drop them"
-        )
+        refuse_missing(missing, voc, "listed image(s) lack their JPEG or XML")
     if not rows:
         raise BadInputError(f"{voc}: no image has both its XML and JPEG")
     for split in SPLIT_FILES:
