@@ -158,7 +158,8 @@ def train_one_epoch(model, cfg, spec, info, optimizer, device, epoch, start_step
     model.train()
     loader = make_loader(stream_config(cfg, spec, info, train=True, epoch=epoch, skip=start_step), cfg.workers)
     bar = tqdm(total=n_batches, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-               disable=not (cfg.progress and info.main), file=sys.stderr, dynamic_ncols=True)
+               disable=not (cfg.progress and info.main), file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)  # a log file gets a line every 10 s
     losses, bad, t0, seen = [], 0, time.perf_counter(), 0
     for step, batch in zip(range(start_step, n_batches), loader):
         loss, logs = train_step(model, batch, optimizer, device, epoch, state["global_step"])
@@ -172,7 +173,7 @@ def train_one_epoch(model, cfg, spec, info, optimizer, device, epoch, start_step
         seen += len(batch["keys"])
         if info.main:
             rate = seen * info.world / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}", refresh=False)
             bar.update(1)
             if writer:
                 writer.add_scalar("train/loss", loss, state["global_step"])
@@ -249,8 +250,6 @@ def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Pat
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state.update({k: ckpt[k] for k in ("epoch", "step", "global_step", "best_map")})
-        if hasattr(core, "load_extra_state_from"):
-            core.load_extra_state_from(ckpt)
     model = core
     if info.world > 1:
         # DSRB's alpha/beta take no gradient before blending starts (or without prototypes)
@@ -270,8 +269,6 @@ def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Pat
                    "epoch": epoch, "step": step, "global_step": state["global_step"], "best_map": state["best_map"],
                    "config": cfg.to_json(), "fingerprint": spec.fingerprint, "mask": spec.mask_name or "",
                    "class_names": spec.class_names}
-        if hasattr(core, "extra_state"):
-            payload.update(core.extra_state())
         save_checkpoint(run / CHECKPOINT_LAST, payload)
         if best:
             shutil.copyfile(run / CHECKPOINT_LAST, run / CHECKPOINT_BEST)
@@ -355,9 +352,7 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
     info = D.DistInfo()
     device = pick_device(cfg, info)
     core = build_model(cfg, spec, for_eval=True)
-    core.load_state_dict(ckpt["model"])
-    if hasattr(core, "load_extra_state_from"):
-        core.load_extra_state_from(ckpt)
+    core.load_state_dict(ckpt["model"])  # DSRB's prototypes are buffers: they come with it
     core.to(device)
     metrics = evaluate_model(core, cfg, spec, info, device)
     out = Path(out) if out else (ckpt_path.parent if p.is_file() else p)
