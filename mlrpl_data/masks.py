@@ -175,9 +175,9 @@ def compute_masks(m: Manifest, cfg: MaskConfig) -> list[Mask]:
     """The masks of `m` for every proportion of `cfg` (in memory)."""
     if cfg.scheme not in SCHEMES:
         raise BadInputError(f"unknown scheme {cfg.scheme!r}: use one of {', '.join(SCHEMES)}")
-    rows = m.split_rows(cfg.split) if cfg.split in ("train", "test", "all") else None
-    if rows is None:
+    if cfg.split not in ("train", "test", "all"):
         raise BadInputError(f"unknown split {cfg.split!r}: use train, test or all")
+    rows = m.split_rows(cfg.split)
     if len(rows) == 0:
         raise BadInputError(f"{m.name}: split {cfg.split} has no images")
     keys = m.keys[rows]

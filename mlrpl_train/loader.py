@@ -13,6 +13,7 @@ refused over a pixel limit, labels are checked, a corrupt sample is skipped and 
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import sys
@@ -60,7 +61,6 @@ class StreamConfig:
     max_pixels: int = MAX_PIXELS
     on_bad_sample: str = "skip"
     partial: dict[str, np.ndarray] | None = None  # key -> partial labels (training)
-    num_workers: int = 1  # of the DataLoader (for the resume skip)
     crop_scales: tuple[int, ...] = CROP_SCALES
 
 
@@ -262,12 +262,20 @@ def collate(samples: list[dict]) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=8)
+def _normalisation(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x / 255 - mean) / std as x * scale + shift; made once per device, not per batch."""
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64)
+    scale = (1 / (255 * std)).to(device=device, dtype=dtype).view(1, 3, 1, 1)
+    shift = (-torch.tensor(IMAGENET_MEAN, dtype=torch.float64) / std).to(device=device, dtype=dtype).view(1, 3, 1, 1)
+    return scale, shift
+
+
 def to_device(images: torch.Tensor, device: torch.device, dtype=torch.float32) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) on the device, channels-last in memory."""
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).to(dtype).div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).to(dtype)
+    scale, shift = _normalisation(torch.device(device), dtype)
+    return torch.addcmul(shift, x, scale)
 
 
 # ---- what the engine calls --------------------------------------------------------------------------------
@@ -324,7 +332,6 @@ def batches_per_epoch(samples: int, world: int, batch_size: int) -> int:
 
 
 def make_loader(cfg: StreamConfig, workers: int) -> torch.utils.data.DataLoader:
-    cfg.num_workers = max(1, workers)
     return torch.utils.data.DataLoader(
         ShardStream(cfg), batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate,
         drop_last=False, persistent_workers=False, pin_memory=torch.cuda.is_available(),

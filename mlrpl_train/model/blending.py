@@ -64,13 +64,20 @@ def choose_pprb(y: torch.Tensor, own_cell: torch.Tensor, proto_valid: torch.Tens
     return cls, cell
 
 
+def pprb_mask(cls: torch.Tensor, num_classes: int, device=None) -> torch.Tensor:
+    """(B, C) bool: the (image, class) PPRB blends, from choose_pprb's `cls` (-1: none)."""
+    mask = torch.zeros((len(cls), num_classes), dtype=torch.bool, device=device)
+    rows = torch.nonzero(cls >= 0).squeeze(1)
+    mask[rows.to(device), cls[rows].to(device)] = True
+    return mask
+
+
 def pprb_blend(f: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, prototypes: torch.Tensor,
                cls: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 12-13 on vectors: f (B, C, D), prototypes (C, cells, D) -> (f_tilde, y_tilde)."""
     b, c, _ = f.shape
-    onehot = torch.zeros((b, c), dtype=torch.bool, device=f.device)
+    onehot = pprb_mask(cls, c, f.device)
     rows = torch.nonzero(cls >= 0).squeeze(1).to(f.device)
-    onehot[rows, cls.to(f.device)[rows]] = True
     bmat = torch.where(onehot, beta.to(f.dtype).expand(b, c), torch.ones((b, c), dtype=f.dtype, device=f.device))
     proto = prototypes[cls.clamp(min=0).to(f.device), cell.to(f.device)].to(f.dtype)  # (B, D): p^k of the chosen class
     p = torch.zeros_like(f)

@@ -26,7 +26,8 @@ from mlrpl_data.errors import MlrplError
 
 from ..losses import contrastive_loss, partial_bce
 from . import naive
-from .blending import accumulate_prototypes, choose_pprb, iprb_blend, iprb_mask, peak_cells, pprb_blend
+from .blending import (accumulate_prototypes, choose_pprb, iprb_blend, iprb_mask, peak_cells, pprb_blend,
+                       pprb_mask)
 
 
 @dataclass
@@ -293,10 +294,7 @@ class DSRB(nn.Module):
                 cls, cell = choose_pprb(y.cpu(), own.cpu(), (self.proto_counts > 0).cpu(), gen)
                 if maps is None:
                     f_tilde, y_tilde = pprb_blend(f, y, self.beta, self.prototypes, cls, cell)
-                    rows = torch.zeros_like(y, dtype=torch.bool)
-                    chosen = torch.nonzero(cls >= 0).squeeze(1)
-                    rows[chosen.to(y.device), cls[chosen].to(y.device)] = True
-                    s_tilde = self.head.forward_delta(f_tilde, f_tilde - f, rows, cache)
+                    s_tilde = self.head.forward_delta(f_tilde, f_tilde - f, pprb_mask(cls, y.shape[1], y.device), cache)
                 else:
                     proto_maps = self._naive_proto_maps(maps)
                     m_tilde, y_tilde = naive.pprb_blend_maps(maps, y, self.beta, proto_maps, cls, cell)

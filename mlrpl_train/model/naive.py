@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .blending import iprb_mask
+from .blending import iprb_mask, pprb_mask
 
 
 def category_maps(attention: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -46,9 +46,8 @@ def prototype_maps(maps: torch.Tensor, y: torch.Tensor, own_cell: torch.Tensor, 
 def pprb_blend_maps(maps: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, proto_maps: torch.Tensor,
                     cls: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     b, c = y.shape
-    onehot = torch.zeros((b, c), dtype=torch.bool)
+    onehot = pprb_mask(cls, c)
     rows = torch.nonzero(cls >= 0).squeeze(1)
-    onehot[rows, cls[rows]] = True
     bmat = torch.where(onehot, beta.to(maps.dtype).expand(b, c), torch.ones((b, c), dtype=maps.dtype))
     p = torch.zeros_like(maps)
     p[rows, cls[rows]] = proto_maps[cls[rows], cell[rows]].to(maps.dtype)
