@@ -42,12 +42,20 @@ def _report_build(m, out: Path, force: bool) -> None:
 
 @app.command("demo-data")
 @friendly
-def demo_data(out: Path = typer.Option(..., help="Folder for the raw COCO-format demo data"),
-              train_images: int = 2000, test_images: int = 500, seed: int = 0):
-    """Write the embedded default dataset (scikit-learn digit scans, COCO format)."""
-    from mlrpl_data.demo import DemoConfig, write_demo_data
+def demo_data(out: Path = typer.Option(..., help="Folder for the raw COCO-format digits data"),
+              train_images: int = typer.Option(2000, help="Training images to compose"),
+              test_images: int = typer.Option(500, help="Test images to compose"),
+              seed: int = typer.Option(0, help="Seed of the layout and of the split of the scans"),
+              image_size: int = typer.Option(128, help="Side of each square image, in pixels"),
+              grid: int = typer.Option(4, help="Digits sit in the cells of a GRID x GRID layout"),
+              max_digits: int = typer.Option(4, help="Each image shows 1 to this many digits"),
+              train_scans: float = typer.Option(0.5, help="Fraction of the 1,797 scans that train images use "
+                                                          "(test images use the others)")):
+    """Write the embedded default dataset (scikit-learn digit scans, COCO format), or another of its kind."""
+    from mlrpl_data.digits import DigitsConfig, write_digits
 
-    write_demo_data(DemoConfig(out=out, train_images=train_images, test_images=test_images, seed=seed))
+    write_digits(DigitsConfig(out=out, train_images=train_images, test_images=test_images, seed=seed,
+                              image_size=image_size, grid=grid, max_digits=max_digits, train_scans=train_scans))
     typer.echo(f"{out}: annotations/instances_{{train,val}}2014.json, train2014/, val2014/")
 
 
@@ -203,12 +211,13 @@ def train(method: str = typer.Argument(..., help="pbce (partial BCE baseline) | 
           masks: str = typer.Option(None, help="Mask name, e.g. uniform-p0.30-s0"),
           backbone: str = typer.Option("resnet101", help="resnet18|34|50|101|152 or tiny"),
           weights: str = typer.Option("imagenet", help="imagenet (local torch cache) | PATH | none"),
-          freeze: str = typer.Option("layer3", help="Freeze conv1..this (BatchNorm in eval): none|layer1..layer4"),
+          freeze: str = typer.Option("auto", help="Freeze conv1..this (BatchNorm in eval): auto|none|layer1..layer4; "
+                                                 "auto = layer3 with pretrained weights, none with --weights none"),
           epochs: int = 20, batch_size: int = 32, lr: float = 1e-5,
           lr_step: int = typer.Option(10, help="Divide the learning rate by 10 every this many epochs"),
           weight_decay: float = 5e-4, image_size: int = 448,
           crop_scales: str = typer.Option("512,448,384,320,256", help="Square crop sizes of the 512x512 resize"),
-          workers: int = typer.Option(4, help="Loader processes per GPU"),
+          workers: int = typer.Option(None, help="Loader processes per GPU (default: min(4, CPU cores))"),
           seed: int = 0,
           out: Path = typer.Option(Path("runs/run"), help="Run directory"),
           resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory (its config is used)"),
@@ -228,7 +237,12 @@ def train(method: str = typer.Argument(..., help="pbce (partial BCE baseline) | 
           blend_start: int = typer.Option(5, help="Epoch from which IPRB/PPRB blend"),
           prototype_every: int = typer.Option(5, help="Recompute prototypes every N epochs"),
           contrastive_weight: float = typer.Option(0.05, help="lambda of eq. 16"),
+          contrastive: str = typer.Option("published", help="published (the authors' loss: known pairs, subsampled, "
+                                                            "mean, ramped in over epoch 1) | literal (eq. 3-4 summed)"),
+          bce: str = typer.Option("batch", help="batch (one mean over the batch's known labels, the authors') | "
+                                                "per-image (eq. 14-15)"),
           feat_dim: int = typer.Option(1024, help="DSRB/SSGRL feature size after the 1x1 conv (paper: 1024)"),
+          attn_dim: int = typer.Option(512, help="Width of the semantic-decoupling attention (authors' code: 512)"),
           embeddings: Optional[str] = typer.Option(None, help="Label embeddings .npy (default DIR/label_embeddings.npy, else learned)")):
     """Train a model on a dataset's shards and a mask (one GPU, CPU, or many with --nproc)."""
     from mlrpl_train.engine import load_run_config, train as run_training
@@ -259,12 +273,13 @@ def _train_config(o: dict):
     model = {"iprb": not o["no_iprb"], "pprb": not o["no_pprb"], "learn_alpha": not o["fixed_alpha"],
              "learn_beta": not o["fixed_beta"], "blend": o["blend"], "csrl": o["csrl"], "grid_k": o["grid_k"],
              "blend_start": o["blend_start"], "prototype_every": o["prototype_every"],
-             "contrastive_weight": o["contrastive_weight"], "embeddings": o["embeddings"],
-             "feat_dim": o["feat_dim"], "attn_dim": o["feat_dim"]}
+             "contrastive_weight": o["contrastive_weight"], "contrastive": o["contrastive"], "embeddings": o["embeddings"],
+             "feat_dim": o["feat_dim"], "attn_dim": o["attn_dim"]}
+    extra = {"workers": o["workers"]} if o["workers"] is not None else {}
     return TrainConfig(method=o["method"], dataset=o["dataset"], masks=o.get("masks") or "", out=str(o["out"]),
                        backbone=o["backbone"], weights=o["weights"], freeze=o["freeze"], epochs=o["epochs"],
                        batch_size=o["batch_size"], lr=o["lr"], lr_step=o["lr_step"], weight_decay=o["weight_decay"],
-                       image_size=o["image_size"], workers=o["workers"], seed=o.get("seed", 0),
+                       image_size=o["image_size"], seed=o.get("seed", 0), bce=o["bce"], **extra,
                        crop_scales=tuple(int(c) for c in o["crop_scales"].split(",")),
                        checkpoint_every=o.get("checkpoint_every", 0), on_bad_sample=o.get("on_bad_sample", "skip"),
                        device=o.get("device", "auto"), progress=not o["no_progress"],
@@ -279,12 +294,13 @@ def sweep(method: str = typer.Argument(..., help="pbce | ssgrl | dsrb"),
           seeds: str = typer.Option("0", help="Seeds (mask and training), e.g. 0,1,2"),
           scheme: str = typer.Option("uniform", help="Mask scheme"),
           out: Path = typer.Option(Path("runs/sweep"), help="Sweep folder: one run per (proportion, seed), the table"),
-          backbone: str = "resnet101", weights: str = "imagenet", freeze: str = "layer3",
+          backbone: str = "resnet101", weights: str = "imagenet", freeze: str = "auto",
           epochs: int = 20, batch_size: int = 32, lr: float = 1e-5, lr_step: int = 10, weight_decay: float = 5e-4,
-          image_size: int = 448, crop_scales: str = "512,448,384,320,256", workers: int = 4,
+          image_size: int = 448, crop_scales: str = "512,448,384,320,256", workers: Optional[int] = None,
           no_iprb: bool = False, no_pprb: bool = False, fixed_alpha: bool = False, fixed_beta: bool = False,
           blend: str = "map", csrl: str = "sd", grid_k: int = 1, blend_start: int = 5, prototype_every: int = 5,
-          contrastive_weight: float = 0.05, feat_dim: int = 1024, embeddings: Optional[str] = None,
+          contrastive_weight: float = 0.05, contrastive: str = "published", bce: str = "batch",
+          feat_dim: int = 1024, attn_dim: int = 512, embeddings: Optional[str] = None,
           no_progress: bool = False):
     """Train one run per proportion (and seed), then write Table 1 (Markdown, CSV) and a mAP plot."""
     from mlrpl_data.masks import parse_proportions
@@ -328,16 +344,15 @@ def evaluate(run_or_checkpoint: Path = typer.Argument(..., help="A run directory
 @app.command()
 @friendly
 def demo(out: Path = typer.Option(Path("mlrpl-demo"), help="Working folder for the demo"),
-         epochs: int = typer.Option(20, help="Training epochs of the baseline"),
+         epochs: int = typer.Option(12, help="Training epochs of each method"),
          force: bool = typer.Option(False, help="Rebuild the raw data from scratch")):
-    """The main job on the embedded default data: raw digits -> manifest -> 10% masks -> shards -> train -> evaluate."""
-    from mlrpl_train.demo import run_demo
-    from mlrpl_train.metrics import format_metrics
+    """The main job on the embedded data: raw digits -> manifest -> 10% masks -> shards -> partial BCE and DSRB -> evaluate both."""
+    from mlrpl_train.demo import format_comparison, run_demo
 
-    metrics = run_demo(out, epochs=epochs, force=force, say=typer.echo)
-    typer.echo(format_metrics(metrics))
-    typer.echo(f"chance mAP (the positive rate) is about {100 * metrics['chance_map']:.1f}; "
-               f"reports in {metrics['report_dir']}")
+    results = run_demo(out, epochs=epochs, force=force, say=typer.echo)
+    typer.echo(format_comparison(results))
+    typer.echo(f"chance mAP (the positive rate) is about {100 * results['chance_map']:.1f}; "
+               f"reports in {out}/run-pbce and {out}/run-dsrb")
 
 
 def main() -> None:

@@ -25,11 +25,17 @@ import torch
 from mlrpl_data.errors import AlreadyExistsError, BadInputError, MlrplError
 
 from . import dist as D
+from .losses import BCE_FORMS
 from .loader import DataSpec, StreamConfig, batches_per_epoch, make_loader, resolve_data, to_device
 from .metrics import evaluate_scores
 from .model.factory import build_model
 
 CHECKPOINT_LAST, CHECKPOINT_BEST = "last.pt", "best.pt"
+
+
+def default_workers() -> int:
+    """Loader processes: 4, or fewer on a machine with fewer cores (more would oversubscribe)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
 
 
 class TrainingDivergedError(MlrplError):
@@ -44,7 +50,7 @@ class TrainConfig:
     out: str = "runs/run"
     backbone: str = "resnet101"
     weights: str = "imagenet"
-    freeze: str = "layer3"
+    freeze: str = "auto"  # auto: layer3 with pretrained weights, none without (random filters must learn)
     epochs: int = 20
     batch_size: int = 32
     lr: float = 1e-5
@@ -52,7 +58,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     image_size: int = 448
     crop_scales: tuple[int, ...] = (512, 448, 384, 320, 256)  # square crops of the 512x512 resize (paper)
-    workers: int = 4
+    workers: int = field(default_factory=lambda: default_workers())
     seed: int = 0
     checkpoint_every: int = 0
     shuffle_buffer: int = 1000
@@ -60,7 +66,14 @@ class TrainConfig:
     device: str = "auto"
     eval_every: int = 1
     progress: bool = True
+    bce: str = "batch"  # batch: one mean over the batch's known entries (authors); per-image: eq. 14-15
     model: dict[str, Any] = field(default_factory=dict)  # method-specific options (DSRB flags)
+
+    def __post_init__(self) -> None:
+        if self.freeze == "auto":
+            self.freeze = "layer3" if self.weights not in ("none", "") else "none"
+        if self.bce not in BCE_FORMS:
+            raise MlrplError(f"--bce {self.bce!r}: use one of {', '.join(BCE_FORMS)}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -135,13 +148,14 @@ def stream_config(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, train: boo
                         crop_scales=tuple(cfg.crop_scales))
 
 
-def train_step(model, batch, optimizer, device, epoch: int, global_step: int) -> tuple[float, dict[str, float]]:
+def train_step(model, batch, optimizer, device, epoch: int, global_step: int,
+               progress: float = 1.0) -> tuple[float, dict[str, float]]:
     x = to_device(batch["images"], device)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     y = batch["partial"].to(device)
     with autocast(device):
-        loss, logs = model(x, partial=y, epoch=epoch, step=global_step)
+        loss, logs = model(x, partial=y, epoch=epoch, step=global_step, progress=progress)
     optimizer.zero_grad(set_to_none=True)
     if torch.isfinite(loss):
         loss.backward()
@@ -162,7 +176,7 @@ def train_one_epoch(model, cfg, spec, info, optimizer, device, epoch, start_step
                mininterval=0.5 if sys.stderr.isatty() else 10.0)  # a log file gets a line every 10 s
     losses, bad, t0, seen = [], 0, time.perf_counter(), 0
     for step, batch in zip(range(start_step, n_batches), loader):
-        loss, logs = train_step(model, batch, optimizer, device, epoch, state["global_step"])
+        loss, logs = train_step(model, batch, optimizer, device, epoch, state["global_step"], step / n_batches)
         if D.broadcast_flag(not math.isfinite(loss), info):
             raise TrainingDivergedError(
                 f"loss is {loss} at epoch {epoch + 1}, step {step + 1}: stopped; the last good checkpoint is "
@@ -296,9 +310,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Pat
 
 
 def _prototype_loader(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, epoch: int):
-    """Training images with test-time preprocessing, each once (for DSRB's prototypes)."""
+    """Every training image once, under the training augmentation (crop and flip), for DSRB's
+    prototypes: the authors compute them by iterating their training loader."""
     sc = stream_config(cfg, spec, info, train=False, epoch=epoch)
-    sc.urls, sc.partial = spec.train_urls, spec.partial
+    sc.urls, sc.partial, sc.augment = spec.train_urls, spec.partial, True
     return make_loader(sc, cfg.workers)
 
 

@@ -62,6 +62,11 @@ class StreamConfig:
     on_bad_sample: str = "skip"
     partial: dict[str, np.ndarray] | None = None  # key -> partial labels (training)
     crop_scales: tuple[int, ...] = CROP_SCALES
+    augment: bool | None = None  # training augmentation; None: as `train` (prototypes: a single augmented pass)
+
+    @property
+    def augmented(self) -> bool:
+        return self.train if self.augment is None else self.augment
 
 
 # ---- stage 1: which shards / which samples are mine -------------------------------------------
@@ -204,7 +209,7 @@ def augment_image(image: Image.Image, train: bool, size: int, rng: random.Random
 def augment(samples: Iterator[dict], cfg: StreamConfig) -> Iterator[dict]:
     for s in samples:
         rng = random.Random(f"{cfg.seed}:{cfg.epoch}:{s['key']}")
-        yield {"key": s["key"], "image": torch.from_numpy(augment_image(s.pop("image"), cfg.train, cfg.image_size, rng, tuple(cfg.crop_scales))),
+        yield {"key": s["key"], "image": torch.from_numpy(augment_image(s.pop("image"), cfg.augmented, cfg.image_size, rng, tuple(cfg.crop_scales))),
                "partial": torch.tensor(s["partial"]), "labels": torch.tensor(s["labels"])}
 
 

@@ -30,12 +30,16 @@ def iprb_blend(f: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor) -> tuple[t
 
 
 def peak_cells(peak_map: torch.Tensor, grid_k: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C) index of the 2^K x 2^K grid cell holding each class's peak."""
+    """(B, C, H, W) -> (B, C) index of the 2^K x 2^K grid cell holding each class's peak.
+
+    A row belongs to band min(row // (H // g), g - 1) (columns alike): at K = 1 a 7x7 map splits
+    at H // 2 = 3 (rows 0-2 top, 3-6 bottom), as the authors' `index >= halfSize` does."""
     b, c, h, w = peak_map.shape
     g = 2 ** grid_k
     idx = peak_map.flatten(2).argmax(dim=2)
     row, col = idx // w, idx % w
-    return (row * g // h) * g + (col * g // w)
+    band_r, band_c = max(1, h // g), max(1, w // g)
+    return (row // band_r).clamp(max=g - 1) * g + (col // band_c).clamp(max=g - 1)
 
 
 def choose_pprb(y: torch.Tensor, own_cell: torch.Tensor, proto_valid: torch.Tensor,

@@ -7,6 +7,11 @@
     training, from `blend_start`: IPRB (eq. 6-9) and PPRB (eq. 10-13) on the (B, C, D) vectors,
     the same head on the blended vectors, partial BCE on the three outputs (eq. 14-15)
     + lambda * contrastive (eq. 3-4, 16). Inference: the first line only.
+
+Where the paper is silent or its literal form contradicts its text, the defaults follow the
+authors' code (HCP-MLR-PL): the loss forms in `losses.py`, an attention width of 512, a graph
+whose rows are divided by their diagonal, prototypes from training-augmented images, and the
+own cell of a class at the peak of the channel sum of its weighted map.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from torch.utils.checkpoint import checkpoint
 
 from mlrpl_data.errors import MlrplError
 
-from ..losses import contrastive_loss, partial_bce
+from ..losses import (CONTRASTIVE_FORMS, contrastive_literal, contrastive_published, contrastive_weight,
+                      partial_bce)
 from . import naive
 from .blending import (accumulate_prototypes, choose_pprb, iprb_blend, iprb_mask, peak_cells, pprb_blend,
                        pprb_mask)
@@ -42,9 +48,10 @@ class DsrbOptions:
     blend_start: int = 5
     prototype_every: int = 5
     contrastive_weight: float = 0.05  # lambda of eq. 16
+    contrastive: str = "published"  # published: the authors' loss (losses.py); literal: eq. 3-4 summed
     embeddings: str | None = None
     feat_dim: int = 1024
-    attn_dim: int = 1024
+    attn_dim: int = 512  # the authors' intermediaDim for DSRB (model/DSRB.py)
     ggnn_steps: int = 3
     pool2x2: bool = True
     form: str = "cheap"  # cheap | naive (the feature-map oracle, for tests and benchmarks)
@@ -190,15 +197,15 @@ class Head(nn.Module):
 
 
 def cooccurrence(partial: np.ndarray | None, num_classes: int) -> torch.Tensor:
-    """A[i, j] = P(j known positive | i known positive) from the training partial labels; a class
-    with no known positive has a zero row (not NaN); no self loops."""
+    """A[i, j] = P(j known positive | i known positive) from the training partial labels: the
+    co-occurrence counts with each row divided by its diagonal, so A[i, i] = 1, as in the authors'
+    code. A class with no known positive has a zero row (their code gives NaN there)."""
     if partial is None or len(partial) == 0:
         return torch.zeros(num_classes, num_classes)
     pos = (np.asarray(partial) == 1).astype(np.float64)
     co = pos.T @ pos
     diag = np.diag(co).copy()
     a = np.divide(co, diag[:, None], out=np.zeros_like(co), where=diag[:, None] > 0)
-    np.fill_diagonal(a, 0.0)
     return torch.from_numpy(a).float()
 
 
@@ -206,10 +213,11 @@ def cooccurrence(partial: np.ndarray | None, num_classes: int) -> torch.Tensor:
 
 class DSRB(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, embeddings: torch.Tensor | None,
-                 adjacency: torch.Tensor, opts: DsrbOptions, frozen: list[nn.Module], seed: int = 0):
+                 adjacency: torch.Tensor, opts: DsrbOptions, frozen: list[nn.Module], seed: int = 0,
+                 bce: str = "batch"):
         super().__init__()
         d = opts.feat_dim
-        self.opts, self.seed, self._frozen = opts, seed, frozen
+        self.opts, self.seed, self._frozen, self.bce = opts, seed, frozen, bce
         self.backbone = backbone
         self.pool = nn.AvgPool2d(2, 2) if opts.pool2x2 else nn.Identity()
         self.reduce = nn.Sequential(nn.Conv2d(backbone.out_channels, d, 1, bias=False), nn.BatchNorm2d(d))
@@ -225,6 +233,8 @@ class DSRB(nn.Module):
             raise MlrplError(f"--csrl {opts.csrl!r}: use sd or sa")
         if opts.blend not in ("map", "vector"):
             raise MlrplError(f"--blend {opts.blend!r}: use map or vector")
+        if opts.contrastive not in CONTRASTIVE_FORMS:
+            raise MlrplError(f"--contrastive {opts.contrastive!r}: use one of {', '.join(CONTRASTIVE_FORMS)}")
         self.head = Head(d, num_classes, adjacency, opts.ggnn_steps)
         # eq. 8 and 12: per-class alpha and beta, initialised at 0.5, kept in [0, 1]
         self.alpha = nn.Parameter(torch.full((num_classes,), 0.5), requires_grad=opts.learn_alpha)
@@ -259,22 +269,38 @@ class DSRB(nn.Module):
         return xs, att, f, (h, w)
 
     def peak_map(self, xs: torch.Tensor, att: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """The class's attention-weighted activation a_c(hw) * |x(hw)|: (B, C, H, W), to pick cells."""
-        return (att * xs.norm(dim=-1).unsqueeze(1)).view(att.shape[0], att.shape[1], *hw)
+        """The class's weighted map summed over channels, a_c(hw) * sum_d x_d(hw): (B, C, H, W).
+
+        Its peak picks the class's own grid cell, as the authors' code does (the channel sum of
+        `featuremapWithCoef`, then the row and column of its maximum)."""
+        return (att * xs.sum(dim=-1).unsqueeze(1)).view(att.shape[0], att.shape[1], *hw)
+
+    def step_generator(self, step: int, stream: int) -> torch.Generator:
+        """A CPU generator for one training step's random draws (stream 0: PPRB, 1: contrastive
+        subsampling), seeded from the run's seed and the global step, so a resumed run draws the same."""
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 2 + stream)
 
     # -- forward ----------------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, partial: torch.Tensor | None = None, epoch: int = 0, step: int = 0):
-        """(B, 3, H, W) -> logits (B, C); with `partial` (B, C): (loss, logs) of eq. 16."""
+    def forward(self, x: torch.Tensor, partial: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
+                progress: float = 1.0):
+        """(B, 3, H, W) -> logits (B, C); with `partial` (B, C): (loss, logs) of eq. 16.
+
+        `progress` (batches done / batches per epoch) ramps the contrastive weight in epoch 0."""
         xs, att, f, hw = self.features(x)
         if partial is None:
             return self.head(f)
         logits, cache = self.head.forward_cached(f)
         y = partial
-        loss = partial_bce(logits.float(), y)
+        bce = self.bce
+        loss = partial_bce(logits.float(), y, bce)
         logs = {"loss_cls": float(loss.detach())}
+        weight = contrastive_weight(self.opts.contrastive_weight, epoch, progress, self.opts.contrastive)
         if self.opts.contrastive_weight > 0:
-            cst = contrastive_loss(f, y) / y.shape[0]  # eq. 4 summed over pairs; per image like eq. 14's mean
-            loss = loss + self.opts.contrastive_weight * cst
+            if self.opts.contrastive == "published":
+                cst = contrastive_published(f, y, self.step_generator(step, 1))
+            else:  # eq. 4 summed over ordered pairs; divided by B like eq. 14's per-image mean
+                cst = contrastive_literal(f, y) / y.shape[0]
+            loss = loss + weight * cst
             logs["loss_cst"] = float(cst.detach())
         if self.blending(epoch):
             maps = naive.category_maps(att, xs) if self.opts.form == "naive" else None
@@ -285,13 +311,12 @@ class DSRB(nn.Module):
                 else:
                     m_hat, y_hat = naive.iprb_blend_maps(maps, y, self.alpha)
                     s_hat = self.head(naive.pool(m_hat))
-                l_i = partial_bce(s_hat.float(), y_hat)
+                l_i = partial_bce(s_hat.float(), y_hat, bce)
                 loss = loss + l_i
                 logs["loss_iprb"] = float(l_i.detach())
             if self.opts.pprb and bool(self.proto_counts.sum() > 0):
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
                 own = peak_cells(self.peak_map(xs, att, hw).detach(), 0 if self.cells == 1 else self.opts.grid_k)
-                cls, cell = choose_pprb(y.cpu(), own.cpu(), (self.proto_counts > 0).cpu(), gen)
+                cls, cell = choose_pprb(y.cpu(), own.cpu(), (self.proto_counts > 0).cpu(), self.step_generator(step, 0))
                 if maps is None:
                     f_tilde, y_tilde = pprb_blend(f, y, self.beta, self.prototypes, cls, cell)
                     s_tilde = self.head.forward_delta(f_tilde, f_tilde - f, pprb_mask(cls, y.shape[1], y.device), cache)
@@ -299,7 +324,7 @@ class DSRB(nn.Module):
                     proto_maps = self._naive_proto_maps(maps)
                     m_tilde, y_tilde = naive.pprb_blend_maps(maps, y, self.beta, proto_maps, cls, cell)
                     s_tilde = self.head(naive.pool(m_tilde))
-                l_p = partial_bce(s_tilde.float(), y_tilde)
+                l_p = partial_bce(s_tilde.float(), y_tilde, bce)
                 loss = loss + l_p
                 logs["loss_pprb"] = float(l_p.detach())
         return loss, logs
@@ -379,4 +404,4 @@ def build_dsrb(cfg, spec, backbone: nn.Module, frozen: list[nn.Module]) -> DSRB:
         opts.iprb, opts.pprb, opts.contrastive_weight = False, False, 0.0
     partial = np.stack(list(spec.partial.values())) if spec.partial else None
     return DSRB(backbone, spec.num_classes, load_embeddings(spec, opts), cooccurrence(partial, spec.num_classes),
-                opts, frozen, seed=cfg.seed)
+                opts, frozen, seed=cfg.seed, bce=cfg.bce)

@@ -16,11 +16,11 @@ METHODS = ("pbce", "ssgrl", "dsrb")
 class PartialBCEModel(nn.Module):
     """The "Partial BCE" row of Table 1: backbone -> global average pool -> linear, eq. 14."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, frozen: list[nn.Module]):
+    def __init__(self, backbone: nn.Module, num_classes: int, frozen: list[nn.Module], bce: str = "batch"):
         super().__init__()
         self.backbone = backbone
         self.fc = nn.Linear(backbone.out_channels, num_classes)
-        self._frozen = frozen
+        self._frozen, self.bce = frozen, bce
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -28,12 +28,13 @@ class PartialBCEModel(nn.Module):
             m.eval()
         return self
 
-    def forward(self, x: torch.Tensor, partial: torch.Tensor | None = None, epoch: int = 0, step: int = 0):
+    def forward(self, x: torch.Tensor, partial: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
+                progress: float = 1.0):
         """(B, 3, H, W) -> logits (B, C); with `partial` (B, C): (loss, logs)."""
         logits = self.fc(self.backbone(x).mean(dim=(2, 3)))
         if partial is None:
             return logits
-        loss = partial_bce(logits.float(), partial)
+        loss = partial_bce(logits.float(), partial, self.bce)
         return loss, {}
 
 
@@ -44,7 +45,7 @@ def build_model(cfg, spec, for_eval: bool = False) -> nn.Module:
     backbone = build_backbone(cfg.backbone, weights)
     frozen = freeze_until(backbone, cfg.freeze)
     if cfg.method == "pbce":
-        return PartialBCEModel(backbone, spec.num_classes, frozen)
+        return PartialBCEModel(backbone, spec.num_classes, frozen, cfg.bce)
     from .dsrb import build_dsrb
 
     return build_dsrb(cfg, spec, backbone, frozen)

@@ -1,10 +1,13 @@
 """The embedded default dataset: real handwritten digit scans composed into multi-label images.
 
-scikit-learn ships 1,797 real 8x8 digit scans (UCI optdigits). Each demo image places 1-4
-of them, upscaled, on a 4x4 grid at random cells; its labels are the digits it shows. Train
-and test draw from disjoint halves of the scans, so the test set holds unseen handwriting.
-Written in the raw COCO format (instances JSON with boxes + JPEG folders) so the demo goes
-through the same `build-coco` path as real data.
+scikit-learn ships 1,797 real 8x8 digit scans (UCI optdigits). Each image places 1 to
+`max_digits` of them, upscaled, on a `grid` x `grid` layout at random cells; its labels are
+the digits it shows. Train and test draw from disjoint parts of the scans (`train_scans` of
+them for train), so the test set holds unseen handwriting. The defaults are the demo's data
+(128 px, 4x4, 1-4 digits, half the scans each); other settings make other datasets of the
+same kind, e.g. a held-out one to check a method on data it was not tuned on. Written in the
+raw COCO format (instances JSON with boxes + JPEG folders) so it goes through `build-coco`
+like real data.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ YEAR = "2014"
 
 
 @dataclass
-class DemoConfig:
+class DigitsConfig:
     out: Path
     train_images: int = 2000
     test_images: int = 500
@@ -29,6 +32,19 @@ class DemoConfig:
     grid: int = 4
     max_digits: int = 4
     seed: int = 0
+    train_scans: float = 0.5  # the fraction of the 1,797 scans that train images draw from
+
+    def __post_init__(self) -> None:
+        from .errors import BadInputError
+
+        if self.image_size < self.grid or self.grid < 1:
+            raise BadInputError(f"--image-size {self.image_size} must be at least --grid {self.grid} (>= 1)")
+        if not 1 <= self.max_digits <= self.grid * self.grid:
+            raise BadInputError(f"--max-digits {self.max_digits}: between 1 and grid^2 = {self.grid ** 2}")
+        if not 0 < self.train_scans < 1:
+            raise BadInputError(f"--train-scans {self.train_scans}: a fraction strictly between 0 and 1")
+        if self.train_images < 1 or self.test_images < 1:
+            raise BadInputError("--train-images and --test-images must be at least 1")
 
 
 def _digit_tiles(cell: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +61,7 @@ def _digit_tiles(cell: int) -> tuple[np.ndarray, np.ndarray]:
     return tiles, d.target.astype(int)
 
 
-def _compose(rng, tiles, targets, pool, cfg: DemoConfig):
+def _compose(rng, tiles, targets, pool, cfg: DigitsConfig):
     cell = cfg.image_size // cfg.grid
     canvas = np.full((cfg.image_size, cfg.image_size), 255, dtype=np.uint8)
     k = int(rng.integers(1, cfg.max_digits + 1))
@@ -61,13 +77,14 @@ def _compose(rng, tiles, targets, pool, cfg: DemoConfig):
     return Image.fromarray(img).convert("RGB"), anns
 
 
-def write_demo_data(cfg: DemoConfig) -> Path:
+def write_digits(cfg: DigitsConfig) -> Path:
     """Write ROOT/annotations/instances_{train,val}2014.json and ROOT/{train,val}2014/*.jpg."""
     out = Path(cfg.out)
     rng = np.random.default_rng(cfg.seed)
     tiles, targets = _digit_tiles(cfg.image_size // cfg.grid)
     order = rng.permutation(len(targets))
-    pools = {"train": order[: len(order) // 2], "val": order[len(order) // 2:]}
+    cut = int(round(len(order) * cfg.train_scans))
+    pools = {"train": order[:cut], "val": order[cut:]}
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": n, "supercategory": "digit"} for i, n in enumerate(DIGIT_NAMES)]
     ann_id = 1
