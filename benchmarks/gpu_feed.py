@@ -26,9 +26,12 @@ import torch  # noqa: E402
 
 from mlrpl_data.masks import MaskConfig, make_masks  # noqa: E402
 from mlrpl_data.shards import ShardConfig, write_shards  # noqa: E402
-from mlrpl_train.engine import TrainConfig, pick_device, stream_config, train_step  # noqa: E402
+from mlrpl_train.data import resolve_data  # noqa: E402
+from mlrpl_train.device import pick_device, to_device  # noqa: E402
 from mlrpl_train.dist import DistInfo  # noqa: E402
-from mlrpl_train.loader import make_loader, resolve_data, to_device  # noqa: E402
+from mlrpl_train.engine import stream_config, train_step  # noqa: E402
+from mlrpl_train.loader import make_loader  # noqa: E402
+from mlrpl_train.options import TrainConfig  # noqa: E402
 from mlrpl_train.model.factory import build_model  # noqa: E402
 from shards import coco_dataset, make_images  # noqa: E402
 
@@ -69,7 +72,7 @@ def main() -> None:
                           workers=a.workers, device=a.device, shuffle_buffer=256, progress=False)
         spec = resolve_data(str(d), cfg.masks)
         info = DistInfo()
-        device = pick_device(cfg, info)
+        device = pick_device(str(cfg.device))
         model = build_model(cfg, spec).to(device).train()
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)

@@ -58,7 +58,7 @@ def decode_only(files: list[Path]) -> float:
 
 
 def mlrpl_loader(dataset: Path, n: int) -> float:
-    from mlrpl_train.loader import resolve_data
+    from mlrpl_train.data import resolve_data
 
     spec = resolve_data(str(dataset), None)
     cfg = StreamConfig(urls=spec.test_urls + spec.train_urls, num_classes=spec.num_classes, train=True, image_size=448,

@@ -25,19 +25,19 @@ CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
-from mlrpl_train.engine import TrainConfig, autocast
-from mlrpl_train.loader import DataSpec, to_device
+from mlrpl_train.data import DataSpec
+from mlrpl_train.device import autocast, to_device
 from mlrpl_train.model.factory import build_model
+from mlrpl_train.options import DsrbOptions, TrainConfig
 kind, C, batch, size, device, steps, backbone = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], int(sys.argv[7]), sys.argv[8]
 torch.manual_seed(0)
 device = torch.device(device)
 method = {"a": "pbce", "b": "dsrb", "c": "dsrb", "d": "ssgrl"}[kind]
-model_opts = {} if kind == "a" else {"form": "naive" if kind == "c" else "cheap", "blend_start": 0}
 cfg = TrainConfig(method=method, dataset="", masks="", backbone=backbone, weights="none", freeze="layer3", image_size=size,
-                  batch_size=batch, model=model_opts)
+                  batch_size=batch, dsrb=DsrbOptions(form="naive" if kind == "c" else "cheap", blend_start=0))
 spec = DataSpec(dataset="", fingerprint="", num_classes=C, class_names=[str(i) for i in range(C)], train_urls=[], test_urls=[],
-                train_samples=0, test_samples=0, partial=None, extra={"embeddings": torch.randn(C, 300)})
-model = build_model(cfg, spec).to(device).train()
+                train_samples=0, test_samples=0, partial=None)
+model = build_model(cfg, spec).to(device).train()  # label embeddings learned (no dataset folder)
 if device.type == "cuda":
     model = model.to(memory_format=torch.channels_last)
 if kind in ("b", "c"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +19,36 @@ import pandas as pd
 from .errors import BadInputError
 from .jsonio import parse_json
 from .manifest import Manifest, validate
+from .options import allow_missing_field, check_ranges, opt, progress_field
+from .progress import progress_bar
 from .missing import check_missing, listdir_names
 from .specs import load_spec
 
 SOURCE_SPLITS = {"train": "train", "val": "test"}
 
 
+def _parse_splits(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in str(text).split(",") if s.strip())
+
+
 @dataclass
 class CocoConfig:
-    root: Path
-    year: str = "2014"
-    splits: tuple[str, ...] = ("train", "val")
-    name: str | None = None  # default "coco{year}"; the key prefix
-    include_crowd: bool = True
-    allow_missing: bool = False
-    subset: bool = False  # the raw files are a subset: skip the expected-count check
+    root: Path = field(metadata=opt("Holds annotations/instances_{train,val}YEAR.json and the {train,val}YEAR/ images"))
+    year: str = field(default="2014", metadata=opt("Release year in the file names (2014: the papers' protocol)"))
+    splits: tuple[str, ...] = field(default=("train", "val"), metadata=opt(
+        "Source splits to read, comma-separated: train becomes split train, val split test",
+        parse=_parse_splits, show=",".join))
+    name: str | None = field(default=None, metadata=opt("Dataset name and key prefix (default coco<year>)"))
+    include_crowd: bool = field(default=True, metadata=opt(
+        "Crowd annotations (iscrowd=1) count as present, as in the published protocol",
+        flags="--include-crowd/--exclude-crowd"))
+    allow_missing: bool = allow_missing_field()
+    subset: bool = field(default=False, metadata=opt(
+        "The files are a deliberate subset of COCO: skip the official image-count check"))
+    progress: bool = progress_field()
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def annotation_path(root: Path, split: str, year: str) -> Path:
@@ -130,10 +145,12 @@ def build_coco(cfg: CocoConfig) -> Manifest:
     prefix = cfg.name or f"coco{cfg.year}"
     frames, label_blocks, sources, missing_all = [], [], [], []
     vocab = None
+    bar = progress_bar(len(cfg.splits), "build-coco", "file", cfg.progress)
     for split in cfg.splits:
         if split not in SOURCE_SPLITS:
             raise BadInputError(f"unknown COCO split {split!r}: use train and/or val")
         path = annotation_path(root, split, cfg.year)
+        bar.set_postfix_str(path.name)
         coco, sha, nbytes = _load(path)
         names, ids = _categories(coco, path)
         if vocab is None:
@@ -149,6 +166,8 @@ def build_coco(cfg: CocoConfig) -> Manifest:
         frames.append(frame[keep])
         label_blocks.append(labels[keep])
         sources.append({"file": f"annotations/{path.name}", "sha256": sha, "bytes": nbytes})
+        bar.update(1)
+    bar.close()
     names, ids, _ = vocab
     is_coco80 = _check_coco80(names, ids, vocab[2])
     images = pd.concat(frames, ignore_index=True)

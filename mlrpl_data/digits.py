@@ -13,11 +13,13 @@ like real data.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .options import check_ranges, opt
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 YEAR = "2014"
@@ -25,26 +27,25 @@ YEAR = "2014"
 
 @dataclass
 class DigitsConfig:
-    out: Path
-    train_images: int = 2000
-    test_images: int = 500
-    image_size: int = 128
-    grid: int = 4
-    max_digits: int = 4
-    seed: int = 0
-    train_scans: float = 0.5  # the fraction of the 1,797 scans that train images draw from
+    out: Path = field(metadata=opt("Folder for the raw COCO-format digits data"))
+    train_images: int = field(default=2000, metadata=opt("Training images to compose", min=1))
+    test_images: int = field(default=500, metadata=opt("Test images to compose", min=1))
+    image_size: int = field(default=128, metadata=opt("Side of each square image, in pixels", min=8))
+    grid: int = field(default=4, metadata=opt("Digits sit in the cells of a GRID x GRID layout", min=1))
+    max_digits: int = field(default=4, metadata=opt("Each image shows 1 to this many digits", min=1))
+    seed: int = field(default=0, metadata=opt("Seed of the layouts and of the split of the scans", min=0))
+    train_scans: float = field(default=0.5, metadata=opt(
+        "Fraction of the 1,797 scans that train images use (test images use the others)", min=0, min_open=True,
+        max=0.99))
 
     def __post_init__(self) -> None:
         from .errors import BadInputError
 
-        if self.image_size < self.grid or self.grid < 1:
-            raise BadInputError(f"--image-size {self.image_size} must be at least --grid {self.grid} (>= 1)")
-        if not 1 <= self.max_digits <= self.grid * self.grid:
-            raise BadInputError(f"--max-digits {self.max_digits}: between 1 and grid^2 = {self.grid ** 2}")
-        if not 0 < self.train_scans < 1:
-            raise BadInputError(f"--train-scans {self.train_scans}: a fraction strictly between 0 and 1")
-        if self.train_images < 1 or self.test_images < 1:
-            raise BadInputError("--train-images and --test-images must be at least 1")
+        check_ranges(self)
+        if self.image_size < self.grid:
+            raise BadInputError(f"--image-size {self.image_size} must be at least --grid {self.grid}")
+        if self.max_digits > self.grid * self.grid:
+            raise BadInputError(f"--max-digits {self.max_digits}: at most grid^2 = {self.grid ** 2}")
 
 
 def _digit_tiles(cell: int) -> tuple[np.ndarray, np.ndarray]:

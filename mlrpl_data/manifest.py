@@ -8,6 +8,7 @@ Paths on the building machine (the raw root) are recorded but never hashed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .errors import AlreadyExistsError, BadInputError
+from .errors import AlreadyExistsError, BadInputError, FingerprintMismatchError
 from .fsutil import publish_dir, staging_dir
 
 SCHEMA_VERSION = 1
@@ -72,8 +73,9 @@ class Manifest:
         vc = self.images["split"].value_counts()
         return {s: int(vc.get(s, 0)) for s in SPLITS}
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
+        """Computed once (it hashes every row); a Manifest is not changed after it is built."""
         return compute_fingerprint(self)
 
     def dataset_card(self) -> dict[str, Any]:
@@ -90,6 +92,13 @@ class Manifest:
             "mlrpl_version": __version__,
             **self.extra,
         }
+
+
+def check_fingerprint(found: str | None, expected: str, what: str, fix: str) -> None:
+    """The one check that an artefact (`what`: a mask, a shard index, a run) was made from the
+    manifest it is used with; FingerprintMismatchError names both fingerprints and the fix."""
+    if found != expected:
+        raise FingerprintMismatchError(f"{what}: made from manifest {found} but the dataset is {expected}; {fix}")
 
 
 def _hash_strings(h: "hashlib._Hash", values) -> None:

@@ -30,11 +30,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .errors import AlreadyExistsError, BadInputError, FingerprintMismatchError
+from .errors import AlreadyExistsError, BadInputError
 from .fsutil import atomic_write_bytes
-from .manifest import Manifest, labels_from_arrow, labels_to_arrow, read_card
+from .manifest import Manifest, check_fingerprint, labels_from_arrow, labels_to_arrow, read_card
+from .options import Choice, check_ranges, opt
 
-SCHEMES = ("uniform", "hcp", "per-image", "single-positive")
+class Scheme(Choice):
+    uniform = "uniform"
+    hcp = "hcp"
+    per_image = "per-image"
+    single_positive = "single-positive"
+
+
+class MaskSplit(Choice):
+    train = "train"
+    test = "test"
+    all = "all"
+
+
+SCHEMES = tuple(s.value for s in Scheme)
 MASKS_DIR = "masks"
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -149,13 +163,26 @@ def content_hash(keys, partial: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _show_proportions(values) -> str:
+    return ",".join(f"{p:g}" for p in values)
+
+
 @dataclass
 class MaskConfig:
-    proportions: list[float]
-    seed: int = 0
-    scheme: str = "uniform"
-    split: str = "train"
-    force: bool = False
+    proportions: list[float] = field(default_factory=lambda: [0.3], metadata=opt(
+        "Known proportion(s): 0.3, 0.1,0.5,0.9 or 0.1:0.9:0.1 (ignored by single-positive)", flags="--proportion",
+        parse=lambda t: parse_proportions(t), show=_show_proportions))
+    seed: int = field(default=0, metadata=opt("Seed of which labels are known", min=0))
+    scheme: Scheme = field(default=Scheme.uniform, metadata=opt(
+        "uniform (the paper's protocol), hcp (bit-identical to the published files), per-image (a fixed count per "
+        "image) or single-positive"))
+    split: MaskSplit = field(default=MaskSplit.train, metadata=opt("Which split the mask covers"))
+    force: bool = field(default=False, metadata=opt("Replace an existing mask of the same name with other content"))
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.scheme == Scheme.single_positive:
+            self.proportions = []
 
 
 @dataclass
@@ -173,10 +200,6 @@ class Mask:
 
 def compute_masks(m: Manifest, cfg: MaskConfig) -> list[Mask]:
     """The masks of `m` for every proportion of `cfg` (in memory)."""
-    if cfg.scheme not in SCHEMES:
-        raise BadInputError(f"unknown scheme {cfg.scheme!r}: use one of {', '.join(SCHEMES)}")
-    if cfg.split not in ("train", "test", "all"):
-        raise BadInputError(f"unknown split {cfg.split!r}: use train, test or all")
     rows = m.split_rows(cfg.split)
     if len(rows) == 0:
         raise BadInputError(f"{m.name}: split {cfg.split} has no images")
@@ -266,10 +289,7 @@ def read_mask(dataset_url: str | Path, name: str, fingerprint: str | None = None
     except FileNotFoundError:
         raise BadInputError(f"{where}: mask not found (make it with `mlrpl make-masks`; `mlrpl masks DIR` lists them)") from None
     expected = fingerprint or read_card(dataset_url)["fingerprint"]
-    if meta.get("fingerprint") != expected:
-        raise FingerprintMismatchError(
-            f"{where}: made from manifest {meta.get('fingerprint')} but the dataset is {expected}; remake the mask"
-        )
+    check_fingerprint(meta.get("fingerprint"), expected, where, "remake the mask (mlrpl make-masks)")
     keys = np.asarray(table.column("key").to_pylist(), dtype=object)
     labels = labels_from_arrow(table.column("labels"), int(meta["num_classes"]), f"{where}.parquet")
     if content_hash(keys, labels) != meta.get("content_sha256"):

@@ -33,21 +33,29 @@ from .errors import BadInputError
 from .fsutil import atomic_write_bytes, sha256_file
 from .images import BadImageError, probe, reencode
 from .manifest import Manifest, read_manifest
+from .options import Choice, check_ranges, opt, progress_field
+from .progress import progress_bar
+from .tar import TarWriter
 
 SHARDS_DIR = "shards"
 RECORDS_DIR = ".records"
 INDEX = "index.json"
 SUMS = "SHA256SUMS"
 SAMPLE_OVERHEAD = 3 * 512 + 256  # two headers, padding, the JSON member (for planning by size)
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)B?|B?)\s*$", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
-    """'512MB', '1.5GB', '200k' -> bytes (powers of 1024)."""
+    """'512MB' = 512 x 10^6 bytes, '512MiB' = 512 x 2^20, '1.5GB', '200k', '4096' (bytes)."""
     m = _SIZE.match(str(text))
     if not m:
-        raise BadInputError(f"--shard-size {text!r}: use e.g. 512MB or 2GB")
-    return int(float(m.group(1)) * 1024 ** "_KMGT".index(m.group(2).upper() or "_"))
+        raise BadInputError(f"--shard-size {text!r}: use e.g. 512MB (10^6 bytes each) or 512MiB (2^20 bytes each)")
+    unit, binary = (m.group(2) or "").upper(), bool(m.group(3))
+    power = "_KMGT".index(unit) if unit else 0
+    size = int(float(m.group(1)) * (1024 if binary else 1000) ** power)
+    if size < 1:
+        raise BadInputError(f"--shard-size {text!r}: must be at least one byte")
+    return size
 
 
 def parse_part(text: str | None) -> tuple[int, int] | None:
@@ -62,17 +70,38 @@ def parse_part(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+class ShardSplit(Choice):
+    train = "train"
+    test = "test"
+    all = "all"
+
+
+class OnBadImage(Choice):
+    fail = "fail"
+    skip = "skip"
+
+
 @dataclass
 class ShardConfig:
-    split: str = "train"  # train | test | all
-    shard_size: int | None = 512 * 1024**2
-    max_samples: int | None = None
-    workers: int = 1
-    resize: int | None = None
-    quality: int = 95
-    on_bad_image: str = "fail"  # fail | skip
-    part: tuple[int, int] | None = None
-    progress: bool = True
+    split: ShardSplit = field(default=ShardSplit.all, metadata=opt("Which split(s) to write"))
+    shard_size: int | None = field(default=512 * 10**6, metadata=opt(
+        "Target shard size, planned from the source file sizes: 512MB = 512,000,000 bytes, 512MiB = 512 x 2^20",
+        parse=lambda t: parse_size(t), show=lambda v: f"{v // 10**6}MB" if v else ""))
+    max_samples: int | None = field(default=None, metadata=opt("Samples per shard instead of --shard-size", min=1))
+    workers: int = field(default=1, metadata=opt("Processes writing shards in parallel (same bytes for any number)",
+                                                 min=1))
+    resize: int | None = field(default=None, metadata=opt(
+        "Re-encode as RGB JPEG with the shorter side shrunk to this (never enlarged)", min=1))
+    quality: int = field(default=95, metadata=opt("JPEG quality of --resize", min=1, max=100))
+    on_bad_image: OnBadImage = field(default=OnBadImage.fail, metadata=opt(
+        "A corrupt image stops the build naming the file, or is left out and listed in index.json"))
+    part: tuple[int, int] | None = field(default=None, metadata=opt(
+        "i/n: write only part i of n (e.g. one task of a Slurm array)", parse=lambda t: parse_part(t),
+        show=lambda v: f"{v[0]}/{v[1]}" if v else ""))
+    progress: bool = progress_field()
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -117,8 +146,6 @@ def _source_sizes(m: Manifest, rows: np.ndarray) -> np.ndarray:
 
 def plan_shards(m: Manifest, cfg: ShardConfig) -> list[ShardPlan]:
     """Deterministic shard plan: which rows go in which shard, in which order."""
-    if cfg.split not in ("train", "test", "all"):
-        raise BadInputError(f"--split {cfg.split!r}: use train, test or all")
     if not cfg.max_samples and not cfg.shard_size:
         raise BadInputError("give --shard-size or --max-samples")
     plans = []
@@ -148,80 +175,6 @@ def plan_shards(m: Manifest, cfg: ShardConfig) -> list[ShardPlan]:
         blob = json.dumps({"fingerprint": fp, "name": p.name, "keys": [keys[r] for r in p.rows], **opts})
         p.plan_hash = hashlib.sha256(blob.encode()).hexdigest()
     return plans
-
-
-def ustar_header(name: str, size: int) -> bytes:
-    """The 512-byte USTAR header tarfile writes for our fixed metadata, built directly (5x faster).
-
-    mode 0444, uid/gid 0, mtime 0, empty user/group names, regular file; names over 100 bytes
-    go through tarfile (which splits them into prefix and name)."""
-    raw = name.encode("utf-8")
-    if len(raw) > 100:
-        return _tarinfo_header(name, size)
-    head = bytearray(512)
-    head[0:len(raw)] = raw
-    head[100:108] = b"0000444\0"
-    head[108:116] = b"0000000\0"
-    head[116:124] = b"0000000\0"
-    head[124:136] = b"%011o\0" % size
-    head[136:148] = b"00000000000\0"
-    head[148:156] = b" " * 8  # checksum placeholder
-    head[156:157] = b"0"
-    head[257:265] = b"ustar\x0000"
-    head[148:156] = b"%06o\0 " % sum(head)
-    return bytes(head)
-
-
-def _tarinfo_header(name: str, size: int) -> bytes:
-    ti = tarfile.TarInfo(name)
-    ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0o444, 0, 0, "", ""
-    return ti.tobuf(format=tarfile.USTAR_FORMAT)
-
-
-class TarWriter:
-    """A minimal byte-reproducible USTAR writer that hashes as it writes (no second read).
-
-    The sha256 runs in a helper thread (hashlib releases the GIL), overlapping the reads and
-    writes of the main thread. Ends with two zero blocks padded to tar's 10 KiB record, as GNU
-    tar and Python's tarfile do.
-    """
-
-    def __init__(self, f):
-        import queue
-        import threading
-
-        self.f, self.h, self.n = f, hashlib.sha256(), 0
-        self._q: "queue.Queue[bytes | None]" = queue.Queue(maxsize=256)
-        self._t = threading.Thread(target=self._hash_loop, daemon=True)
-        self._t.start()
-
-    def _hash_loop(self) -> None:
-        while (b := self._q.get()) is not None:
-            self.h.update(b)
-
-    def _put(self, b) -> None:
-        self.f.write(b)
-        self._q.put(b)
-        self.n += len(b)
-
-    def add(self, name: str, data: bytes) -> None:
-        self._put(ustar_header(name, len(data)))
-        self._put(data)
-        pad = -len(data) % tarfile.BLOCKSIZE
-        if pad:
-            self._put(b"\0" * pad)
-
-    def close(self) -> None:
-        self._put(b"\0" * (2 * tarfile.BLOCKSIZE))
-        pad = -self.n % tarfile.RECORDSIZE
-        if pad:
-            self._put(b"\0" * pad)
-        self._q.put(None)
-        self._t.join()
-
-    def abort(self) -> None:
-        self._q.put(None)
-        self._t.join()
 
 
 def sample_json(key: str, labels: list[int], width: int, height: int, source: str, fmt: str, reencoded: bool) -> bytes:
@@ -286,19 +239,21 @@ def _job(m: Manifest, keys: np.ndarray, paths: np.ndarray, fingerprint: str, pla
                     samples=[{"key": keys[r], "path": paths[r], "labels": m.labels[r].tolist()} for r in plan.rows])
 
 
-def _valid_record(out_dir: Path, plan: ShardPlan) -> dict[str, Any] | None:
-    """The shard's record when the tar on disk is the one this plan would write."""
-    rec_path = out_dir / RECORDS_DIR / f"{plan.name}.json"
-    tar = out_dir / plan.name
+def _matching_record(out_dir: Path, plan: ShardPlan, check_bytes: bool = True) -> dict[str, Any] | None:
+    """The shard's record when the tar on disk is the one this plan writes: same plan hash, and (with
+    `check_bytes`) the recorded size and sha256 still match the file."""
+    rec_path, tar = out_dir / RECORDS_DIR / f"{plan.name}.json", out_dir / plan.name
     if not (rec_path.exists() and tar.exists()):
         return None
     try:
         rec = json.loads(rec_path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if rec.get("plan_hash") != plan.plan_hash or tar.stat().st_size != rec.get("bytes"):
+    if not isinstance(rec, dict) or rec.get("plan_hash") != plan.plan_hash:
         return None
-    return rec if sha256_file(tar) == rec.get("sha256") else None
+    if check_bytes and (tar.stat().st_size != rec.get("bytes") or sha256_file(tar) != rec.get("sha256")):
+        return None
+    return rec
 
 
 @dataclass
@@ -309,17 +264,8 @@ class ShardResult:
     index: dict[str, Any] | None
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", desc="write-shards", disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)
-
-
 def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
     """Plan, then write the shards that are not already there (in parallel with cfg.workers)."""
-    if cfg.on_bad_image not in ("fail", "skip"):
-        raise BadInputError(f"--on-bad-image {cfg.on_bad_image!r}: use fail or skip")
     m = read_manifest(dataset_dir)
     out_dir = Path(dataset_dir) / SHARDS_DIR
     (out_dir / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
@@ -327,8 +273,8 @@ def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
     mine = plans if cfg.part is None else [p for k, p in enumerate(plans) if k % cfg.part[1] == cfg.part[0] - 1]
     kept, todo = [], []
     for p in mine:
-        (kept if _valid_record(out_dir, p) else todo).append(p)
-    bar = _progress(sum(len(p.rows) for p in todo), cfg.progress)
+        (kept if _matching_record(out_dir, p) else todo).append(p)
+    bar = progress_bar(sum(len(p.rows) for p in todo), "write-shards", "img", cfg.progress)
     written = []
     keys, paths, fingerprint = m.keys, m.images["path"].to_numpy(), m.fingerprint
     jobs = (_job(m, keys, paths, fingerprint, p, out_dir, cfg) for p in todo)
@@ -348,16 +294,9 @@ def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
                     bar.update(rec["samples"] + len(rec["skipped"]))
     finally:
         bar.close()
-    complete = all(_record_matches(out_dir, p) for p in plans)
+    complete = all(_matching_record(out_dir, p, check_bytes=False) for p in plans)
     index = assemble_index(m, out_dir, plans) if complete else None
     return ShardResult(written=sorted(written), kept=[p.name for p in kept], complete=complete, index=index)
-
-
-def _record_matches(out_dir: Path, plan: ShardPlan) -> bool:
-    rec_path = out_dir / RECORDS_DIR / f"{plan.name}.json"
-    if not (rec_path.exists() and (out_dir / plan.name).exists()):
-        return False
-    return json.loads(rec_path.read_text()).get("plan_hash") == plan.plan_hash
 
 
 def assemble_index(m: Manifest, out_dir: Path, plans: list[ShardPlan]) -> dict[str, Any]:
@@ -409,7 +348,7 @@ def shard_urls(url: str, split: str, index: dict[str, Any] | None = None) -> lis
     return [f"{url.rstrip('/')}/{SHARDS_DIR}/{s['name']}" for s in index["shards"] if split in ("all", s["split"])]
 
 
-def verify(url: str) -> list[str]:
+def verify(url: str, progress: bool = False) -> list[str]:
     """Every problem found: index vs manifest, each shard's sha256, sample count, keys and order."""
     import fsspec
 
@@ -417,6 +356,7 @@ def verify(url: str) -> list[str]:
     problems: list[str] = []
     index = read_index(url)
     m = read_manifest(url)
+    bar = progress_bar(sum(int(s.get("bytes", 0)) for s in index["shards"]), "verify", "B", progress, unit_scale=True)
     if index.get("fingerprint") != m.fingerprint:
         problems.append(f"{url}/{SHARDS_DIR}/{INDEX}: made from manifest {index.get('fingerprint')} but the dataset is {m.fingerprint}")
     known_keys = set(m.keys)
@@ -427,7 +367,7 @@ def verify(url: str) -> list[str]:
         keys: list[str] = []
         try:
             with fsspec.open(shard_url, "rb") as f:
-                reader = _TeeHash(f, h)
+                reader = _TeeHash(f, h, bar.update)
                 with tarfile.open(fileobj=reader, mode="r|") as tar:
                     for member in tar:
                         if member.name.endswith(".json"):
@@ -456,14 +396,15 @@ def verify(url: str) -> list[str]:
         seen.update(keys)
         if keys and (keys[0] != s["first_key"] or keys[-1] != s["last_key"]):
             problems.append(f"{shard_url}: key range {keys[0]}..{keys[-1]} differs from the index")
+    bar.close()
     return problems
 
 
 class _TeeHash(io.RawIOBase):
-    """A read-only stream that hashes and counts what is read through it."""
+    """A read-only stream that hashes and counts what is read through it (and reports the count)."""
 
-    def __init__(self, f, h):
-        self.f, self.h, self.n = f, h, 0
+    def __init__(self, f, h, on_read=lambda n: None):
+        self.f, self.h, self.n, self.on_read = f, h, 0, on_read
 
     def readable(self) -> bool:
         return True
@@ -472,6 +413,7 @@ class _TeeHash(io.RawIOBase):
         data = self.f.read(len(b))
         self.h.update(data)
         self.n += len(data)
+        self.on_read(len(data))
         b[: len(data)] = data
         return len(data)
 
@@ -479,4 +421,5 @@ class _TeeHash(io.RawIOBase):
         data = self.f.read(size)
         self.h.update(data)
         self.n += len(data)
+        self.on_read(len(data))
         return data

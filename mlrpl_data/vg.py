@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,8 @@ import pandas as pd
 from .errors import BadInputError
 from .jsonio import load_json
 from .manifest import Manifest, validate
+from .options import allow_missing_field, check_ranges, opt, progress_field
+from .progress import progress_bar
 from .missing import listdir_names, refuse_missing
 from .fsutil import sha256_file
 
@@ -30,13 +32,19 @@ _WS = re.compile(r"\s+")
 
 @dataclass
 class VgConfig:
-    root: Path
-    num_classes: int = 200
-    test_size: int = 10000
-    seed: int = 0
-    aliases: Path | None = None  # default ROOT/object_alias.txt when present
-    vocabulary: Path | None = None  # a fixed vocabulary (JSON list of names) instead of ranking
-    allow_missing: bool = False
+    root: Path = field(metadata=opt("Holds objects.json, image_data.json and the VG_100K/, VG_100K_2/ images"))
+    num_classes: int = field(default=200, metadata=opt("Classes: the names held by most images", min=1))
+    test_size: int = field(default=10000, metadata=opt("Images in the seeded test split", min=1))
+    seed: int = field(default=0, metadata=opt("Seed of the test split", min=0))
+    aliases: Path | None = field(default=None, metadata=opt("object_alias.txt (default ROOT/object_alias.txt when "
+                                                             "present)"))
+    vocabulary: Path | None = field(default=None, metadata=opt(
+        "A JSON list of class names to use instead of ranking (pins a lab's vocabulary)"))
+    allow_missing: bool = allow_missing_field()
+    progress: bool = progress_field()
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -134,7 +142,7 @@ def build_vg200(cfg: VgConfig) -> Manifest:
     row_of = {i: r for r, i in enumerate(ids)}
     names_per_image: list[set[str]] = [set() for _ in ids]
     seen_obj_images: set[int] = set()
-    for rec in objects:
+    for rec in progress_bar(len(objects), "build-vg200", "img", cfg.progress, iterable=objects):
         i = _image_id(rec, str(obj_path))
         if i in seen_obj_images:
             raise BadInputError(f"{obj_path}: image_id {i} appears twice")

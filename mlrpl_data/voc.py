@@ -8,7 +8,7 @@ Labels come from Annotations/*.xml parsed with defusedxml (entity bombs are refu
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +19,31 @@ from xml.etree.ElementTree import ParseError
 
 from .errors import BadInputError
 from .manifest import Manifest, validate
+from .options import Choice, allow_missing_field, check_ranges, opt, progress_field
+from .progress import progress_bar
 from .missing import refuse_missing
 from .specs import load_spec, voc20_names
 
 SPLIT_FILES = {"train": "trainval.txt", "test": "test.txt"}
 SOURCE_NAMES = {"train": "trainval", "test": "test"}
-DIFFICULT_POLICIES = ("negative", "ignore")
+class Difficult(Choice):
+    negative = "negative"
+    ignore = "ignore"
 
 
 @dataclass
 class VocConfig:
-    root: Path
-    difficult: str = "negative"
-    allow_missing: bool = False
-    subset: bool = False
+    root: Path = field(metadata=opt("VOCdevkit/VOC2007, VOCdevkit, or the folder holding it"))
+    difficult: Difficult = field(default=Difficult.negative, metadata=opt(
+        "A class seen only in difficult objects: negative (-1, the published protocol) or ignore (0, skipped by "
+        "evaluation)"))
+    allow_missing: bool = allow_missing_field("listed images whose JPEG or XML is missing")
+    subset: bool = field(default=False, metadata=opt(
+        "The lists are a deliberate subset of VOC 2007: skip the official image-count check"))
+    progress: bool = progress_field()
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def find_voc2007(root: Path) -> Path:
@@ -101,14 +112,13 @@ def parse_annotation(path: Path, class_index: dict[str, int], difficult: str) ->
 
 def build_voc07(cfg: VocConfig) -> Manifest:
     """Build the VOC 2007 manifest (rows in trainval.txt, then test.txt order)."""
-    if cfg.difficult not in DIFFICULT_POLICIES:
-        raise BadInputError(f"unknown --difficult policy {cfg.difficult!r}: use one of {', '.join(DIFFICULT_POLICIES)}")
     voc = find_voc2007(cfg.root)
     names = voc20_names()
     class_index = {n: i for i, n in enumerate(names)}
     spec = load_spec("voc20")
     jpegs = {p.name for p in (voc / "JPEGImages").glob("*")} if (voc / "JPEGImages").is_dir() else set()
     rows, label_rows, missing, sources, checks = [], [], [], [], {}
+    bar = progress_bar(None, "build-voc07", "xml", cfg.progress)
     for split, fname in SPLIT_FILES.items():
         list_path = voc / "ImageSets" / "Main" / fname
         ids, sha = read_image_set(list_path)
@@ -129,6 +139,8 @@ def build_voc07(cfg: VocConfig) -> Manifest:
             labels, w, h = parse_annotation(xml, class_index, cfg.difficult)
             rows.append((key, split, rel, w, h))
             label_rows.append(labels)
+            bar.update(1)
+    bar.close()
     if missing and not cfg.allow_missing:
         refuse_missing(missing, voc, "listed image(s) lack their JPEG or XML")
     if not rows:

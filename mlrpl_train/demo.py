@@ -8,7 +8,6 @@ few minutes on two cores. Results are those of the last epoch: nothing is select
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +18,8 @@ from mlrpl_data.masks import MaskConfig, make_masks
 from mlrpl_data.shards import ShardConfig, write_shards
 from mlrpl_data.stats import dataset_stats, format_stats
 
-from .engine import CHECKPOINT_LAST, TrainConfig, evaluate_checkpoint, train
+from .engine import CHECKPOINT_LAST, evaluate_checkpoint, train
+from .options import Backbone, DsrbOptions, Method, TrainConfig
 
 METHODS = ("pbce", "dsrb")
 
@@ -27,10 +27,9 @@ METHODS = ("pbce", "dsrb")
 def demo_config(dataset: Path, mask: str, out: Path, method: str, epochs: int, workers: int) -> TrainConfig:
     """The demo's recipe. No random crops: the digits sit in fixed cells and a crop would cut away
     digits whose labels stay positive."""
-    cfg = TrainConfig(method=method, dataset=str(dataset), masks=mask, out=str(out), backbone="tiny", weights="none",
-                      epochs=epochs, batch_size=32, lr=1e-3, lr_step=max(1, round(epochs * 2 / 3)), image_size=128,
-                      crop_scales=(512,), workers=workers)
-    return replace(cfg, model={"feat_dim": 128} if method != "pbce" else {})
+    return TrainConfig(method=Method(method), dataset=str(dataset), masks=mask, out=str(out), backbone=Backbone.tiny,
+                       weights="none", epochs=epochs, batch_size=32, lr=1e-3, lr_step=max(1, round(epochs * 2 / 3)),
+                       image_size=128, crop_scales=(512,), workers=workers, dsrb=DsrbOptions(feat_dim=128))
 
 
 def run_demo(out: Path, epochs: int = 12, force: bool = False, say: Callable[[str], None] = print,

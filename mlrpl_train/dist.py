@@ -47,14 +47,16 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def mean_across(value: float, info: DistInfo) -> float:
+def all_reduce_sum(tensors: list[torch.Tensor], info: DistInfo, device: torch.device) -> list[torch.Tensor]:
+    """Sum CPU tensors over all ranks (through `device`: NCCL reduces on the GPU); returned on the CPU."""
     if info.world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t)
-    return float(t.item()) / info.world
+        return tensors
+    out = []
+    for t in tensors:
+        x = t.to(device)
+        dist.all_reduce(x)
+        out.append(x.cpu())
+    return out
 
 
 def broadcast_flag(flag: bool, info: DistInfo) -> bool:

@@ -8,7 +8,6 @@ train: resolve data (fingerprints checked) -> run directory -> model -> Adam + s
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -23,90 +22,90 @@ import numpy as np
 import torch
 
 from mlrpl_data.errors import AlreadyExistsError, BadInputError, MlrplError
+from mlrpl_data.fsutil import atomic_write_text
+from mlrpl_data.manifest import check_fingerprint, read_card
+from mlrpl_data.progress import progress_bar
 
 from . import dist as D
-from .losses import BCE_FORMS
-from .loader import DataSpec, StreamConfig, batches_per_epoch, make_loader, resolve_data, to_device
+from .data import DataSpec, resolve_data
+from .device import autocast, pick_device, to_device
+from .loader import StreamConfig, batches_per_epoch, make_loader
 from .metrics import evaluate_scores
 from .model.factory import build_model
+from .options import TrainConfig, config_from_json
 
 CHECKPOINT_LAST, CHECKPOINT_BEST = "last.pt", "best.pt"
-
-
-def default_workers() -> int:
-    """Loader processes: 4, or fewer on a machine with fewer cores (more would oversubscribe)."""
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
+CONFIG_JSON = "config.json"
 
 
 class TrainingDivergedError(MlrplError):
     """A NaN or infinite loss."""
 
 
-@dataclass
-class TrainConfig:
-    method: str
-    dataset: str
-    masks: str
-    out: str = "runs/run"
-    backbone: str = "resnet101"
-    weights: str = "imagenet"
-    freeze: str = "auto"  # auto: layer3 with pretrained weights, none without (random filters must learn)
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-5
-    lr_step: int = 10
-    weight_decay: float = 5e-4
-    image_size: int = 448
-    crop_scales: tuple[int, ...] = (512, 448, 384, 320, 256)  # square crops of the 512x512 resize (paper)
-    workers: int = field(default_factory=lambda: default_workers())
-    seed: int = 0
-    checkpoint_every: int = 0
-    shuffle_buffer: int = 1000
-    on_bad_sample: str = "skip"
-    device: str = "auto"
-    eval_every: int = 1
-    progress: bool = True
-    bce: str = "batch"  # batch: one mean over the batch's known entries (authors); per-image: eq. 14-15
-    model: dict[str, Any] = field(default_factory=dict)  # method-specific options (DSRB flags)
-
-    def __post_init__(self) -> None:
-        if self.freeze == "auto":
-            self.freeze = "layer3" if self.weights not in ("none", "") else "none"
-        if self.bce not in BCE_FORMS:
-            raise MlrplError(f"--bce {self.bce!r}: use one of {', '.join(BCE_FORMS)}")
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# ---- run directory -----------------------------------------------------------------------------------------
+# ---- run directory and checkpoints ---------------------------------------------------------------------------
 
 def prepare_run_dir(cfg: TrainConfig, spec: DataSpec, force: bool, main: bool) -> Path:
     run = Path(cfg.out)
     if main:
-        if (run / "config.json").exists():
+        if (run / CONFIG_JSON).exists():
             if not force:
                 raise AlreadyExistsError(f"{run}: already holds a run; pass --resume {run} to continue it or --force to replace it")
             shutil.rmtree(run)
         run.mkdir(parents=True, exist_ok=True)
-        doc = {"config": cfg.to_json(), "manifest_fingerprint": spec.fingerprint, "mask": spec.mask_name,
-               "train_samples": spec.train_samples, "test_samples": spec.test_samples, "class_names": spec.class_names}
-        (run / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
+        record_config(run, cfg, spec)
     return run
 
 
+def record_config(run: Path, cfg: TrainConfig, spec: DataSpec) -> None:
+    """config.json: the whole config (read back strictly by load_run_config) and what it ran on."""
+    doc = {"config": cfg.to_json(), "manifest_fingerprint": spec.fingerprint, "mask": spec.mask_name,
+           "train_samples": spec.train_samples, "test_samples": spec.test_samples, "class_names": spec.class_names}
+    atomic_write_text(Path(run) / CONFIG_JSON, json.dumps(doc, indent=2) + "\n")
+
+
+# options a resumed run may change: how long it trains and where and how it runs, never what it learns
+RESUME_CHANGEABLE = ("epochs", "workers", "device", "progress", "checkpoint_every", "eval_every", "dataset")
+
+
+def resume_config(run: Path, requested: TrainConfig, given: set[str]) -> tuple[TrainConfig, list[str]]:
+    """The stored config of `run`, with the options the user typed (`given`) applied where they may
+    change (RESUME_CHANGEABLE); any other typed option that differs is an error listing them all.
+    Returns the config and a line per applied change."""
+    stored = load_run_config(run)
+    conflicts, changed = [], []
+    for name in sorted(given):
+        holder = "dsrb" if hasattr(stored.dsrb, name) and not hasattr(stored, name) else None
+        old_obj, new_obj = (stored.dsrb, requested.dsrb) if holder else (stored, requested)
+        if not hasattr(new_obj, name) or name == "out":
+            continue
+        old, new = getattr(old_obj, name), getattr(new_obj, name)
+        if old == new:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name in RESUME_CHANGEABLE:
+            setattr(old_obj, name, new)
+            changed.append(f"{flag} {new} (was {old})")
+        else:
+            conflicts.append(f"{flag} {new} (the run has {old})")
+    if conflicts:
+        raise BadInputError(f"{run}: --resume continues the stored run, and these options conflict with it: "
+                            f"{'; '.join(conflicts)}. Drop them, or start a new run with another --out "
+                            f"(only {', '.join('--' + n.replace('_', '-') for n in RESUME_CHANGEABLE)} may change)")
+    stored.out = str(run)
+    return stored, changed
+
+
 def load_run_config(run: Path) -> TrainConfig:
+    path = Path(run) / CONFIG_JSON
     try:
-        doc = json.loads((Path(run) / "config.json").read_text())
+        doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise BadInputError(f"{run}: no config.json: not a run directory") from None
-    return config_from_dict(doc["config"])
-
-
-def config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    d = dict(d)
-    d["crop_scales"] = tuple(d.get("crop_scales", TrainConfig.crop_scales))
-    return TrainConfig(**d)
+        raise BadInputError(f"{run}: no {CONFIG_JSON}: not a run directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInputError(f"{path}: malformed JSON ({e})") from None
+    if not isinstance(doc, dict) or "config" not in doc:
+        raise BadInputError(f"{path}: has no 'config' object: not a run's config")
+    return config_from_json(doc["config"], str(path))
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -123,36 +122,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise BadInputError(f"{path}: checkpoint not found") from None
 
 
-# ---- devices and precision ------------------------------------------------------------------------------------
-
-def pick_device(cfg: TrainConfig, info: D.DistInfo) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(cfg.device)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on GPU; full precision on CPU (CPU bf16 is slower there)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-# ---- one epoch -----------------------------------------------------------------------------------------------------
+# ---- one step, one epoch ------------------------------------------------------------------------------------------
 
 def stream_config(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, train: bool, epoch: int = 0, skip: int = 0) -> StreamConfig:
     return StreamConfig(urls=spec.train_urls if train else spec.test_urls, num_classes=spec.num_classes, train=train,
                         image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
                         rank=info.rank, world=info.world, shuffle_buffer=cfg.shuffle_buffer, skip_batches=skip,
-                        on_bad_sample=cfg.on_bad_sample, partial=spec.partial if train else None,
+                        on_bad_sample=str(cfg.on_bad_sample), partial=spec.partial if train else None,
                         crop_scales=tuple(cfg.crop_scales))
 
 
 def train_step(model, batch, optimizer, device, epoch: int, global_step: int,
                progress: float = 1.0) -> tuple[float, dict[str, float]]:
     x = to_device(batch["images"], device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
     y = batch["partial"].to(device)
     with autocast(device):
         loss, logs = model(x, partial=y, epoch=epoch, step=global_step, progress=progress)
@@ -166,22 +148,54 @@ def train_step(model, batch, optimizer, device, epoch: int, global_step: int,
     return float(loss.detach()), logs
 
 
-def train_one_epoch(model, cfg, spec, info, optimizer, device, epoch, start_step, n_batches, state, save_fn, writer):
-    from tqdm import tqdm
+@dataclass
+class RunState:
+    """Everything one run carries from epoch to epoch."""
 
-    model.train()
-    loader = make_loader(stream_config(cfg, spec, info, train=True, epoch=epoch, skip=start_step), cfg.workers)
-    bar = tqdm(total=n_batches, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-               disable=not (cfg.progress and info.main), file=sys.stderr, dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 10.0)  # a log file gets a line every 10 s
+    cfg: TrainConfig
+    spec: DataSpec
+    info: D.DistInfo
+    device: torch.device
+    run: Path
+    core: torch.nn.Module  # the model itself
+    model: torch.nn.Module  # the same, wrapped in DDP when there are several ranks
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    batches: int  # per epoch, on every rank
+    writer: Any = None
+    epoch: int = 0  # the next epoch to run (0-based)
+    step: int = 0  # batches of that epoch already done (a resumed run continues there)
+    global_step: int = 0
+    best_map: float = -1.0
+    counters: dict[str, float] = field(default_factory=dict)
+
+    def checkpoint(self, epoch: int, step: int, best: bool = False) -> None:
+        if not self.info.main:
+            return
+        payload = {"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "scheduler": self.scheduler.state_dict(), "epoch": epoch, "step": step,
+                   "global_step": self.global_step, "best_map": self.best_map, "config": self.cfg.to_json(),
+                   "fingerprint": self.spec.fingerprint, "mask": self.spec.mask_name or "",
+                   "class_names": self.spec.class_names}
+        save_checkpoint(self.run / CHECKPOINT_LAST, payload)
+        if best:
+            shutil.copyfile(self.run / CHECKPOINT_LAST, self.run / CHECKPOINT_BEST)
+
+
+def train_one_epoch(st: RunState, epoch: int, start_step: int) -> tuple[float, int, float]:
+    """Batches start_step..batches-1 of `epoch`: (mean loss, bad samples skipped, images/s)."""
+    cfg, info = st.cfg, st.info
+    st.model.train()
+    loader = make_loader(stream_config(cfg, st.spec, info, train=True, epoch=epoch, skip=start_step), cfg.workers)
+    bar = progress_bar(st.batches, f"epoch {epoch + 1}/{cfg.epochs}", "batch", cfg.progress and info.main, start_step)
     losses, bad, t0, seen = [], 0, time.perf_counter(), 0
-    for step, batch in zip(range(start_step, n_batches), loader):
-        loss, logs = train_step(model, batch, optimizer, device, epoch, state["global_step"], step / n_batches)
+    for step, batch in zip(range(start_step, st.batches), loader):
+        loss, logs = train_step(st.model, batch, st.optimizer, st.device, epoch, st.global_step, step / st.batches)
         if D.broadcast_flag(not math.isfinite(loss), info):
             raise TrainingDivergedError(
                 f"loss is {loss} at epoch {epoch + 1}, step {step + 1}: stopped; the last good checkpoint is "
-                f"{Path(cfg.out) / CHECKPOINT_LAST} (lower --lr, or check the data)")
-        state["global_step"] += 1
+                f"{st.run / CHECKPOINT_LAST} (lower --lr, or check the data)")
+        st.global_step += 1
         losses.append(loss)
         bad += batch["bad"]
         seen += len(batch["keys"])
@@ -189,37 +203,42 @@ def train_one_epoch(model, cfg, spec, info, optimizer, device, epoch, start_step
             rate = seen * info.world / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}", refresh=False)
             bar.update(1)
-            if writer:
-                writer.add_scalar("train/loss", loss, state["global_step"])
+            if st.writer:
+                st.writer.add_scalar("train/loss", loss, st.global_step)
                 for k, v in logs.items():
-                    writer.add_scalar(f"train/{k}", v, state["global_step"])
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_batches:
-            save_fn(epoch, step + 1)
+                    st.writer.add_scalar(f"train/{k}", v, st.global_step)
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < st.batches:
+            st.checkpoint(epoch, step + 1)
     bar.close()
-    return (float(np.mean(losses)) if losses else float("nan")), bad, seen * info.world / max(time.perf_counter() - t0, 1e-9)
+    mean = float(np.mean(losses)) if losses else float("nan")
+    return mean, bad, seen * info.world / max(time.perf_counter() - t0, 1e-9)
 
 
 # ---- evaluation --------------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict(core, cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, device) -> tuple[list[str], np.ndarray, np.ndarray]:
+def predict(core, cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, device,
+            progress: bool = False) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Scores of this rank's share of the test images (each image on exactly one rank)."""
     core.eval()
     keys, scores, labels = [], [], []
-    for batch in make_loader(stream_config(cfg, spec, info, train=False), cfg.workers):
-        x = to_device(batch["images"], device)
-        with autocast(device):
-            logits = core(x)
-        scores.append(torch.sigmoid(logits.float()).cpu().numpy())
-        labels.append(batch["labels"].numpy())
-        keys += batch["keys"]
+    total = math.ceil(spec.test_samples / max(1, info.world * cfg.batch_size))
+    with progress_bar(total, "evaluate", "batch", progress and info.main) as bar:
+        for batch in make_loader(stream_config(cfg, spec, info, train=False), cfg.workers):
+            x = to_device(batch["images"], device)
+            with autocast(device):
+                logits = core(x)
+            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+            labels.append(batch["labels"].numpy())
+            keys += batch["keys"]
+            bar.update(1)
     c = spec.num_classes
     return keys, (np.concatenate(scores) if scores else np.zeros((0, c))), (np.concatenate(labels) if labels else np.zeros((0, c), np.int8))
 
 
-def evaluate_model(core, cfg, spec, info, device) -> dict[str, Any] | None:
+def evaluate_model(core, cfg, spec, info, device, progress: bool = False) -> dict[str, Any] | None:
     """Gather every rank's predictions; rank 0 computes the metrics (None elsewhere)."""
-    parts = D.gather_objects(predict(core, cfg, spec, info, device), info)
+    parts = D.gather_objects(predict(core, cfg, spec, info, device, progress), info)
     if not info.main:
         return None
     keys = [k for p in parts for k in p[0]]
@@ -243,70 +262,69 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
         D.shutdown(info)
 
 
-def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Path:
+def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> RunState:
+    """Data, run directory, model, optimizer; a resumed run continues from its last checkpoint."""
+    if not cfg.masks:
+        raise BadInputError("--masks NAME is required (see `mlrpl masks DIR`)")
     torch.manual_seed(cfg.seed)
     spec = resolve_data(cfg.dataset, cfg.masks)
     run = Path(cfg.out) if resume else prepare_run_dir(cfg, spec, force, info.main)
     D.barrier(info)
-    device = pick_device(cfg, info)
+    device = pick_device(str(cfg.device), info.local_rank)
     core = build_model(cfg, spec).to(device)
     if device.type == "cuda":
         core = core.to(memory_format=torch.channels_last)
     params = [p for p in core.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=0.1)
-    state = {"epoch": 0, "step": 0, "global_step": 0, "best_map": -1.0}
+    st = RunState(cfg=cfg, spec=spec, info=info, device=device, run=run, core=core, model=core, optimizer=optimizer,
+                  scheduler=scheduler, batches=batches_per_epoch(spec.train_samples, info.world, cfg.batch_size))
     if resume:
         ckpt = load_checkpoint(run / CHECKPOINT_LAST)
-        if ckpt["fingerprint"] != spec.fingerprint:
-            raise MlrplError(f"{run}: the run was trained on manifest {ckpt['fingerprint']}, the dataset is now {spec.fingerprint}")
+        check_fingerprint(ckpt["fingerprint"], spec.fingerprint, f"{run}", "train a new run on this dataset")
+        if info.main:
+            record_config(run, cfg, spec)  # with the changes --resume applied (more epochs, other workers...)
         core.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        state.update({k: ckpt[k] for k in ("epoch", "step", "global_step", "best_map")})
-    model = core
+        st.epoch, st.step, st.global_step, st.best_map = ckpt["epoch"], ckpt["step"], ckpt["global_step"], ckpt["best_map"]
     if info.world > 1:
         # DSRB's alpha/beta take no gradient before blending starts (or without prototypes)
-        model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None,
-                                                          find_unused_parameters=cfg.method != "pbce")
-    n_batches = batches_per_epoch(spec.train_samples, info.world, cfg.batch_size)
-    writer = None
+        st.model = torch.nn.parallel.DistributedDataParallel(
+            core, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.method != "pbce")
     if info.main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run / "tb"))
+        st.writer = SummaryWriter(str(run / "tb"))
+    return st
 
-    def save(epoch: int, step: int, best: bool = False) -> None:
-        if not info.main:
-            return
-        payload = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "epoch": epoch, "step": step, "global_step": state["global_step"], "best_map": state["best_map"],
-                   "config": cfg.to_json(), "fingerprint": spec.fingerprint, "mask": spec.mask_name or "",
-                   "class_names": spec.class_names}
-        save_checkpoint(run / CHECKPOINT_LAST, payload)
-        if best:
-            shutil.copyfile(run / CHECKPOINT_LAST, run / CHECKPOINT_BEST)
 
-    for epoch in range(state["epoch"], cfg.epochs):
-        start_step = state["step"] if epoch == state["epoch"] else 0
-        if hasattr(core, "before_epoch") and start_step == 0:  # mid-epoch resume: the checkpoint holds its state
-            core.before_epoch(epoch, lambda: _prototype_loader(cfg, spec, info, epoch), device, info)
+def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Path:
+    st = _start(cfg, info, resume, force)
+    for epoch in range(st.epoch, cfg.epochs):
+        start_step = st.step if epoch == st.epoch else 0
+        if hasattr(st.core, "before_epoch") and start_step == 0:  # mid-epoch resume: the checkpoint holds its state
+            st.core.before_epoch(epoch, lambda: _prototype_loader(cfg, st.spec, info, epoch), st.device, info)
         t0 = time.perf_counter()
-        loss, bad, rate = train_one_epoch(model, cfg, spec, info, optimizer, device, epoch, start_step, n_batches, state,
-                                          lambda e, s: save(e, s), writer)
-        scheduler.step()
-        metrics = evaluate_model(core, cfg, spec, info, device) if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs else None
-        state["epoch"], state["step"] = epoch + 1, 0
+        loss, bad, rate = train_one_epoch(st, epoch, start_step)
+        st.scheduler.step()
+        last = epoch + 1 == cfg.epochs
+        metrics = None
+        if (epoch + 1) % cfg.eval_every == 0 or last:
+            metrics = evaluate_model(st.core, cfg, st.spec, info, st.device, cfg.progress)
+        st.epoch, st.step = epoch + 1, 0
         if info.main:
-            improved = metrics is not None and metrics["mAP"] > state["best_map"]
+            improved = metrics is not None and metrics["mAP"] > st.best_map
             if improved:
-                state["best_map"] = metrics["mAP"]
-            save(epoch + 1, 0, best=improved)
-            log_epoch(run, writer, epoch + 1, loss, optimizer.param_groups[0]["lr"], bad, rate, time.perf_counter() - t0, metrics)
+                st.best_map = metrics["mAP"]
+            st.checkpoint(epoch + 1, 0, best=improved)
+            log_epoch(st.run, st.writer, epoch + 1, loss, st.optimizer.param_groups[0]["lr"], bad, rate,
+                      time.perf_counter() - t0, metrics)
         D.barrier(info)
-    if writer:
-        writer.close()
-    return run
+    if st.writer:
+        st.writer.close()
+    return st.run
 
 
 def _prototype_loader(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, epoch: int):
@@ -349,33 +367,25 @@ def log_epoch(run: Path, writer, epoch, loss, lr, bad, rate, seconds, metrics) -
 # ---- mlrpl evaluate ----------------------------------------------------------------------------------------------------------
 
 def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None, workers: int = 2,
-                        batch_size: int | None = None) -> dict[str, Any]:
+                        batch_size: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Load a run's best (else last) checkpoint, evaluate it on DATASET's test split, write the reports."""
     p = Path(run_or_ckpt)
     ckpt_path = p if p.is_file() else next((p / n for n in (CHECKPOINT_BEST, CHECKPOINT_LAST) if (p / n).exists()), p / CHECKPOINT_LAST)
     ckpt = load_checkpoint(ckpt_path)
-    cfg = config_from_dict(ckpt["config"])
-    cfg.dataset, cfg.workers, cfg.progress = dataset, workers, False
+    cfg = config_from_json(ckpt["config"], str(ckpt_path))
+    cfg.dataset, cfg.workers, cfg.progress = dataset, workers, progress
     if batch_size:
         cfg.batch_size = batch_size
     spec = resolve_data(dataset, None)
-    if spec.fingerprint != ckpt["fingerprint"]:
-        raise MlrplError(f"{ckpt_path}: trained on manifest {ckpt['fingerprint']}, but {dataset} is {spec.fingerprint}")
-    spec.partial = None
-    if "embeddings" in ckpt["model"]:
-        spec.extra["embeddings"] = ckpt["model"]["embeddings"]
+    check_fingerprint(ckpt["fingerprint"], spec.fingerprint, str(ckpt_path), "evaluate it on the dataset it was trained on")
     info = D.DistInfo()
-    device = pick_device(cfg, info)
-    core = build_model(cfg, spec, for_eval=True)
-    core.load_state_dict(ckpt["model"])  # DSRB's prototypes are buffers: they come with it
-    core.to(device)
-    metrics = evaluate_model(core, cfg, spec, info, device)
+    device = pick_device("auto")  # where it runs now, not where it was trained
+    core = build_model(cfg, spec, state=ckpt["model"]).to(device)
+    metrics = evaluate_model(core, cfg, spec, info, device, progress)
     out = Path(out) if out else (ckpt_path.parent if p.is_file() else p)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "per_class_ap.json").write_text(json.dumps(metrics["per_class_ap"], indent=1))
-    from mlrpl_data.manifest import read_card
-
     title = f"{read_card(dataset)['name']} test, {cfg.method} ({ckpt.get('mask') or 'full labels'}): mAP {100 * metrics['mAP']:.2f}"
     plot_per_class_ap(metrics["per_class_ap"], out / "per_class_ap.png", title=title)
     metrics["report_dir"] = str(out)

@@ -13,24 +13,20 @@ refused over a pixel limit, labels are checked, a corrupt sample is skipped and 
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 import sys
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
-from mlrpl_data.errors import BadInputError, FingerprintMismatchError, MlrplError
+from mlrpl_data.errors import BadInputError, MlrplError
 from mlrpl_data.images import MAX_PIXELS, BadImageError, decode_rgb
-from mlrpl_data.shards import read_index, shard_urls
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALES = (512, 448, 384, 320, 256)
 BASE = 512
 
@@ -265,68 +261,6 @@ def collate(samples: list[dict]) -> dict[str, Any]:
         "labels": torch.stack([s["labels"] for s in samples]),  # (B, C) int8
         "bad": sum(s["bad"] for s in samples),
     }
-
-
-@functools.lru_cache(maxsize=8)
-def _normalisation(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x / 255 - mean) / std as x * scale + shift; made once per device, not per batch."""
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float64)
-    scale = (1 / (255 * std)).to(device=device, dtype=dtype).view(1, 3, 1, 1)
-    shift = (-torch.tensor(IMAGENET_MEAN, dtype=torch.float64) / std).to(device=device, dtype=dtype).view(1, 3, 1, 1)
-    return scale, shift
-
-
-def to_device(images: torch.Tensor, device: torch.device, dtype=torch.float32) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) on the device, channels-last in memory."""
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).to(dtype)
-    scale, shift = _normalisation(torch.device(device), dtype)
-    return torch.addcmul(shift, x, scale)
-
-
-# ---- what the engine calls --------------------------------------------------------------------------------
-
-@dataclass
-class DataSpec:
-    """Where the data is and what it holds, resolved once per run."""
-
-    dataset: str
-    fingerprint: str
-    num_classes: int
-    class_names: list[str]
-    train_urls: list[str]
-    test_urls: list[str]
-    train_samples: int
-    test_samples: int
-    partial: dict[str, np.ndarray] | None = None
-    mask_name: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_data(dataset: str, mask: str | None) -> DataSpec:
-    """Read the manifest card, shard index and mask; refuse any fingerprint mismatch."""
-    from mlrpl_data.manifest import read_card
-    from mlrpl_data.masks import read_mask
-    import fsspec
-    import pyarrow.parquet as pq
-
-    card = read_card(dataset)
-    index = read_index(dataset)
-    if index["fingerprint"] != card["fingerprint"]:
-        raise FingerprintMismatchError(
-            f"{dataset}/shards/index.json: shards made from manifest {index['fingerprint']} but the dataset is "
-            f"{card['fingerprint']}; rebuild the shards (mlrpl write-shards)")
-    with fsspec.open(f"{str(dataset).rstrip('/')}/categories.parquet", "rb") as f:
-        names = pq.read_table(f).column("name").to_pylist()
-    partial = None
-    if mask:
-        m = read_mask(dataset, mask, fingerprint=index["fingerprint"])
-        partial = {k: row for k, row in zip(m.keys, m.labels)}
-    splits = index.get("splits", {})
-    spec = DataSpec(dataset=str(dataset), fingerprint=card["fingerprint"], num_classes=int(card["num_classes"]),
-                    class_names=names, train_urls=shard_urls(str(dataset), "train", index),
-                    test_urls=shard_urls(str(dataset), "test", index), train_samples=int(splits.get("train", 0)),
-                    test_samples=int(splits.get("test", 0)), partial=partial, mask_name=mask)
-    return spec
 
 
 def batches_per_epoch(samples: int, world: int, batch_size: int) -> int:

@@ -18,7 +18,8 @@ import numpy as np
 from mlrpl_data.masks import MaskConfig, compute_masks, write_mask
 from mlrpl_data.manifest import read_manifest
 
-from .engine import CHECKPOINT_LAST, TrainConfig, load_checkpoint, train
+from .engine import CHECKPOINT_LAST, load_checkpoint, train
+from .options import TrainConfig
 
 RUN_NAME = re.compile(r"^(?P<method>[a-z0-9_+-]+?)-p(?P<p>\d\.\d\d)-s(?P<seed>\d+)$")
 

@@ -4,7 +4,7 @@ import json
 
 from typer.testing import CliRunner
 
-from cli import app
+from mlrpl.cli import app
 from conftest import make_coco, make_voc
 
 runner = CliRunner()
@@ -87,3 +87,44 @@ def test_train_and_evaluate_commands(tmp_path):
     r = runner.invoke(app, ["train", "pbce", str(d), "--masks", "nope-p0.10-s0", "--out", str(tmp_path / "r2"),
                             "--backbone", "tiny", "--weights", "none"])
     assert r.exit_code == 1 and "mask not found" in r.output
+
+
+def test_json_output_of_masks_shards_verify_and_evaluate(tmp_path):
+    from trainkit import tiny_training_set
+
+    d = tiny_training_set(tmp_path, n_train=16, n_test=4)
+    r = runner.invoke(app, ["make-masks", str(d), "--proportion", "0.2,0.4", "--json"])
+    assert r.exit_code == 0, r.output
+    made = json.loads(r.output)
+    assert [m["name"] for m in made] == ["uniform-p0.20-s0", "uniform-p0.40-s0"] and made[0]["state"] == "written"
+    listed = json.loads(runner.invoke(app, ["masks", str(d), "--json"]).output)
+    assert {m["name"] for m in listed} == {"uniform-p0.20-s0", "uniform-p0.40-s0", "uniform-p0.50-s0"}
+    r = runner.invoke(app, ["write-shards", str(d), "--max-samples", "7", "--json", "--no-progress"])
+    shards = json.loads(r.output)
+    assert shards["complete"] and shards["written"] == [] and shards["index"]["splits"] == {"test": 4, "train": 16}
+    v = json.loads(runner.invoke(app, ["verify", str(d), "--json"]).output)
+    assert v == {"dataset": str(d), "ok": True, "problems": []}
+    args = ["train", "pbce", str(d), "--masks", "uniform-p0.50-s0", "--backbone", "tiny", "--weights", "none",
+            "--epochs", "1", "--batch-size", "4", "--image-size", "32", "--workers", "0", "--out", str(tmp_path / "run"),
+            "--no-progress"]
+    assert runner.invoke(app, args).exit_code == 0
+    e = json.loads(runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(d), "--workers", "0", "--json"]).output)
+    assert e["keys_evaluated"] == 4 and set(e["per_class_ap"]) == {"person", "car", "train"}
+
+
+def test_resume_refuses_conflicting_options_and_applies_allowed_ones(tmp_path):
+    from trainkit import tiny_training_set
+
+    d = tiny_training_set(tmp_path, n_train=16, n_test=4)
+    run = str(tmp_path / "run")
+    base = ["train", "pbce", str(d), "--masks", "uniform-p0.50-s0", "--backbone", "tiny", "--weights", "none",
+            "--epochs", "1", "--batch-size", "4", "--image-size", "32", "--workers", "0", "--out", run, "--no-progress"]
+    assert runner.invoke(app, base).exit_code == 0
+    r = runner.invoke(app, ["train", "pbce", str(d), "--resume", run, "--lr", "0.5", "--batch-size", "8", "--no-progress"])
+    assert r.exit_code == 1 and "--batch-size 8 (the run has 4)" in r.output and "--lr 0.5 (the run has 1e-05)" in r.output
+    r = runner.invoke(app, ["train", "dsrb", str(d), "--resume", run])
+    assert r.exit_code == 1 and "--method dsrb (the run has pbce)" in r.output
+    r = runner.invoke(app, ["train", "pbce", str(d), "--resume", run, "--epochs", "2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run/config.json").read_text())["config"]["epochs"] == 2  # applied and recorded
+    assert (tmp_path / "run/metrics.csv").read_text().count("\n") == 3  # header + epochs 1 and 2

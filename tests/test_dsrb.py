@@ -5,8 +5,9 @@ import torch
 
 from mlrpl_data.errors import BadInputError, MlrplError
 from mlrpl_data.embeddings import embed_labels, from_glove
-from mlrpl_train.engine import TrainConfig, load_checkpoint, train
-from mlrpl_train.loader import resolve_data
+from mlrpl_train.engine import load_checkpoint, train
+from mlrpl_train.options import DsrbOptions, TrainConfig
+from mlrpl_train.data import resolve_data
 from mlrpl_train.model import naive
 from mlrpl_train.model.blending import (accumulate_prototypes, choose_pprb, iprb_blend, peak_cells, pprb_blend)
 from mlrpl_train.model.dsrb import cooccurrence
@@ -133,7 +134,7 @@ def cfg(data, out, method="dsrb", **model):
     opts.update(model)
     return TrainConfig(method=method, dataset=str(data), masks="uniform-p0.50-s0", out=str(out), backbone="tiny",
                        weights="none", freeze="none", epochs=3, batch_size=4, lr=3e-3, image_size=64, workers=0,
-                       progress=False, shuffle_buffer=8, model=opts)
+                       progress=False, shuffle_buffer=8, dsrb=DsrbOptions(**opts))
 
 
 Y4 = torch.tensor([[1, 0, -1], [0, 1, 0], [1, -1, 0], [0, 0, 1]], dtype=torch.int8)
@@ -301,8 +302,6 @@ def test_sweep_writes_table1_layout(data, tmp_path, monkeypatch):
     for method in ("pbce", "dsrb"):
         base = cfg(data, tmp_path, method=method)
         base.epochs = 2
-        if method == "pbce":
-            base.model = {}
         run_sweep(base, [0.3, 0.7], [0, 1], tmp_path / "sweep")
     t = write_table(tmp_path / "sweep")
     lines = t["markdown"].splitlines()

@@ -10,7 +10,8 @@ import torch
 
 from mlrpl_data.errors import AlreadyExistsError
 from mlrpl_train import engine
-from mlrpl_train.engine import TrainConfig, TrainingDivergedError, evaluate_checkpoint, load_checkpoint, train
+from mlrpl_train.options import TrainConfig
+from mlrpl_train.engine import TrainingDivergedError, evaluate_checkpoint, load_checkpoint, train
 from mlrpl_train.model.backbone import WeightsError, build_backbone, imagenet_weights_path
 
 from trainkit import tiny_training_set
@@ -122,7 +123,7 @@ def test_imagenet_weights_come_from_the_local_cache_only(tmp_path, monkeypatch):
 
 
 def test_frozen_layers_keep_batchnorm_in_eval(data, tmp_path):
-    from mlrpl_train.loader import resolve_data
+    from mlrpl_train.data import resolve_data
     from mlrpl_train.model.factory import build_model
 
     spec = resolve_data(str(data), "uniform-p0.50-s0")
@@ -136,7 +137,7 @@ def test_two_process_ddp_with_gloo(data, tmp_path, method):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     extra = ["--feat-dim", "16", "--blend-start", "1", "--prototype-every", "1"] if method == "dsrb" else []
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cli", "train", method,
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mlrpl.cli", "train", method,
            str(data), "--masks", "uniform-p0.50-s0", "--backbone", "tiny", "--weights", "none", "--freeze", "none",
            "--epochs", "2", "--batch-size", "4", "--image-size", "32", "--workers", "1", "--out", str(out), "--no-progress",
            *extra]

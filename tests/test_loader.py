@@ -11,7 +11,8 @@ from PIL import Image
 
 from mlrpl_data.errors import FingerprintMismatchError
 from mlrpl_train.loader import (BadSampleError, ShardReadError, StreamConfig, augment_image, batches_per_epoch,
-                                make_loader, my_share, resolve_data, train_crop_box)
+                                make_loader, my_share, train_crop_box)
+from mlrpl_train.data import resolve_data
 
 from trainkit import tiny_training_set
 

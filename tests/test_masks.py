@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
+from mlrpl.cli import app
 from mlrpl_data.errors import AlreadyExistsError, BadInputError, FingerprintMismatchError
 from mlrpl_data.manifest import Manifest, write_manifest
 from mlrpl_data.masks import (MaskConfig, compute_masks, entry_hashes, hcp_known, list_masks, make_masks,
@@ -127,10 +127,10 @@ def test_write_read_refuse_and_noop(tmp_path):
 
 
 def test_unknown_scheme_and_split():
-    with pytest.raises(BadInputError, match="unknown scheme"):
-        compute_masks(manifest(), MaskConfig(proportions=[0.3], scheme="bernoulli"))
-    with pytest.raises(BadInputError, match="unknown split"):
-        compute_masks(manifest(), MaskConfig(proportions=[0.3], split="val"))
+    with pytest.raises(BadInputError, match="--scheme 'bernoulli': use one of uniform, hcp, per-image"):
+        MaskConfig(proportions=[0.3], scheme="bernoulli")
+    with pytest.raises(BadInputError, match="--split 'val': use one of train, test, all"):
+        MaskConfig(proportions=[0.3], split="val")
 
 
 def test_cli_make_masks_and_list(tmp_path):

@@ -145,7 +145,9 @@ def test_shard_size_plans_by_bytes(tmp_path):
     m = read_manifest(d)
     plans = plan_shards(m, ShardConfig(split="train", shard_size=parse_size("8KB"), progress=False))
     assert len(plans) > 2 and sum(len(p.rows) for p in plans) == 23
-    assert parse_size("512MB") == 512 * 2**20 and parse_size("1.5GB") == int(1.5 * 2**30)
+    # MB is decimal, MiB binary: the two spellings must not mean the same
+    assert parse_size("512MB") == 512_000_000 and parse_size("512MiB") == 512 * 2**20
+    assert parse_size("1.5GB") == 1_500_000_000 and parse_size("2GiB") == 2 * 2**30 and parse_size("4096") == 4096
     with pytest.raises(BadInputError):
         parse_size("lots")
 
@@ -208,7 +210,7 @@ def test_verify_reports_every_problem(tmp_path):
 
 def test_cli_write_shards_and_verify(tmp_path):
     from typer.testing import CliRunner
-    from cli import app
+    from mlrpl.cli import app
 
     d = dataset(tmp_path)
     runner = CliRunner()
@@ -274,7 +276,7 @@ def test_verify_over_s3(tmp_path, monkeypatch):
 
 
 def test_direct_header_equals_tarfiles():
-    from mlrpl_data.shards import _tarinfo_header, ustar_header
+    from mlrpl_data.tar import _tarinfo_header, ustar_header
 
     for name, size in (("coco2014_train_000000000009.jpg", 123456), ("k.json", 0), ("x" * 100, 7), ("é" * 30, 1 << 33 - 1),
                        ("y" * 150 + "/z.jpg", 5)):

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,39 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from mlrpl_data.errors import MlrplError
-
-from ..losses import (CONTRASTIVE_FORMS, contrastive_literal, contrastive_published, contrastive_weight,
-                      partial_bce)
-from . import naive
+from .. import dist as D
+from ..device import to_device
+from ..losses import contrastive_literal, contrastive_published, contrastive_weight, partial_bce
+from ..options import DsrbOptions
 from .blending import (accumulate_prototypes, choose_pprb, iprb_blend, iprb_mask, peak_cells, pprb_blend,
                        pprb_mask)
-
-
-@dataclass
-class DsrbOptions:
-    csrl: str = "sd"  # sd: semantic decoupling; sa: semantic attention (Table 2 "w/ SA")
-    iprb: bool = True
-    pprb: bool = True
-    learn_alpha: bool = True  # False: the "fixed alpha" row
-    learn_beta: bool = True
-    blend: str = "map"  # map: location-sensitive prototypes; vector: one prototype per class ("w/ RV")
-    grid_k: int = 1  # prototypes on a 2^K x 2^K grid
-    blend_start: int = 5
-    prototype_every: int = 5
-    contrastive_weight: float = 0.05  # lambda of eq. 16
-    contrastive: str = "published"  # published: the authors' loss (losses.py); literal: eq. 3-4 summed
-    embeddings: str | None = None
-    feat_dim: int = 1024
-    attn_dim: int = 512  # the authors' intermediaDim for DSRB (model/DSRB.py)
-    ggnn_steps: int = 3
-    pool2x2: bool = True
-    form: str = "cheap"  # cheap | naive (the feature-map oracle, for tests and benchmarks)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DsrbOptions":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # ---- CSRL (eq. 1-2) -----------------------------------------------------------------------------------
@@ -227,14 +199,8 @@ class DSRB(nn.Module):
             self.register_buffer("embeddings", embeddings.float())
         if opts.csrl == "sd":
             self.csrl = SemanticDecoupling(d, self.embeddings.shape[1], opts.attn_dim)
-        elif opts.csrl == "sa":
-            self.csrl = SemanticAttention(d, num_classes)
         else:
-            raise MlrplError(f"--csrl {opts.csrl!r}: use sd or sa")
-        if opts.blend not in ("map", "vector"):
-            raise MlrplError(f"--blend {opts.blend!r}: use map or vector")
-        if opts.contrastive not in CONTRASTIVE_FORMS:
-            raise MlrplError(f"--contrastive {opts.contrastive!r}: use one of {', '.join(CONTRASTIVE_FORMS)}")
+            self.csrl = SemanticAttention(d, num_classes)
         self.head = Head(d, num_classes, adjacency, opts.ggnn_steps)
         # eq. 8 and 12: per-class alpha and beta, initialised at 0.5, kept in [0, 1]
         self.alpha = nn.Parameter(torch.full((num_classes,), 0.5), requires_grad=opts.learn_alpha)
@@ -291,49 +257,43 @@ class DSRB(nn.Module):
             return self.head(f)
         logits, cache = self.head.forward_cached(f)
         y = partial
-        bce = self.bce
-        loss = partial_bce(logits.float(), y, bce)
+        loss = partial_bce(logits.float(), y, self.bce)  # eq. 14
         logs = {"loss_cls": float(loss.detach())}
-        weight = contrastive_weight(self.opts.contrastive_weight, epoch, progress, self.opts.contrastive)
-        if self.opts.contrastive_weight > 0:
+        if self.opts.contrastive_weight > 0:  # eq. 3-4, weighted by lambda (eq. 16)
             if self.opts.contrastive == "published":
                 cst = contrastive_published(f, y, self.step_generator(step, 1))
             else:  # eq. 4 summed over ordered pairs; divided by B like eq. 14's per-image mean
                 cst = contrastive_literal(f, y) / y.shape[0]
-            loss = loss + weight * cst
+            loss = loss + contrastive_weight(self.opts.contrastive_weight, epoch, progress, self.opts.contrastive) * cst
             logs["loss_cst"] = float(cst.detach())
         if self.blending(epoch):
-            maps = naive.category_maps(att, xs) if self.opts.form == "naive" else None
-            if self.opts.iprb:
-                if maps is None:
-                    f_hat, y_hat = iprb_blend(f, y, self.alpha)
-                    s_hat = self.head.forward_delta(f_hat, f_hat - f, iprb_mask(y), cache)
-                else:
-                    m_hat, y_hat = naive.iprb_blend_maps(maps, y, self.alpha)
-                    s_hat = self.head(naive.pool(m_hat))
-                l_i = partial_bce(s_hat.float(), y_hat, bce)
+            if self.opts.iprb:  # eq. 6-9
+                s_hat, y_hat = self.iprb_outputs(f, y, cache, xs, att)
+                l_i = partial_bce(s_hat.float(), y_hat, self.bce)
                 loss = loss + l_i
                 logs["loss_iprb"] = float(l_i.detach())
-            if self.opts.pprb and bool(self.proto_counts.sum() > 0):
-                own = peak_cells(self.peak_map(xs, att, hw).detach(), 0 if self.cells == 1 else self.opts.grid_k)
+            if self.opts.pprb and bool(self.proto_counts.sum() > 0):  # eq. 10-13
+                own = peak_cells(self.peak_map(xs, att, hw).detach(), self.grid_k)
                 cls, cell = choose_pprb(y.cpu(), own.cpu(), (self.proto_counts > 0).cpu(), self.step_generator(step, 0))
-                if maps is None:
-                    f_tilde, y_tilde = pprb_blend(f, y, self.beta, self.prototypes, cls, cell)
-                    s_tilde = self.head.forward_delta(f_tilde, f_tilde - f, pprb_mask(cls, y.shape[1], y.device), cache)
-                else:
-                    proto_maps = self._naive_proto_maps(maps)
-                    m_tilde, y_tilde = naive.pprb_blend_maps(maps, y, self.beta, proto_maps, cls, cell)
-                    s_tilde = self.head(naive.pool(m_tilde))
-                l_p = partial_bce(s_tilde.float(), y_tilde, bce)
+                s_tilde, y_tilde = self.pprb_outputs(f, y, cache, xs, att, cls, cell)
+                l_p = partial_bce(s_tilde.float(), y_tilde, self.bce)
                 loss = loss + l_p
                 logs["loss_pprb"] = float(l_p.detach())
-        return loss, logs
+        return loss, logs  # eq. 15-16: the three classification terms + lambda * contrastive
 
-    def _naive_proto_maps(self, maps: torch.Tensor) -> torch.Tensor:
-        """The naive form keeps prototype MAPS (C, cells, HW, D), made by compute_prototypes."""
-        if getattr(self, "proto_maps", None) is None:
-            raise MlrplError("the naive form has no prototype maps yet: run compute_prototypes first")
-        return self.proto_maps.to(maps.device)
+    def iprb_outputs(self, f, y, cache, xs, att) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 8-9 on the pooled vectors, then the head on the rows that changed: (s_hat, y_hat)."""
+        f_hat, y_hat = iprb_blend(f, y, self.alpha)
+        return self.head.forward_delta(f_hat, f_hat - f, iprb_mask(y), cache), y_hat
+
+    def pprb_outputs(self, f, y, cache, xs, att, cls, cell) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 12-13 with the pooled prototypes, then the head on the rows that changed: (s_tilde, y_tilde)."""
+        f_tilde, y_tilde = pprb_blend(f, y, self.beta, self.prototypes, cls, cell)
+        return self.head.forward_delta(f_tilde, f_tilde - f, pprb_mask(cls, y.shape[1], y.device), cache), y_tilde
+
+    @property
+    def grid_k(self) -> int:
+        return 0 if self.cells == 1 else self.opts.grid_k
 
     # -- prototypes (eq. 10-13) -----------------------------------------------------------------------------------
     def before_epoch(self, epoch: int, make_loader: Callable, device: torch.device, info) -> None:
@@ -348,48 +308,37 @@ class DSRB(nn.Module):
         """Mean representation of ALL known positives per (class, cell) (the published code used
         only the first 100 per cell). A class with no known positive has no prototype and is
         never chosen by PPRB; an empty cell is never chosen either."""
-        from ..loader import to_device
-
         was_training = self.training
         self.eval()
         sums = torch.zeros_like(self.prototypes, dtype=torch.float64, device="cpu")
         counts = torch.zeros_like(self.proto_counts, dtype=torch.float64, device="cpu")
-        map_sums = None
-        k = 0 if self.cells == 1 else self.opts.grid_k
         for batch in loader:
             xs, att, f, hw = self.features(to_device(batch["images"], device))
-            own = peak_cells(self.peak_map(xs, att, hw), k).cpu()
+            own = peak_cells(self.peak_map(xs, att, hw), self.grid_k).cpu()
             accumulate_prototypes(f.float().cpu(), batch["partial"], own, self.cells, sums, counts)
-            if self.opts.form == "naive":  # the oracle keeps whole maps: (C, cells, HW, D)
-                maps = naive.category_maps(att, xs).float().cpu()
-                if map_sums is None:
-                    map_sums = torch.zeros(sums.shape[0], self.cells, maps.shape[2], maps.shape[3])
-                accumulate_prototypes(maps.flatten(2), batch["partial"], own, self.cells,
-                                      map_sums.view(sums.shape[0], self.cells, -1), torch.zeros_like(counts))
-        if info is not None and info.world > 1:
-            import torch.distributed as dist
-
-            s, c = sums.to(device), counts.to(device)
-            dist.all_reduce(s)
-            dist.all_reduce(c)
-            sums, counts = s.cpu(), c.cpu()
+            self.accumulate_extra(xs, att, batch["partial"], own)
+        if info is not None:
+            sums, counts = D.all_reduce_sum([sums, counts], info, device)
         self.prototypes.copy_((sums / counts.clamp(min=1).unsqueeze(-1)).to(self.prototypes.dtype))
         self.proto_counts.copy_(counts.to(self.proto_counts.dtype))
-        if map_sums is not None:
-            self.proto_maps = map_sums / counts.clamp(min=1)[:, :, None, None].float()
+        self.finish_extra(counts)
         missing = int((counts.sum(dim=1) == 0).sum())
         if missing:
             print(f"warning: {missing} class(es) have no known positive: no prototype, PPRB never blends them",
                   file=sys.stderr)
         self.train(was_training)
 
+    def accumulate_extra(self, xs, att, partial, own) -> None:
+        """A hook for forms that keep more than pooled prototypes (the naive oracle keeps maps)."""
+
+    def finish_extra(self, counts: torch.Tensor) -> None:
+        """See accumulate_extra."""
+
 
 def load_embeddings(spec, opts: DsrbOptions) -> torch.Tensor | None:
     """DIR/label_embeddings.npy (or --embeddings PATH); None -> learned, with a warning."""
     from mlrpl_data.embeddings import read_embeddings
 
-    if spec.extra.get("embeddings") is not None:  # evaluation: the checkpoint's own
-        return spec.extra["embeddings"]
     emb = read_embeddings(spec.dataset, opts.embeddings, spec.num_classes)
     if emb is None:
         print("warning: no label embeddings (mlrpl embed-labels DIR --from glove.txt): learning them from scratch",
@@ -398,10 +347,22 @@ def load_embeddings(spec, opts: DsrbOptions) -> torch.Tensor | None:
     return torch.from_numpy(emb)
 
 
-def build_dsrb(cfg, spec, backbone: nn.Module, frozen: list[nn.Module]) -> DSRB:
-    opts = DsrbOptions.from_dict(cfg.model or {})
-    if cfg.method == "ssgrl":  # the paper's baseline: DSRB without blending and without the contrastive loss
-        opts.iprb, opts.pprb, opts.contrastive_weight = False, False, 0.0
+def build_dsrb(cfg, spec, backbone: nn.Module, frozen: list[nn.Module],
+               embeddings: torch.Tensor | None = None, from_checkpoint: bool = False) -> DSRB:
+    """DSRB, or SSGRL (DSRB without blending and without the contrastive loss), or the naive oracle.
+
+    A model rebuilt `from_checkpoint` takes its label embeddings from the checkpoint (`embeddings`,
+    None when they were learned) rather than from the dataset folder."""
+    from dataclasses import replace
+
+    opts = cfg.dsrb
+    if cfg.method == "ssgrl":
+        opts = replace(opts, iprb=False, pprb=False, contrastive_weight=0.0)
+    if not from_checkpoint:
+        embeddings = load_embeddings(spec, opts)
     partial = np.stack(list(spec.partial.values())) if spec.partial else None
-    return DSRB(backbone, spec.num_classes, load_embeddings(spec, opts), cooccurrence(partial, spec.num_classes),
-                opts, frozen, seed=cfg.seed, bce=cfg.bce)
+    cls = DSRB
+    if opts.form == "naive":
+        from .naive import NaiveDSRB as cls
+    return cls(backbone, spec.num_classes, embeddings, cooccurrence(partial, spec.num_classes), opts, frozen,
+               seed=cfg.seed, bce=cfg.bce)

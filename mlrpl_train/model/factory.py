@@ -2,50 +2,26 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 import torch.nn as nn
 
-from mlrpl_data.errors import MlrplError
-
-from ..losses import partial_bce
 from .backbone import build_backbone, freeze_until
-
-METHODS = ("pbce", "ssgrl", "dsrb")
-
-
-class PartialBCEModel(nn.Module):
-    """The "Partial BCE" row of Table 1: backbone -> global average pool -> linear, eq. 14."""
-
-    def __init__(self, backbone: nn.Module, num_classes: int, frozen: list[nn.Module], bce: str = "batch"):
-        super().__init__()
-        self.backbone = backbone
-        self.fc = nn.Linear(backbone.out_channels, num_classes)
-        self._frozen, self.bce = frozen, bce
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for m in self._frozen:  # frozen layers keep their BatchNorm statistics
-            m.eval()
-        return self
-
-    def forward(self, x: torch.Tensor, partial: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
-                progress: float = 1.0):
-        """(B, 3, H, W) -> logits (B, C); with `partial` (B, C): (loss, logs)."""
-        logits = self.fc(self.backbone(x).mean(dim=(2, 3)))
-        if partial is None:
-            return logits
-        loss = partial_bce(logits.float(), partial, self.bce)
-        return loss, {}
+from .pbce import PartialBCEModel
 
 
-def build_model(cfg, spec, for_eval: bool = False) -> nn.Module:
-    if cfg.method not in METHODS:
-        raise MlrplError(f"unknown method {cfg.method!r}: use one of {', '.join(METHODS)}")
-    weights = "none" if for_eval else cfg.weights  # evaluation loads the checkpoint's own weights
-    backbone = build_backbone(cfg.backbone, weights)
+def build_model(cfg, spec, state: dict[str, Any] | None = None) -> nn.Module:
+    """The model of `cfg` for the data of `spec`. With `state` (a checkpoint's model state) the
+    backbone is not given pretrained weights and the state is loaded instead (evaluation, predict)."""
+    backbone = build_backbone(cfg.backbone, "none" if state is not None else cfg.weights)
     frozen = freeze_until(backbone, cfg.freeze)
     if cfg.method == "pbce":
-        return PartialBCEModel(backbone, spec.num_classes, frozen, cfg.bce)
-    from .dsrb import build_dsrb
+        model = PartialBCEModel(backbone, spec.num_classes, frozen, cfg.bce)
+    else:
+        from .dsrb import build_dsrb
 
-    return build_dsrb(cfg, spec, backbone, frozen)
+        model = build_dsrb(cfg, spec, backbone, frozen, embeddings=None if state is None else state.get("embeddings"),
+                           from_checkpoint=state is not None)
+    if state is not None:
+        model.load_state_dict(state)  # DSRB's prototypes and graph are buffers: they come with it
+    return model

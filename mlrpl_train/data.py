@@ -1,0 +1,59 @@
+"""What a run trains and evaluates on, resolved once: the manifest card, the shard index and the
+mask, every fingerprint checked against the manifest's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlrpl_data.errors import BadInputError
+from mlrpl_data.manifest import check_fingerprint, read_card
+from mlrpl_data.masks import read_mask
+from mlrpl_data.shards import read_index, shard_urls
+
+
+@dataclass
+class DataSpec:
+    """Where the data is and what it holds."""
+
+    dataset: str
+    fingerprint: str
+    num_classes: int
+    class_names: list[str]
+    train_urls: list[str]
+    test_urls: list[str]
+    train_samples: int
+    test_samples: int
+    partial: dict[str, np.ndarray] | None = None  # key -> partial labels of the mask (training)
+    mask_name: str | None = None
+
+
+def read_class_names(dataset: str) -> list[str]:
+    import fsspec
+    import pyarrow.parquet as pq
+
+    where = f"{str(dataset).rstrip('/')}/categories.parquet"
+    try:
+        with fsspec.open(where, "rb") as f:
+            return pq.read_table(f).column("name").to_pylist()
+    except FileNotFoundError:
+        raise BadInputError(f"{where}: not found: an incomplete dataset") from None
+
+
+def resolve_data(dataset: str, mask: str | None) -> DataSpec:
+    """Read the manifest card, shard index and mask; refuse any fingerprint mismatch."""
+    dataset = str(dataset)
+    card = read_card(dataset)
+    index = read_index(dataset)
+    check_fingerprint(index.get("fingerprint"), card["fingerprint"], f"{dataset.rstrip('/')}/shards/index.json",
+                      "rebuild the shards (mlrpl write-shards)")
+    partial = None
+    if mask:
+        m = read_mask(dataset, mask, fingerprint=card["fingerprint"])
+        partial = {k: row for k, row in zip(m.keys, m.labels)}
+    splits = index.get("splits", {})
+    return DataSpec(dataset=dataset, fingerprint=card["fingerprint"], num_classes=int(card["num_classes"]),
+                    class_names=read_class_names(dataset), train_urls=shard_urls(dataset, "train", index),
+                    test_urls=shard_urls(dataset, "test", index), train_samples=int(splits.get("train", 0)),
+                    test_samples=int(splits.get("test", 0)), partial=partial, mask_name=mask)

@@ -1,0 +1,177 @@
+"""Every training option, declared once (type, default, help, range): `mlrpl train` and `mlrpl sweep`
+build their flags from these dataclasses, the engine reads them, and `config.json` holds them.
+
+The defaults are the paper's recipe (Sec. 5.1) and, where the paper is silent, the authors' code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlrpl_data.options import (Choice, check_ranges, from_dict, opt, parse_int_list, progress_field, show_int_list,
+                                to_dict)
+
+
+class Method(Choice):
+    pbce = "pbce"
+    ssgrl = "ssgrl"
+    dsrb = "dsrb"
+
+
+class Backbone(Choice):
+    resnet18 = "resnet18"
+    resnet34 = "resnet34"
+    resnet50 = "resnet50"
+    resnet101 = "resnet101"
+    resnet152 = "resnet152"
+    tiny = "tiny"
+
+
+class Freeze(Choice):
+    auto = "auto"
+    none = "none"
+    layer1 = "layer1"
+    layer2 = "layer2"
+    layer3 = "layer3"
+    layer4 = "layer4"
+
+
+class Device(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class OnBadSample(Choice):
+    skip = "skip"
+    fail = "fail"
+
+
+class BceForm(Choice):
+    batch = "batch"
+    per_image = "per-image"
+
+
+class ContrastiveForm(Choice):
+    published = "published"
+    literal = "literal"
+
+
+class Csrl(Choice):
+    sd = "sd"
+    sa = "sa"
+
+
+class Blend(Choice):
+    map = "map"
+    vector = "vector"
+
+
+class Form(Choice):
+    cheap = "cheap"
+    naive = "naive"
+
+
+def default_workers() -> int:
+    """Loader processes: 4, or fewer on a machine with fewer cores (more would oversubscribe)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores))
+
+
+@dataclass
+class DsrbOptions:
+    """DSRB's options (Section 4); SSGRL is DSRB without blending and without the contrastive loss."""
+
+    csrl: Csrl = field(default=Csrl.sd, metadata=opt(
+        "CSRL: sd = semantic decoupling guided by label embeddings, sa = semantic attention (Table 2 'w/ SA')"))
+    iprb: bool = field(default=True, metadata=opt(
+        "Instance-perspective blending (eq. 6-9); --no-iprb is the Table 2 ablation", flags="--iprb/--no-iprb"))
+    pprb: bool = field(default=True, metadata=opt(
+        "Prototype-perspective blending (eq. 10-13); --no-pprb is the Table 2 ablation", flags="--pprb/--no-pprb"))
+    learn_alpha: bool = field(default=True, metadata=opt(
+        "Learn IPRB's per-class alpha from 0.5, or keep it at 0.5 (Table 2 'fixed alpha')",
+        flags="--learn-alpha/--fixed-alpha"))
+    learn_beta: bool = field(default=True, metadata=opt(
+        "Learn PPRB's per-class beta from 0.5, or keep it at 0.5 (Table 2 'fixed beta')",
+        flags="--learn-beta/--fixed-beta"))
+    blend: Blend = field(default=Blend.map, metadata=opt(
+        "PPRB prototypes: map = one per grid cell (location-sensitive), vector = one per class (Table 2 'w/ RV')"))
+    grid_k: int = field(default=1, metadata=opt("Prototypes on a 2^K x 2^K grid (the paper: K = 1)", min=0, max=4))
+    blend_start: int = field(default=5, metadata=opt("Epoch (0-based) from which IPRB and PPRB blend", min=0))
+    prototype_every: int = field(default=5, metadata=opt("Recompute the prototypes every N epochs from --blend-start",
+                                                         min=1))
+    contrastive_weight: float = field(default=0.05, metadata=opt("lambda of eq. 16 (0: no contrastive loss)", min=0))
+    contrastive: ContrastiveForm = field(default=ContrastiveForm.published, metadata=opt(
+        "published = the authors' loss (known pairs only, 2P random + P hardest negatives, mean, ramped in over the "
+        "first epoch); literal = eq. 3-4 summed over all pairs, unknown labels as negatives"))
+    embeddings: str | None = field(default=None, metadata=opt(
+        "Label embeddings .npy (default DATASET/label_embeddings.npy, else learned)"))
+    feat_dim: int = field(default=1024, metadata=opt("Feature size after the 1x1 conv (the paper: 1024)", min=1))
+    attn_dim: int = field(default=512, metadata=opt("Width of the semantic-decoupling attention (authors' code: 512)",
+                                                    min=1))
+    ggnn_steps: int = field(default=3, metadata=opt("Propagation steps of the gated graph network", min=1))
+    pool2x2: bool = field(default=True, metadata=opt(
+        "The published 2x2 average pool after layer4 (a 7x7 map at 448 px)", flags="--pool2x2/--no-pool2x2"))
+    form: Form = field(default=Form.cheap, metadata=opt(
+        "cheap = blends on pooled vectors; naive = the published feature-map form (slow; the test oracle)"))
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+@dataclass
+class TrainConfig:
+    """One training run: what to train on, where to write, and how (the engine's options + DSRB's)."""
+
+    method: Method = field(metadata=opt("pbce (partial BCE baseline) | ssgrl | dsrb", cli=False))
+    dataset: str = field(metadata=opt("Dataset folder or URL", cli=False))
+    masks: str = field(default="", metadata=opt("Mask name (a run needs one; a sweep makes its own)", cli=False))
+    out: str = field(default="runs/run", metadata=opt("Run directory", cli=False))
+    backbone: Backbone = field(default=Backbone.resnet101, metadata=opt(
+        "Backbone network (tiny: a small CNN for tests and the CPU demo)"))
+    weights: str = field(default="imagenet", metadata=opt(
+        "imagenet (torchvision's IMAGENET1K_V1 file from the local torch cache, never downloaded), a weights file, "
+        "or none"))
+    freeze: Freeze = field(default=Freeze.auto, metadata=opt(
+        "Freeze conv1..this layer (BatchNorm in eval mode); auto = layer3 with pretrained weights (the paper), "
+        "none with --weights none (random filters must learn)"))
+    epochs: int = field(default=20, metadata=opt("Training epochs", min=1))
+    batch_size: int = field(default=32, metadata=opt("Images per batch (per GPU)", min=1))
+    lr: float = field(default=1e-5, metadata=opt("Adam learning rate", min=0, min_open=True))
+    lr_step: int = field(default=10, metadata=opt("Divide the learning rate by 10 every this many epochs", min=1))
+    weight_decay: float = field(default=5e-4, metadata=opt("Adam weight decay", min=0))
+    image_size: int = field(default=448, metadata=opt("Side of the training and test images fed to the network",
+                                                      min=8))
+    crop_scales: tuple[int, ...] = field(default=(512, 448, 384, 320, 256), metadata=opt(
+        "Square crop sizes drawn from the 512x512 resize, comma-separated (512 alone: no crop)", min=1, max=512,
+        parse=parse_int_list, show=show_int_list))
+    workers: int | None = field(default=None, metadata=opt("Loader processes per GPU (default: min(4, CPU cores))",
+                                                           min=0))
+    seed: int = field(default=0, metadata=opt("Seed of initialisation, sample order and augmentation", min=0))
+    checkpoint_every: int = field(default=0, metadata=opt("Also checkpoint every N steps (0: once per epoch)", min=0))
+    shuffle_buffer: int = field(default=1000, metadata=opt("Samples in the streaming shuffle buffer", min=1))
+    on_bad_sample: OnBadSample = field(default=OnBadSample.skip, metadata=opt(
+        "A corrupt sample is skipped and counted, or stops the run"))
+    device: Device = field(default=Device.auto, metadata=opt("auto = the GPU when there is one"))
+    eval_every: int = field(default=1, metadata=opt("Evaluate every N epochs (and always after the last)", min=1))
+    progress: bool = progress_field("Progress bars")
+    bce: BceForm = field(default=BceForm.batch, metadata=opt(
+        "batch = one mean over the batch's known labels (the authors' code); per-image = eq. 14-15"))
+    dsrb: DsrbOptions = field(default_factory=DsrbOptions, metadata=opt("DSRB/SSGRL options", cli=False))
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.freeze == Freeze.auto:
+            self.freeze = Freeze.layer3 if self.weights not in ("none", "") else Freeze.none
+        if self.workers is None:
+            self.workers = default_workers()
+
+    def to_json(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def config_from_json(data: Any, where: str) -> TrainConfig:
+    """A TrainConfig read back from config.json or a checkpoint: unknown keys are an error."""
+    return from_dict(TrainConfig, data, where)
