@@ -33,19 +33,10 @@ from . import __version__
 from .errors import AlreadyExistsError, BadInputError
 from .fsutil import atomic_write_bytes
 from .manifest import Manifest, check_fingerprint, labels_from_arrow, labels_to_arrow, read_card
-from .options import Choice, check_ranges, opt
+from .options import check_ranges, choices, opt
 
-class Scheme(Choice):
-    uniform = "uniform"
-    hcp = "hcp"
-    per_image = "per-image"
-    single_positive = "single-positive"
-
-
-class MaskSplit(Choice):
-    train = "train"
-    test = "test"
-    all = "all"
+Scheme = choices("Scheme", "uniform hcp per-image single-positive", __name__)
+MaskSplit = choices("MaskSplit", "train test all", __name__)
 
 
 SCHEMES = tuple(s.value for s in Scheme)

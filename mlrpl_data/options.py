@@ -29,6 +29,11 @@ class Choice(str, enum.Enum):
         return format(self.value, spec)
 
 
+def choices(name: str, values: str, module: str) -> Any:
+    """A Choice enum from space-separated values ('per-image' becomes member per_image)."""
+    return Choice(name, [(v.replace("-", "_"), v) for v in values.split()], module=module)
+
+
 def opt(help: str, *, flags: str | None = None, min: float | None = None, max: float | None = None,
         min_open: bool = False, cli: bool = True, parse: Callable[[str], Any] | None = None,
         show: Callable[[Any], str] | None = None) -> dict[str, Any]:

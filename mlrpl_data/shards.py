@@ -33,7 +33,7 @@ from .errors import BadInputError
 from .fsutil import atomic_write_bytes, sha256_file
 from .images import BadImageError, probe, reencode
 from .manifest import Manifest, read_manifest
-from .options import Choice, check_ranges, opt, progress_field
+from .options import check_ranges, choices, opt, progress_field
 from .progress import progress_bar
 from .tar import TarWriter
 
@@ -70,15 +70,8 @@ def parse_part(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-class ShardSplit(Choice):
-    train = "train"
-    test = "test"
-    all = "all"
-
-
-class OnBadImage(Choice):
-    fail = "fail"
-    skip = "skip"
+ShardSplit = choices("ShardSplit", "train test all", __name__)
+OnBadImage = choices("OnBadImage", "fail skip", __name__)
 
 
 @dataclass

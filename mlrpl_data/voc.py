@@ -19,16 +19,14 @@ from xml.etree.ElementTree import ParseError
 
 from .errors import BadInputError
 from .manifest import Manifest, validate
-from .options import Choice, allow_missing_field, check_ranges, opt, progress_field
+from .options import allow_missing_field, choices, check_ranges, opt, progress_field
 from .progress import progress_bar
 from .missing import refuse_missing
 from .specs import load_spec, voc20_names
 
 SPLIT_FILES = {"train": "trainval.txt", "test": "test.txt"}
 SOURCE_NAMES = {"train": "trainval", "test": "test"}
-class Difficult(Choice):
-    negative = "negative"
-    ignore = "ignore"
+Difficult = choices("Difficult", "negative ignore", __name__)
 
 
 @dataclass

@@ -10,68 +10,20 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlrpl_data.options import (Choice, check_ranges, from_dict, opt, parse_int_list, progress_field, show_int_list,
+from mlrpl_data.options import (check_ranges, choices, from_dict, opt, parse_int_list, progress_field, show_int_list,
                                 to_dict)
 
 
-class Method(Choice):
-    pbce = "pbce"
-    ssgrl = "ssgrl"
-    dsrb = "dsrb"
-
-
-class Backbone(Choice):
-    resnet18 = "resnet18"
-    resnet34 = "resnet34"
-    resnet50 = "resnet50"
-    resnet101 = "resnet101"
-    resnet152 = "resnet152"
-    tiny = "tiny"
-
-
-class Freeze(Choice):
-    auto = "auto"
-    none = "none"
-    layer1 = "layer1"
-    layer2 = "layer2"
-    layer3 = "layer3"
-    layer4 = "layer4"
-
-
-class Device(Choice):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class OnBadSample(Choice):
-    skip = "skip"
-    fail = "fail"
-
-
-class BceForm(Choice):
-    batch = "batch"
-    per_image = "per-image"
-
-
-class ContrastiveForm(Choice):
-    published = "published"
-    literal = "literal"
-
-
-class Csrl(Choice):
-    sd = "sd"
-    sa = "sa"
-
-
-class Blend(Choice):
-    map = "map"
-    vector = "vector"
-
-
-class Form(Choice):
-    cheap = "cheap"
-    naive = "naive"
+Method = choices("Method", "pbce ssgrl dsrb", __name__)
+Backbone = choices("Backbone", "resnet18 resnet34 resnet50 resnet101 resnet152 tiny", __name__)
+Freeze = choices("Freeze", "auto none layer1 layer2 layer3 layer4", __name__)
+Device = choices("Device", "auto cpu cuda", __name__)
+OnBadSample = choices("OnBadSample", "skip fail", __name__)
+BceForm = choices("BceForm", "batch per-image", __name__)
+ContrastiveForm = choices("ContrastiveForm", "published literal", __name__)
+Csrl = choices("Csrl", "sd sa", __name__)
+Blend = choices("Blend", "map vector", __name__)
+Form = choices("Form", "cheap naive", __name__)
 
 
 def default_workers() -> int:
