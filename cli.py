@@ -33,15 +33,67 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_mar
 
 # ---- plumbing: errors, options built from dataclasses ----------------------------------------------------------
 
+def one_line(e: BaseException) -> str:
+    """The message of an expected failure, on one line (a DataLoader worker re-raises an error with the
+    worker's traceback inside its message: only the original message is kept)."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].replace(".", "").replace("_", "").isalnum() else last
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def explain(e: BaseException) -> str | None:
+    """One line for a failure a user can meet and fix; None for a bug."""
+    import errno
+
+    if isinstance(e, MlrplError):
+        return one_line(e)
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if e.filename else ""
+        if e.errno == errno.ENOSPC:
+            return f"no space left on the device{where}: free some space or write elsewhere, then re-run (finished work is kept)"
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return f"permission denied{where}"
+        if e.errno == errno.ENOENT:
+            return f"not found{where}"
+        return f"{e.strerror or one_line(e)}{where}"
+    name, module = type(e).__name__, type(e).__module__
+    if isinstance(e, json.JSONDecodeError):
+        return f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+    if module.startswith("pyarrow"):
+        return f"unreadable Parquet/Arrow data: {one_line(e)}"
+    if "Credentials" in name or module.startswith(("botocore", "aiobotocore", "s3fs")):
+        return f"remote storage refused access ({name}: {one_line(e)}): check the credentials (e.g. AWS_* variables)"
+    if "CUDA" in str(e) or "cuda" in name.lower():
+        return f"CUDA: {one_line(e)}"
+    if "DataLoader worker" in str(e):
+        return f"a data loader worker failed: {one_line(e)} (fewer --workers, or more memory)"
+    return None
+
+
 def friendly(fn):
-    """Turn the project's errors into one line on stderr and exit code 1."""
+    """Every expected failure is one line on stderr and exit code 1 (130 when interrupted); anything
+    else says it is unexpected, in one line too, unless MLRPL_DEBUG=1 asks for the traceback."""
+    import os
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except MlrplError as e:
-            typer.echo(f"error: {e}", err=True)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            typer.echo("interrupted: finished work is kept; re-run the same command to continue", err=True)
+            raise typer.Exit(130)
+        except Exception as e:
+            if os.environ.get("MLRPL_DEBUG") == "1":
+                raise
+            line = explain(e)
+            if line is None:
+                line = (f"unexpected {type(e).__name__}: {one_line(e)} "
+                        f"(a bug; run with MLRPL_DEBUG=1 for the traceback and report it)")
+            typer.echo(f"error: {line}", err=True)
             raise typer.Exit(1)
 
     return wrapper
@@ -98,7 +150,15 @@ def _build(cls: type, values: dict[str, Any], explicit: dict[str, Any]) -> Any:
         elif f.name in values:
             v = values[f.name]
             parse = f.metadata.get("parse")
-            kwargs[f.name] = parse(v) if parse and isinstance(v, str) else v
+            if parse and isinstance(v, str):
+                from mlrpl_data.options import flag_name
+
+                try:
+                    v = parse(v)
+                except MlrplError as e:
+                    msg = str(e)
+                    raise type(e)(msg if msg.startswith("--") else f"{flag_name(f)} {msg}") from None
+            kwargs[f.name] = v
         elif f.name in explicit:
             kwargs[f.name] = explicit[f.name]
     return cls(**kwargs)
@@ -298,7 +358,7 @@ def verify(dataset: str = typer.Argument(..., help="Dataset folder or URL (http(
            as_json: bool = JSON,
            progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar in bytes (on a terminal)")):
     """Check every shard's sha256, sample count and keys against the index and the manifest."""
-    from mlrpl_data.shards import verify as check
+    from mlrpl_data.verify import verify as check
 
     problems = check(dataset, progress=progress)
     if as_json:
@@ -342,7 +402,7 @@ def train(ctx: typer.Context,
           out: str = typer.Option("runs/run", help="Run directory"),
           resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory (its config is used)"),
           force: bool = typer.Option(False, help="Replace an existing run in --out"),
-          nproc: int = typer.Option(1, help="GPUs/processes: more than 1 launches torchrun itself"),
+          nproc: int = typer.Option(1, min=1, help="GPUs/processes: more than 1 launches torchrun itself"),
           cfg=None):
     """Train a model on a dataset's shards and a mask (one GPU, CPU, or many with --nproc)."""
     from mlrpl_train.engine import resume_config, train as run_training
@@ -372,7 +432,13 @@ def sweep(method: Method = typer.Argument(..., help="pbce | ssgrl | dsrb"),
     from mlrpl_data.options import parse_int_list
     from mlrpl_train.sweep import run_sweep, write_table
 
-    run_sweep(cfg, parse_proportions(proportions), list(parse_int_list(seeds)), Path(out), scheme)
+    try:
+        seed_list = list(parse_int_list(seeds))
+    except MlrplError as e:
+        raise MlrplError(f"--seeds {e}") from None
+    if min(seed_list) < 0:
+        raise MlrplError(f"--seeds {seeds}: seeds must be >= 0")
+    run_sweep(cfg, parse_proportions(proportions), seed_list, Path(out), scheme)
     t = write_table(Path(out), title=f"{read_card(dataset)['name']}: final-epoch test metrics ({scheme} masks)")
     typer.echo(t["markdown"])
     typer.echo(f"{out}: table.md, table.csv, map_vs_proportion.png")
@@ -392,7 +458,7 @@ def embed_labels(dataset: Path = DATASET_DIR,
 def evaluate(run_or_checkpoint: Path = typer.Argument(..., help="A run directory (its best.pt, else last.pt) or a checkpoint file"),
              dataset: str = typer.Argument(..., help="Dataset folder or URL (its test shards)"),
              out: Optional[Path] = typer.Option(None, help="Where to write the reports (default: beside the checkpoint)"),
-             workers: int = typer.Option(2, help="Loader processes"),
+             workers: int = typer.Option(2, min=0, help="Loader processes"),
              as_json: bool = JSON,
              progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar (on a terminal)")):
     """Metrics table, per-class AP as JSON and as a bar chart PNG."""

@@ -49,6 +49,8 @@ class CocoConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if not self.splits or any(s not in SOURCE_SPLITS for s in self.splits):
+            raise BadInputError(f"--splits {','.join(self.splits)!r}: use train and/or val (e.g. train,val)")
 
 
 def annotation_path(root: Path, split: str, year: str) -> Path:
@@ -67,7 +69,12 @@ def _load(path: Path):
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
         raise BadInputError(f"{path}: not a COCO instances file (needs top-level 'images' and 'categories' lists)")
     data.setdefault("annotations", [])
-    ids = [im.get("id") for im in data["images"]]
+    if not isinstance(data["annotations"], list):
+        raise BadInputError(f"{path}: 'annotations' must be a list")
+    _check_records(path, "images", data["images"], {"id": int, "file_name": str, "width": int, "height": int})
+    _check_records(path, "annotations", data["annotations"], {"image_id": int, "category_id": int})
+    _check_records(path, "categories", data["categories"], {"id": int, "name": str})
+    ids = [im["id"] for im in data["images"]]
     if len(set(ids)) != len(ids):
         seen: set = set()
         dup = next(i for i in ids if i in seen or seen.add(i))
@@ -77,6 +84,17 @@ def _load(path: Path):
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
     return coco, hashlib.sha256(raw).hexdigest(), len(raw)
+
+
+def _check_records(path: Path, what: str, records: list, fields: dict[str, type]) -> None:
+    """Every record a JSON object with these fields of these types (the first bad one is named)."""
+    for k, rec in enumerate(records):
+        if type(rec) is not dict or any(type(rec.get(f)) is not t for f, t in fields.items()):
+            if not isinstance(rec, dict):
+                raise BadInputError(f"{path}: {what}[{k}] is {type(rec).__name__}, not an object")
+            f, t = next((f, t) for f, t in fields.items() if type(rec.get(f)) is not t)
+            got = "missing" if f not in rec else f"{type(rec[f]).__name__} {str(rec[f])[:30]!r}"
+            raise BadInputError(f"{path}: {what}[{k}] field {f!r} must be {t.__name__}, got {got}")
 
 
 def _categories(coco, path: Path) -> tuple[list[str], list[str]]:
@@ -123,19 +141,15 @@ def _split_rows(coco, path: Path, split: str, year: str, prefix: str, col_of: di
         except KeyError:
             raise BadInputError(f"{path}: annotation {ann.get('id')} has unknown category id {ann.get('category_id')}") from None
     labels[np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)] = 1
-    try:
-        frame = pd.DataFrame(
-            {
-                "key": [f"{prefix}_{split}_{im['id']:012d}" for im in images],
-                "split": SOURCE_SPLITS[split],
-                "path": [f"{split}{year}/{im['file_name']}" for im in images],
-                "width": [int(im["width"]) for im in images],
-                "height": [int(im["height"]) for im in images],
-            }
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        bad = next(im for im in images if not all(k in im for k in ("id", "file_name", "width", "height")))
-        raise BadInputError(f"{path}: image record {bad.get('id', bad)!r} lacks id/file_name/width/height ({e})") from None
+    frame = pd.DataFrame(  # the records' fields and types were checked in _load
+        {
+            "key": [f"{prefix}_{split}_{im['id']:012d}" for im in images],
+            "split": SOURCE_SPLITS[split],
+            "path": [f"{split}{year}/{im['file_name']}" for im in images],
+            "width": [im["width"] for im in images],
+            "height": [im["height"] for im in images],
+        }
+    )
     return frame, labels
 
 

@@ -79,8 +79,12 @@ def _compose(rng, tiles, targets, pool, cfg: DigitsConfig):
 
 
 def write_digits(cfg: DigitsConfig) -> Path:
-    """Write ROOT/annotations/instances_{train,val}2014.json and ROOT/{train,val}2014/*.jpg."""
+    """Write ROOT/annotations/instances_{train,val}2014.json and ROOT/{train,val}2014/*.jpg, into a
+    new or empty folder (or one this wrote before: it is rewritten), never into someone's data."""
+    from .ownership import claim
+
     out = Path(cfg.out)
+    claim(out, "digits", "--out")
     rng = np.random.default_rng(cfg.seed)
     tiles, targets = _digit_tiles(cfg.image_size // cfg.grid)
     order = rng.permutation(len(targets))

@@ -9,7 +9,7 @@ class BadInputError(MlrplError):
     """A raw or built file is malformed, inconsistent or missing."""
 
 
-class FingerprintMismatchError(MlrplError):
+class FingerprintMismatchError(BadInputError):
     """Two artefacts claim to come from different manifests."""
 
 

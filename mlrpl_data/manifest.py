@@ -12,6 +12,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,8 @@ def labels_from_arrow(col: pa.ChunkedArray | pa.ListArray, num_classes: int, whe
     """list<int8> -> (N, C) int8; every row must have length C."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if col.null_count or col.flatten().null_count:
+        raise BadInputError(f"{where}: a labels list or value is null; every row needs {num_classes} labels")
     lengths = col.value_lengths().to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(lengths != num_classes)
     if len(bad):
@@ -175,91 +178,144 @@ def categories_table(m: Manifest) -> pa.Table:
     )
 
 
+def is_safe_relative(path: str) -> bool:
+    """A path that stays inside the raw root: relative, no '..', no empty or drive parts."""
+    if not path or path.startswith(("/", "\\")) or "\\" in path or ":" in path.split("/")[0]:
+        return False
+    return all(part not in ("", "..") for part in path.split("/"))
+
+
 def validate(m: Manifest, where: str) -> None:
-    """Contract checks every builder relies on: unique dot-free keys, known splits, no empty split."""
+    """Contract checks every builder and every reader relies on: unique dot-free keys, known splits,
+    labels in {-1, 0, 1}, positive sizes, image paths that stay inside the raw root."""
     keys = m.images["key"]
+    if keys.isna().any() or not all(isinstance(k, str) and k for k in keys):
+        raise BadInputError(f"{where}: an image key is empty or not text")
     dup = keys[keys.duplicated()]
     if len(dup):
         raise BadInputError(f"{where}: duplicate image key {dup.iloc[0]!r}")
-    dotted = keys[keys.str.contains(".", regex=False)]
+    dotted = keys[keys.str.contains(".", regex=False) | keys.str.contains("/", regex=False)]
     if len(dotted):
-        raise BadInputError(f"{where}: key {dotted.iloc[0]!r} contains a dot (WebDataset splits names at dots)")
+        raise BadInputError(f"{where}: key {dotted.iloc[0]!r} contains a dot or a slash (WebDataset splits names at dots)")
     unknown = set(m.images["split"]) - set(SPLITS)
     if unknown:
-        raise BadInputError(f"{where}: unknown split(s) {sorted(unknown)}")
+        raise BadInputError(f"{where}: unknown split(s) {sorted(map(str, unknown))}: use {', '.join(SPLITS)}")
     if m.num_classes == 0:
         raise BadInputError(f"{where}: no categories")
     bad = ~np.isin(m.labels, (-1, 0, 1))
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise BadInputError(f"{where}: label {int(m.labels[r, c])} of {keys.iloc[r]!r} class {c} not in {{-1,0,1}}")
+    for col in ("width", "height"):
+        values = pd.to_numeric(m.images[col], errors="coerce")
+        bad_rows = np.flatnonzero(~(values > 0))  # NaN compares False: refused too
+        if len(bad_rows):
+            r = int(bad_rows[0])
+            raise BadInputError(f"{where}: row {r} ({keys.iloc[r]!r}) has {col} {m.images[col].iloc[r]}: "
+                                f"must be a positive integer")
+    unsafe = [p for p in m.images["path"] if not (isinstance(p, str) and is_safe_relative(p))]
+    if unsafe:
+        raise BadInputError(f"{where}: image path {unsafe[0]!r} leaves the raw root (absolute, '..' or empty); "
+                            f"paths must be relative to it")
+
+
+# what a dataset folder holds that mlrpl wrote: --force replaces these and nothing else
+DATASET_ENTRIES = (DATASET_JSON, CATEGORIES_PARQUET, IMAGES_PARQUET)
+DERIVED_ENTRIES = ("masks", "shards", "label_embeddings.npy", "label_embeddings.json", "README.md")
 
 
 def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
-    """Write atomically to `out`; returns "written", or "unchanged" when the same content is there."""
+    """Write atomically to `out`: "written", "unchanged" (the same dataset is there, intact),
+    "repaired" (the same dataset, but a file was damaged: rewritten) or "replaced" (--force).
+
+    A folder mlrpl did not make is never written into (ownership.claim); the raw root is never
+    the output. Replacing removes only mlrpl's entries (with the old masks and shards)."""
+    from .ownership import claim, is_empty, mark, refuse_overlap, remove_owned, sweep_stale
+
     out = Path(out)
+    refuse_overlap(out, {"the raw root": m.root}, "--out")
+    sweep_stale(out.parent)
+    sweep_stale(out)
     card = m.dataset_card()
-    existing = out / DATASET_JSON
-    if existing.exists():
+    state = "written"
+    if not is_empty(out):
+        claim(out, "dataset", "--out")
         try:
-            old = json.loads(existing.read_text())
-        except (json.JSONDecodeError, OSError):
-            old = {}
-        if old.get("fingerprint") == card["fingerprint"] and not force:
-            return "unchanged"
-        if not force:
+            old_fp = read_card(out).get("fingerprint")
+        except BadInputError:
+            old_fp = None
+        if old_fp == card["fingerprint"]:
+            try:
+                read_manifest(out)
+                return "unchanged"
+            except BadInputError:
+                state = "repaired"  # the same dataset with a damaged file: rewrite the manifest, keep masks and shards
+        elif not force:
             raise AlreadyExistsError(
-                f"{out}: holds another dataset (fingerprint {old.get('fingerprint', '?')[:12]}…, "
-                f"new {card['fingerprint'][:12]}…); pass --force to replace it (its masks and shards go too)"
-            )
-    elif out.exists() and any(out.iterdir()) and not force:
-        raise AlreadyExistsError(f"{out}: exists, is not empty and holds no dataset.json; pass --force to replace it")
+                f"{out}: holds another dataset (fingerprint {str(old_fp)[:12]}…, new {card['fingerprint'][:12]}…); "
+                f"pass --force to replace it (its masks and shards go too)")
+        else:
+            state = "replaced"
     staged = staging_dir(out)
     try:
         (staged / CATEGORIES_PARQUET).write_bytes(_table_bytes(categories_table(m)))
         (staged / IMAGES_PARQUET).write_bytes(_table_bytes(images_table(m)))
         # dataset.json last: its presence marks a complete manifest
         (staged / DATASET_JSON).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
-        publish_dir(staged, out)
+        if state == "written":
+            mark(staged, "dataset")
+            publish_dir(staged, out)
+        else:
+            (out / DATASET_JSON).unlink(missing_ok=True)  # from here on the folder reads as incomplete
+            kept = remove_owned(out, DATASET_ENTRIES + (DERIVED_ENTRIES if state == "replaced" else ()))
+            for name in (CATEGORIES_PARQUET, IMAGES_PARQUET, DATASET_JSON):
+                os.replace(staged / name, out / name)
+            staged.rmdir()
+            if kept and state == "replaced":
+                state += f" (kept {len(kept)} entr{'y' if len(kept) == 1 else 'ies'} mlrpl did not make: {', '.join(kept[:5])})"
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    return "written"
+    return state
 
 
-def _open(url: str, name: str):
-    import fsspec
+CARD_FIELDS = {"name": str, "version": str, "schema_version": int, "fingerprint": str, "num_classes": int,
+               "counts": dict}
 
-    return fsspec.open(f"{url.rstrip('/')}/{name}", "rb").open()
+
+def read_card(url: str | Path) -> dict[str, Any]:
+    """dataset.json alone (cheap), its fields checked: name, fingerprint, counts, num_classes."""
+    from .readers import MissingFileError, read_json_object
+
+    where = f"{str(url).rstrip('/')}/{DATASET_JSON}"
+    try:
+        card = read_json_object(where, CARD_FIELDS)
+    except MissingFileError:
+        raise BadInputError(f"{str(url).rstrip('/')}: no {DATASET_JSON}: not a complete dataset "
+                            f"(was the build interrupted? re-run it)") from None
+    if card["schema_version"] != SCHEMA_VERSION:
+        raise BadInputError(f"{where}: schema_version {card['schema_version']!r}, this mlrpl reads {SCHEMA_VERSION}")
+    if card["num_classes"] < 1 or not all(isinstance(v, int) and v >= 0 for v in card["counts"].values()):
+        raise BadInputError(f"{where}: num_classes and counts must be non-negative integers")
+    return card
 
 
 def read_manifest(url: str | Path, verify: bool = True) -> Manifest:
-    """Read a manifest from a directory or any fsspec URL; refuse incomplete or altered ones."""
+    """Read a manifest from a directory or any fsspec URL; refuse incomplete, altered or invalid ones."""
+    from .readers import read_parquet
+
     url = str(url)
     where = url.rstrip("/")
-    try:
-        with _open(url, DATASET_JSON) as f:
-            card = json.loads(f.read())
-    except FileNotFoundError:
-        raise BadInputError(
-            f"{where}: no {DATASET_JSON}: not a complete dataset (was the build interrupted? re-run it)"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise BadInputError(f"{where}/{DATASET_JSON}: malformed JSON at line {e.lineno}: {e.msg}") from None
-    if card.get("schema_version") != SCHEMA_VERSION:
-        raise BadInputError(
-            f"{where}/{DATASET_JSON}: schema_version {card.get('schema_version')!r}, this mlrpl reads {SCHEMA_VERSION}"
-        )
-    try:
-        with _open(url, CATEGORIES_PARQUET) as f:
-            cats = pq.read_table(f)
-        with _open(url, IMAGES_PARQUET) as f:
-            imgs = pq.read_table(f)
-    except FileNotFoundError as e:
-        raise BadInputError(f"{where}: missing {Path(str(e.filename or e)).name}: incomplete dataset") from None
+    card = read_card(url)
+    cats = read_parquet(f"{where}/{CATEGORIES_PARQUET}", {"name": "string", "source_id": "string"})
+    imgs = read_parquet(f"{where}/{IMAGES_PARQUET}", {"key": "string", "split": "string", "path": "string",
+                                                      "width": "int32", "height": "int32",
+                                                      "labels": "list<item: int8>"})
     c = cats.num_rows
+    if c != card["num_classes"]:
+        raise BadInputError(f"{where}: {CATEGORIES_PARQUET} has {c} classes, {DATASET_JSON} says {card['num_classes']}")
     labels = labels_from_arrow(imgs.column("labels"), c, f"{where}/{IMAGES_PARQUET}")
-    images = imgs.drop(["labels"]).to_pandas()
+    images = imgs.select(["key", "split", "path", "width", "height"]).to_pandas()
     known = {"name", "version", "schema_version", "fingerprint", "num_classes", "counts", "sources", "options", "root", "mlrpl_version"}
     m = Manifest(
         name=card["name"],
@@ -273,18 +329,12 @@ def read_manifest(url: str | Path, verify: bool = True) -> Manifest:
         root=card.get("root", ""),
         extra={k: v for k, v in card.items() if k not in known},
     )
+    validate(m, f"{where}/{IMAGES_PARQUET}")
     if verify and m.fingerprint != card["fingerprint"]:
         raise BadInputError(
             f"{where}: content fingerprint {m.fingerprint[:12]}… does not match dataset.json "
             f"{card['fingerprint'][:12]}…: the files were altered or mixed from two builds"
         )
+    if {k: int(v) for k, v in card["counts"].items()} != m.counts():
+        raise BadInputError(f"{where}/{DATASET_JSON}: counts {card['counts']} differ from the images {m.counts()}")
     return m
-
-
-def read_card(url: str | Path) -> dict[str, Any]:
-    """dataset.json alone (cheap): name, fingerprint, counts."""
-    try:
-        with _open(str(url), DATASET_JSON) as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        raise BadInputError(f"{str(url).rstrip('/')}: no {DATASET_JSON}: not a complete dataset") from None

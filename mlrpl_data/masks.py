@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,13 +67,24 @@ def parse_proportions(text: str) -> list[float]:
             raise BadInputError(f"--proportion {p}: a proportion of known labels must be in (0, 1]")
     if not values:
         raise BadInputError("--proportion: no value given")
+    names = [proportion_text(p) for p in values]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise BadInputError(f"--proportion {text!r}: {dup} is given twice")
     return values
 
 
-def mask_name(scheme: str, proportion: float | None, seed: int) -> str:
-    if scheme == "single-positive":
-        return f"{scheme}-s{seed}"
-    return f"{scheme}-p{proportion:.2f}-s{seed}"
+def proportion_text(p: float) -> str:
+    """0.3 -> '0.30', 0.304 -> '0.304': two decimals at least, as many as the value needs (up to 6),
+    so two proportions never share a mask name."""
+    text = f"{p:.6f}".rstrip("0")
+    return text if len(text.split(".")[1]) >= 2 else f"{p:.2f}"
+
+
+def mask_name(scheme: str, proportion: float | None, seed: int, split: str = "train") -> str:
+    """uniform-p0.30-s0; a mask of another split than train says so: uniform-p0.30-s0-test."""
+    base = f"{scheme}-s{seed}" if scheme == "single-positive" else f"{scheme}-p{proportion_text(proportion)}-s{seed}"
+    return base if split == "train" else f"{base}-{split}"
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
@@ -211,7 +223,7 @@ def compute_masks(m: Manifest, cfg: MaskConfig) -> list[Mask]:
         else:
             known = single_positive_known(hashes, labels)
         partial = labels * known.astype(np.int8)
-        name = mask_name(cfg.scheme, p, cfg.seed)
+        name = mask_name(cfg.scheme, p, cfg.seed, cfg.split)
         meta = {
             "name": name,
             "fingerprint": fingerprint,
@@ -235,24 +247,44 @@ def mask_paths(dataset_dir: Path, name: str) -> tuple[Path, Path]:
 
 
 def write_mask(dataset_dir: Path, mask: Mask, force: bool = False) -> str:
-    """Write atomically; "unchanged" when identical content exists, refuse other content unless force."""
+    """Write atomically: "written", "unchanged" (identical content there, checked by reading it back),
+    "repaired" (the same mask, but a file was damaged); other content needs --force ("replaced")."""
+    from .ownership import sweep_stale
+
     pq_path, js_path = mask_paths(dataset_dir, mask.name)
-    if js_path.exists() and pq_path.exists():
-        old = json.loads(js_path.read_text())
-        if old.get("content_sha256") == mask.meta["content_sha256"] and old.get("fingerprint") == mask.meta["fingerprint"]:
+    sweep_stale(pq_path.parent)
+    state = "written"
+    if js_path.exists() or pq_path.exists():
+        try:
+            old = read_mask(dataset_dir, mask.name, fingerprint=mask.meta["fingerprint"])
+            same = old.meta.get("content_sha256") == mask.meta["content_sha256"]
+        except BadInputError:  # damaged or half-written: its sidecar (if readable) says which mask it was
+            old = None
+            same = not js_path.exists() or _sidecar_hash(js_path) == mask.meta["content_sha256"]
+        if same and old is not None:
             return "unchanged"
-        if not force:
+        if same:
+            state = "repaired"
+        elif not force:
             raise AlreadyExistsError(
-                f"{pq_path}: exists with other content (made from manifest {old.get('fingerprint', '?')[:12]}…); "
-                f"pass --force to replace it"
-            )
+                f"{pq_path}: exists with other content (another proportion, seed or manifest); pass --force to replace it")
+        else:
+            state = "replaced"
     table = pa.table({"key": pa.array(list(mask.keys), type=pa.string()), "labels": labels_to_arrow(mask.labels)})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd", compression_level=1)
     # parquet first, sidecar last: a reader needs both and checks one against the other
     atomic_write_bytes(pq_path, buf.getvalue())
     atomic_write_bytes(js_path, (json.dumps(mask.meta, indent=2) + "\n").encode())
-    return "written"
+    return state
+
+
+def _sidecar_hash(js_path: Path) -> str | None:
+    try:
+        doc = json.loads(js_path.read_text())
+        return doc.get("content_sha256") if isinstance(doc, dict) else None
+    except (OSError, ValueError):
+        return None
 
 
 def make_masks(dataset_dir: Path, cfg: MaskConfig) -> list[tuple[Mask, str]]:
@@ -262,35 +294,48 @@ def make_masks(dataset_dir: Path, cfg: MaskConfig) -> list[tuple[Mask, str]]:
     return [(mask, write_mask(dataset_dir, mask, cfg.force)) for mask in compute_masks(m, cfg)]
 
 
-def _open(url: str, name: str):
-    import fsspec
-
-    return fsspec.open(f"{str(url).rstrip('/')}/{MASKS_DIR}/{name}", "rb").open()
+MASK_NAME = re.compile(r"^[a-z][a-z0-9-]*(-p\d\.\d+)?-s\d+(-(test|all))?$")
+SIDECAR_FIELDS = {"name": str, "fingerprint": str, "scheme": str, "seed": int, "split": str, "num_classes": int,
+                  "content_sha256": str, "stats": dict}
 
 
 def read_mask(dataset_url: str | Path, name: str, fingerprint: str | None = None) -> Mask:
-    """Read a mask by name (with or without .parquet); its fingerprint must match the manifest."""
+    """Read a mask by name (with or without .parquet), checked: sidecar fields, its manifest's
+    fingerprint, the Parquet schema, values in {-1, 0, 1}, unique keys, and the content hash."""
+    from .readers import MissingFileError, read_json_object, read_parquet
+
     name = name.removesuffix(".parquet").removesuffix(".json")
     where = f"{str(dataset_url).rstrip('/')}/{MASKS_DIR}/{name}"
+    if not MASK_NAME.match(name):
+        raise BadInputError(f"--masks {name!r}: not a mask name (e.g. uniform-p0.30-s0; `mlrpl masks DIR` lists them)")
     try:
-        with _open(dataset_url, f"{name}.json") as f:
-            meta = json.loads(f.read())
-        with _open(dataset_url, f"{name}.parquet") as f:
-            table = pq.read_table(f)
-    except FileNotFoundError:
+        meta = read_json_object(f"{where}.json", SIDECAR_FIELDS)
+        table = read_parquet(f"{where}.parquet", {"key": "string", "labels": "list<item: int8>"})
+    except MissingFileError:
         raise BadInputError(f"{where}: mask not found (make it with `mlrpl make-masks`; `mlrpl masks DIR` lists them)") from None
+    if meta["name"] != name:
+        raise BadInputError(f"{where}.json: names mask {meta['name']!r}, not {name!r} (renamed? remake it)")
     expected = fingerprint or read_card(dataset_url)["fingerprint"]
-    check_fingerprint(meta.get("fingerprint"), expected, where, "remake the mask (mlrpl make-masks)")
+    check_fingerprint(meta["fingerprint"], expected, where, "remake the mask (mlrpl make-masks)")
     keys = np.asarray(table.column("key").to_pylist(), dtype=object)
-    labels = labels_from_arrow(table.column("labels"), int(meta["num_classes"]), f"{where}.parquet")
-    if content_hash(keys, labels) != meta.get("content_sha256"):
+    if len(set(keys)) != len(keys):
+        raise BadInputError(f"{where}.parquet: a key appears twice; remake the mask")
+    labels = labels_from_arrow(table.column("labels"), meta["num_classes"], f"{where}.parquet")
+    bad = ~np.isin(labels, (-1, 0, 1))
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise BadInputError(f"{where}.parquet: row {r} ({keys[r]}) class {c} holds {labels[r, c]}, not -1, 0 or 1")
+    if content_hash(keys, labels) != meta["content_sha256"]:
         raise BadInputError(f"{where}.parquet: content does not match its sidecar (altered or half-written); remake it")
     return Mask(keys=keys, labels=labels, meta=meta)
 
 
 def list_masks(dataset_dir: Path) -> list[dict[str, Any]]:
+    """The sidecars of a dataset's masks (each checked for its fields)."""
+    from .readers import read_json_object
+
     folder = Path(dataset_dir) / MASKS_DIR
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return [read_json_object(str(p), SIDECAR_FIELDS) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def format_mask_stats(metas: list[dict[str, Any]]) -> str:

@@ -16,12 +16,10 @@ are written once every planned shard exists.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 import sys
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,6 +33,7 @@ from .images import BadImageError, probe, reencode
 from .manifest import Manifest, read_manifest
 from .options import check_ranges, choices, opt, progress_field
 from .progress import progress_bar
+from .ownership import MARKER
 from .tar import TarWriter
 
 SHARDS_DIR = "shards"
@@ -206,7 +205,7 @@ def write_shard(job: ShardJob) -> dict[str, Any]:
                 except BadImageError as e:
                     if job.on_bad_image == "fail":
                         raise
-                    skipped.append({"key": s["key"], "path": s["path"], "reason": str(e)})
+                    skipped.append({"key": s["key"], "split": job.name.split("-")[0], "path": s["path"], "reason": str(e)})
                     continue
                 tar.add(f"{s['key']}.jpg", data)  # members sorted within a sample: .jpg < .json
                 tar.add(f"{s['key']}.json", meta)
@@ -259,9 +258,16 @@ class ShardResult:
 
 def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
     """Plan, then write the shards that are not already there (in parallel with cfg.workers)."""
+    from .ownership import claim, mark, sweep_stale
+
     m = read_manifest(dataset_dir)
     out_dir = Path(dataset_dir) / SHARDS_DIR
+    if (out_dir / RECORDS_DIR).is_dir() and not (out_dir / MARKER).exists():
+        mark(out_dir, "shards")  # made by an mlrpl from before the markers: its .records say so
+    claim(out_dir, "shards", "dataset folder (its shards/ is not mlrpl's)")
     (out_dir / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
+    sweep_stale(out_dir)
+    sweep_stale(out_dir / RECORDS_DIR)
     plans = plan_shards(m, cfg)
     mine = plans if cfg.part is None else [p for k, p in enumerate(plans) if k % cfg.part[1] == cfg.part[0] - 1]
     kept, todo = [], []
@@ -296,15 +302,20 @@ def assemble_index(m: Manifest, out_dir: Path, plans: list[ShardPlan]) -> dict[s
     """index.json + SHA256SUMS over the planned shards and any other split's current shards."""
     planned = {p.name for p in plans}
     splits = {p.split for p in plans}
-    # shards of these splits that the plan no longer has (an earlier, larger plan) go
+    # shards mlrpl wrote (they have a record) for these splits that the plan no longer has (an earlier,
+    # larger plan) go; a .tar without a record is not mlrpl's: it stays, and stays out of the index
     for tar in out_dir.glob("*.tar"):
-        if tar.name.split("-")[0] in splits and tar.name not in planned:
+        rec = out_dir / RECORDS_DIR / f"{tar.name}.json"
+        if tar.name.split("-")[0] in splits and tar.name not in planned and rec.exists():
             tar.unlink()
-            (out_dir / RECORDS_DIR / f"{tar.name}.json").unlink(missing_ok=True)
+            rec.unlink()
     records, fp = [], m.fingerprint
     for rec_path in sorted((out_dir / RECORDS_DIR).glob("*.tar.json")):
-        rec = json.loads(rec_path.read_text())
-        if rec.get("fingerprint") == fp and (out_dir / rec["name"]).exists():
+        try:
+            rec = json.loads(rec_path.read_text())
+        except ValueError:
+            continue  # a damaged record: its shard is rewritten by the next write-shards
+        if isinstance(rec, dict) and rec.get("fingerprint") == fp and (out_dir / str(rec.get("name"))).exists():
             records.append(rec)
     records.sort(key=lambda r: r["name"])
     from PIL import __version__ as pil_version
@@ -324,95 +335,41 @@ def assemble_index(m: Manifest, out_dir: Path, plans: list[ShardPlan]) -> dict[s
     return index
 
 
-def read_index(url: str) -> dict[str, Any]:
-    import fsspec
+SHARD_NAME = re.compile(r"^(train|test)-\d{6}\.tar$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+INDEX_FIELDS = {"fingerprint": str, "splits": dict, "shards": list, "skipped": list}
+SHARD_FIELDS = {"name": str, "split": str, "samples": int, "bytes": int, "sha256": str}
 
-    where = f"{url.rstrip('/')}/{SHARDS_DIR}/{INDEX}"
+
+def read_index(url: str) -> dict[str, Any]:
+    """shards/index.json, checked: every shard entry well formed (a name mlrpl writes, its split,
+    counts, sha256), no name twice, and the split totals equal the sum of their shards."""
+    from .readers import MissingFileError, check_fields, read_json_object
+
+    where = f"{str(url).rstrip('/')}/{SHARDS_DIR}/{INDEX}"
     try:
-        with fsspec.open(where, "rb") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
+        index = read_json_object(where, INDEX_FIELDS)
+    except MissingFileError:
         raise BadInputError(f"{where}: no shard index (run `mlrpl write-shards` to completion)") from None
+    names = set()
+    for k, s in enumerate(index["shards"]):
+        check_fields(s, SHARD_FIELDS, f"{where}: shard {k}")
+        m = SHARD_NAME.match(s["name"])
+        if not m or m.group(1) != s["split"]:
+            raise BadInputError(f"{where}: shard {k} is named {s['name']!r} with split {s['split']!r}: not a shard "
+                                f"mlrpl writes (<split>-NNNNNN.tar); rebuild the index with mlrpl write-shards")
+        if s["samples"] < 0 or s["bytes"] < 1024 or s["bytes"] % 512 or not SHA256.match(s["sha256"]):
+            raise BadInputError(f"{where}: shard {s['name']} has impossible samples, bytes or sha256")
+        if s["name"] in names:
+            raise BadInputError(f"{where}: shard {s['name']} is listed twice")
+        names.add(s["name"])
+    totals = {sp: sum(s["samples"] for s in index["shards"] if s["split"] == sp) for sp in index["splits"]}
+    if any(not isinstance(v, int) or v != totals.get(sp) for sp, v in index["splits"].items()):
+        raise BadInputError(f"{where}: split totals {index['splits']} differ from the sum of their shards {totals}")
+    return index
 
 
 def shard_urls(url: str, split: str, index: dict[str, Any] | None = None) -> list[str]:
     """URLs of the shards of one split (or all), from the index."""
     index = index or read_index(url)
     return [f"{url.rstrip('/')}/{SHARDS_DIR}/{s['name']}" for s in index["shards"] if split in ("all", s["split"])]
-
-
-def verify(url: str, progress: bool = False) -> list[str]:
-    """Every problem found: index vs manifest, each shard's sha256, sample count, keys and order."""
-    import fsspec
-
-    url = str(url).rstrip("/")
-    problems: list[str] = []
-    index = read_index(url)
-    m = read_manifest(url)
-    bar = progress_bar(sum(int(s.get("bytes", 0)) for s in index["shards"]), "verify", "B", progress, unit_scale=True)
-    if index.get("fingerprint") != m.fingerprint:
-        problems.append(f"{url}/{SHARDS_DIR}/{INDEX}: made from manifest {index.get('fingerprint')} but the dataset is {m.fingerprint}")
-    known_keys = set(m.keys)
-    seen: set[str] = set()
-    for s in index["shards"]:
-        shard_url = f"{url}/{SHARDS_DIR}/{s['name']}"
-        h, n = hashlib.sha256(), 0
-        keys: list[str] = []
-        try:
-            with fsspec.open(shard_url, "rb") as f:
-                reader = _TeeHash(f, h, bar.update)
-                with tarfile.open(fileobj=reader, mode="r|") as tar:
-                    for member in tar:
-                        if member.name.endswith(".json"):
-                            keys.append(member.name[: -len(".json")])
-                while reader.read(1 << 20):  # hash the tar's end padding as well
-                    pass
-                n = reader.n
-        except FileNotFoundError:
-            problems.append(f"{shard_url}: missing")
-            continue
-        except (tarfile.TarError, OSError, EOFError) as e:
-            problems.append(f"{shard_url}: unreadable or truncated tar ({e})")
-            continue
-        if n != s["bytes"]:
-            problems.append(f"{shard_url}: {n:,} bytes, index says {s['bytes']:,} (truncated or altered)")
-        elif h.hexdigest() != s["sha256"]:
-            problems.append(f"{shard_url}: sha256 {h.hexdigest()[:16]}… differs from the index {s['sha256'][:16]}… (altered)")
-        if len(keys) != s["samples"]:
-            problems.append(f"{shard_url}: {len(keys)} samples, index says {s['samples']}")
-        unknown = [k for k in keys if k not in known_keys]
-        if unknown:
-            problems.append(f"{shard_url}: {len(unknown)} key(s) not in the manifest, e.g. {unknown[0]}")
-        dup = [k for k in keys if k in seen]
-        if dup:
-            problems.append(f"{shard_url}: key {dup[0]} also in another shard")
-        seen.update(keys)
-        if keys and (keys[0] != s["first_key"] or keys[-1] != s["last_key"]):
-            problems.append(f"{shard_url}: key range {keys[0]}..{keys[-1]} differs from the index")
-    bar.close()
-    return problems
-
-
-class _TeeHash(io.RawIOBase):
-    """A read-only stream that hashes and counts what is read through it (and reports the count)."""
-
-    def __init__(self, f, h, on_read=lambda n: None):
-        self.f, self.h, self.n, self.on_read = f, h, 0, on_read
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        data = self.f.read(len(b))
-        self.h.update(data)
-        self.n += len(data)
-        self.on_read(len(data))
-        b[: len(data)] = data
-        return len(data)
-
-    def read(self, size=-1) -> bytes:
-        data = self.f.read(size)
-        self.h.update(data)
-        self.n += len(data)
-        self.on_read(len(data))
-        return data

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import BadInputError
-from .jsonio import load_json
+from .jsonio import load_json, read_text
 from .manifest import Manifest, validate
 from .options import allow_missing_field, check_ranges, opt, progress_field
 from .progress import progress_bar
@@ -64,7 +64,7 @@ def normalise_name(name: str) -> str:
 def read_aliases(path: Path) -> dict[str, str]:
     """object_alias.txt: each line `canonical,alias,...`; every term maps to the line's first."""
     out: dict[str, str] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in read_text(Path(path), "alias file").splitlines():
         terms = [normalise_name(t) for t in line.split(",") if t.strip()]
         if not terms:
             continue
@@ -87,6 +87,8 @@ def object_name(obj: dict, where: str) -> str | None:
 
 
 def _image_id(rec: dict, where: str) -> int:
+    if not isinstance(rec, dict):
+        raise BadInputError(f"{where}: an image record is {type(rec).__name__}, not an object")
     i = rec.get("image_id", rec.get("id"))
     if not isinstance(i, int):
         raise BadInputError(f"{where}: record without an integer image_id: {str(rec)[:80]}")
@@ -150,14 +152,22 @@ def build_vg200(cfg: VgConfig) -> Manifest:
         if i not in row_of:
             raise BadInputError(f"{obj_path}: image_id {i} is not in image_data.json")
         where = f"{obj_path} image {i}"
-        for obj in rec.get("objects", []):
+        objs = rec.get("objects", [])
+        if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
+            raise BadInputError(f"{where}: 'objects' must be a list of objects")
+        for obj in objs:
             name = object_name(obj, where)
             if name:
                 names_per_image[row_of[i]].add(aliases.get(name, name))
 
     image_counts = Counter(n for s in names_per_image for n in s)
     if cfg.vocabulary:
-        vocab = [normalise_name(n) for n in load_json(Path(cfg.vocabulary))]
+        listed = load_json(Path(cfg.vocabulary))
+        if not isinstance(listed, list) or not listed or not all(isinstance(n, str) and n.strip() for n in listed):
+            raise BadInputError(f"{cfg.vocabulary}: a vocabulary is a JSON list of class names")
+        vocab = [normalise_name(n) for n in listed]
+        if len(set(vocab)) != len(vocab):
+            raise BadInputError(f"{cfg.vocabulary}: a class name is listed twice (after normalising)")
     else:
         ranked = sorted(image_counts.items(), key=lambda kv: (-kv[1], kv[0]))
         vocab = [n for n, _ in ranked[: cfg.num_classes]]
@@ -209,10 +219,7 @@ def build_vg200(cfg: VgConfig) -> Manifest:
 
 
 def read_name_list(path: Path) -> list[str]:
-    try:
-        names = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: list file not found") from None
+    names = [ln.strip() for ln in read_text(Path(path), "list file").splitlines() if ln.strip()]
     if not names:
         raise BadInputError(f"{path}: the split is empty")
     dup = next((n for n, c in Counter(names).items() if c > 1), None)

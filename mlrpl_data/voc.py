@@ -18,6 +18,7 @@ from defusedxml import ElementTree as SafeET
 from xml.etree.ElementTree import ParseError
 
 from .errors import BadInputError
+from .jsonio import read_text
 from .manifest import Manifest, validate
 from .options import allow_missing_field, choices, check_ranges, opt, progress_field
 from .progress import progress_bar
@@ -55,12 +56,9 @@ def find_voc2007(root: Path) -> Path:
 
 def read_image_set(path: Path) -> tuple[list[str], str]:
     """Ids of a main split list (one id per line); returns (ids, sha256)."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: split list not found") from None
+    text = read_text(path, "split list")
     ids = []
-    for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -74,7 +72,7 @@ def read_image_set(path: Path) -> tuple[list[str], str]:
         if i in seen:
             raise BadInputError(f"{path}: image id {i} listed twice")
         seen.add(i)
-    return ids, hashlib.sha256(raw).hexdigest()
+    return ids, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def parse_annotation(path: Path, class_index: dict[str, int], difficult: str) -> tuple[np.ndarray, int, int]:

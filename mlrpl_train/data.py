@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlrpl_data.errors import BadInputError
-from mlrpl_data.manifest import check_fingerprint, read_card
+from mlrpl_data.manifest import check_fingerprint, read_card, read_manifest
 from mlrpl_data.masks import read_mask
 from mlrpl_data.shards import read_index, shard_urls
 
@@ -45,12 +45,24 @@ def resolve_data(dataset: str, mask: str | None) -> DataSpec:
     """Read the manifest card, shard index and mask; refuse any fingerprint mismatch."""
     dataset = str(dataset)
     card = read_card(dataset)
+    read_manifest(dataset)  # the manifest itself intact (fingerprint, rows); cheap next to training
     index = read_index(dataset)
-    check_fingerprint(index.get("fingerprint"), card["fingerprint"], f"{dataset.rstrip('/')}/shards/index.json",
-                      "rebuild the shards (mlrpl write-shards)")
+    where = f"{dataset.rstrip('/')}/shards/index.json"
+    check_fingerprint(index["fingerprint"], card["fingerprint"], where, "rebuild the shards (mlrpl write-shards)")
+    # cheap consistency of the index with the manifest (mlrpl verify checks every sample)
+    skipped = [s.get("split") for s in index["skipped"] if isinstance(s, dict)]
+    for split, count in card["counts"].items():
+        listed = int(index["splits"].get(split, 0))
+        if listed + skipped.count(split) != count:
+            raise BadInputError(f"{where}: lists {listed} {split} samples but the manifest has {count}"
+                                f"{f' ({skipped.count(split)} skipped as bad)' if skipped.count(split) else ''}: "
+                                f"shards are missing or foreign; run mlrpl verify {dataset}")
     partial = None
     if mask:
         m = read_mask(dataset, mask, fingerprint=card["fingerprint"])
+        if m.meta["split"] != "train":
+            raise BadInputError(f"--masks {mask}: covers split {m.meta['split']}; training needs a mask of the train "
+                                f"split (mlrpl make-masks {dataset} --split train)")
         partial = {k: row for k, row in zip(m.keys, m.labels)}
     splits = index.get("splits", {})
     return DataSpec(dataset=dataset, fingerprint=card["fingerprint"], num_classes=int(card["num_classes"]),

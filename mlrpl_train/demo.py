@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from mlrpl_data.coco import CocoConfig, build_coco
 from mlrpl_data.digits import DigitsConfig, write_digits
+from mlrpl_data.errors import BadInputError
 from mlrpl_data.manifest import write_manifest
 from mlrpl_data.masks import MaskConfig, make_masks
 from mlrpl_data.shards import ShardConfig, write_shards
@@ -36,6 +37,8 @@ def run_demo(out: Path, epochs: int = 12, force: bool = False, say: Callable[[st
              train_images: int = 2000, test_images: int = 500, workers: int = 1) -> dict[str, Any]:
     """Returns {"pbce": metrics, "dsrb": metrics, "chance_map": the test positive rate}."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--out {out}: is a file; the demo needs a folder")
     raw, dataset = out / "raw", out / "dataset"
     if force or not (raw / "annotations" / "instances_val2014.json").exists():
         say(f"[1/6] writing the demo raw data (scikit-learn digit scans, COCO format) to {raw}")

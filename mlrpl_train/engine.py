@@ -24,6 +24,7 @@ import torch
 from mlrpl_data.errors import AlreadyExistsError, BadInputError, MlrplError
 from mlrpl_data.fsutil import atomic_write_text
 from mlrpl_data.manifest import check_fingerprint, read_card
+from mlrpl_data.ownership import MARKER, claim, is_empty, owner, refuse_overlap, remove_owned, sweep_stale
 from mlrpl_data.progress import progress_bar
 
 from . import dist as D
@@ -44,14 +45,25 @@ class TrainingDivergedError(MlrplError):
 
 # ---- run directory and checkpoints ---------------------------------------------------------------------------
 
+# what a run directory holds that mlrpl wrote: --force replaces these and nothing else
+RUN_ENTRIES = (CONFIG_JSON, "metrics.csv", "metrics_last.json", "eval_metrics.json", "per_class_ap.json",
+               "per_class_ap.png", CHECKPOINT_LAST, CHECKPOINT_BEST, "tb")
+
+
 def prepare_run_dir(cfg: TrainConfig, spec: DataSpec, force: bool, main: bool) -> Path:
+    """The run directory, claimed for mlrpl (an existing folder mlrpl did not make is refused, also
+    with --force); --force replaces an earlier run's files, keeping anything else in the folder."""
     run = Path(cfg.out)
     if main:
-        if (run / CONFIG_JSON).exists():
+        refuse_overlap(run, {"the dataset": spec.dataset}, "--out")
+        claim(run, "run", "--out")
+        sweep_stale(run)
+        if (run / CONFIG_JSON).exists() or (run / CHECKPOINT_LAST).exists():
             if not force:
                 raise AlreadyExistsError(f"{run}: already holds a run; pass --resume {run} to continue it or --force to replace it")
-            shutil.rmtree(run)
-        run.mkdir(parents=True, exist_ok=True)
+            kept = remove_owned(run, RUN_ENTRIES)
+            if kept:
+                print(f"note: {run}: kept {', '.join(kept[:5])} (not written by mlrpl)", file=sys.stderr)
         record_config(run, cfg, spec)
     return run
 
@@ -109,17 +121,34 @@ def load_run_config(run: Path) -> TrainConfig:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Atomic: a kill while saving leaves the previous checkpoint intact."""
+    """Atomic: a kill or a full disk while saving leaves the previous checkpoint intact, no temporary."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+CHECKPOINT_FIELDS = {"model": dict, "config": dict, "fingerprint": str, "epoch": int, "step": int, "global_step": int,
+                     "best_map": float, "class_names": list}
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint mlrpl wrote (weights only: no code runs), its fields checked."""
+    from mlrpl_data.readers import check_fields, file_size
+
+    file_size(str(path))  # a regular file (else a clear error), before torch opens it
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise BadInputError(f"{path}: checkpoint not found") from None
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for a damaged file
+        raise BadInputError(f"{path}: not a readable mlrpl checkpoint ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200]}); use the run's other checkpoint or retrain") from None
+    check_fields(ckpt, CHECKPOINT_FIELDS, str(path))
+    return ckpt
 
 
 # ---- one step, one epoch ------------------------------------------------------------------------------------------
@@ -210,7 +239,10 @@ def train_one_epoch(st: RunState, epoch: int, start_step: int) -> tuple[float, i
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < st.batches:
             st.checkpoint(epoch, step + 1)
     bar.close()
-    mean = float(np.mean(losses)) if losses else float("nan")
+    if not losses:
+        raise MlrplError(f"epoch {epoch + 1} trained on no batch ({bad} bad sample(s) skipped): the training shards "
+                         f"yielded nothing usable; run mlrpl verify {cfg.dataset}")
+    mean = float(np.mean(losses))
     return mean, bad, seen * info.world / max(time.perf_counter() - t0, 1e-9)
 
 
@@ -255,9 +287,19 @@ def evaluate_model(core, cfg, spec, info, device, progress: bool = False) -> dic
 # ---- the whole run -------------------------------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
+    """Train (or resume) a run. A new run that fails before its first checkpoint leaves nothing:
+    the files it wrote go, so the retry is not blocked by a half-made run."""
     info = D.init_distributed()
+    run = Path(cfg.out)
+    fresh = not resume and not (run / CONFIG_JSON).exists()
     try:
         return _train(cfg, info, resume, force)
+    except BaseException:
+        if fresh and info.main and owner(run) == "run" and not (run / CHECKPOINT_LAST).exists():
+            remove_owned(run, RUN_ENTRIES + (MARKER,))
+            if is_empty(run):
+                run.rmdir()
+        raise
     finally:
         D.shutdown(info)
 
@@ -267,10 +309,12 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     if not cfg.masks:
         raise BadInputError("--masks NAME is required (see `mlrpl masks DIR`)")
     torch.manual_seed(cfg.seed)
+    device = pick_device(str(cfg.device), info.local_rank)  # before anything is written
     spec = resolve_data(cfg.dataset, cfg.masks)
     run = Path(cfg.out) if resume else prepare_run_dir(cfg, spec, force, info.main)
+    if resume and info.main:
+        sweep_stale(run)  # a checkpoint half-written when the run was killed
     D.barrier(info)
-    device = pick_device(str(cfg.device), info.local_rank)
     core = build_model(cfg, spec).to(device)
     if device.type == "cuda":
         core = core.to(memory_format=torch.channels_last)
@@ -279,6 +323,11 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=0.1)
     st = RunState(cfg=cfg, spec=spec, info=info, device=device, run=run, core=core, model=core, optimizer=optimizer,
                   scheduler=scheduler, batches=batches_per_epoch(spec.train_samples, info.world, cfg.batch_size))
+    if resume and not (run / CHECKPOINT_LAST).exists() and (run / CONFIG_JSON).exists():
+        print(f"note: {run} was stopped before its first checkpoint: starting it from the beginning", file=sys.stderr)
+        resume = False
+        if info.main:
+            remove_owned(run, tuple(e for e in RUN_ENTRIES if e != CONFIG_JSON))
     if resume:
         ckpt = load_checkpoint(run / CHECKPOINT_LAST)
         check_fingerprint(ckpt["fingerprint"], spec.fingerprint, f"{run}", "train a new run on this dataset")
@@ -370,7 +419,13 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
                         batch_size: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Load a run's best (else last) checkpoint, evaluate it on DATASET's test split, write the reports."""
     p = Path(run_or_ckpt)
-    ckpt_path = p if p.is_file() else next((p / n for n in (CHECKPOINT_BEST, CHECKPOINT_LAST) if (p / n).exists()), p / CHECKPOINT_LAST)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise BadInputError(f"--out {out}: is a file; the reports need a folder")
+    if not p.exists():
+        raise BadInputError(f"{p}: no such run directory or checkpoint")
+    ckpt_path = p if p.is_file() else next((p / n for n in (CHECKPOINT_BEST, CHECKPOINT_LAST) if (p / n).exists()), None)
+    if ckpt_path is None:
+        raise BadInputError(f"{p}: holds no {CHECKPOINT_LAST} or {CHECKPOINT_BEST}: not a run directory")
     ckpt = load_checkpoint(ckpt_path)
     cfg = config_from_json(ckpt["config"], str(ckpt_path))
     cfg.dataset, cfg.workers, cfg.progress = dataset, workers, progress

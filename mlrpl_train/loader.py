@@ -85,8 +85,14 @@ def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
     """Group `.jpg` and `.json` members by key; every other member is skipped unread."""
     import fsspec
 
+    from mlrpl_data.readers import file_size
+
     for url in urls:
         current: dict[str, Any] | None = None
+        try:
+            file_size(url)  # a regular file (never a device or a FIFO), or a clear error
+        except MlrplError as e:
+            raise ShardReadError(str(e)) from None
         try:
             with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
                 for member in tar:
@@ -164,14 +170,27 @@ def decode(samples: Iterator[dict], cfg: StreamConfig, counter: list[int]) -> It
         yield {"key": s["__key__"], "image": image, "labels": labels}
 
 
-def join_partial(samples: Iterator[dict], partial: dict[str, np.ndarray] | None) -> Iterator[dict]:
-    """Attach the mask's partial labels by key (training); the full labels stay for evaluation."""
+def join_partial(samples: Iterator[dict], partial: dict[str, np.ndarray] | None, cfg: StreamConfig,
+                 counter: list[int]) -> Iterator[dict]:
+    """Attach the mask's partial labels by key (training); the full labels stay for evaluation.
+
+    A sample whose labels contradict what the mask knows (a shard altered after the mask was
+    made) is a bad sample: skipped and counted, or an error with --on-bad-sample fail."""
     for s in samples:
         if partial is not None:
             try:
-                s["partial"] = partial[s["key"]]
+                known = partial[s["key"]]
             except KeyError:
                 raise BadSampleError(f"sample {s['key']} has no row in the mask: the mask does not cover this split") from None
+            seen = known != 0
+            if (known[seen] != s["labels"][seen]).any():
+                msg = f"sample {s['key']}: its labels differ from the mask's known labels (altered shard?)"
+                if cfg.on_bad_sample == "fail":
+                    raise BadSampleError(msg)
+                print(f"warning: skipped bad sample: {msg}", file=sys.stderr)
+                counter[0] += 1
+                continue
+            s["partial"] = known
         else:
             s["partial"] = s["labels"]
         yield s
@@ -236,7 +255,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             raw = skip(raw, mine * cfg.batch_size)
         else:
             raw = take_every(read_samples(urls), stride, offset)
-        stream = augment(join_partial(decode(raw, cfg, counter), cfg.partial), cfg)
+        stream = augment(join_partial(decode(raw, cfg, counter), cfg.partial, cfg, counter), cfg)
         for s in stream:
             s["bad"] = counter[0]
             counter[0] = 0

@@ -15,17 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from mlrpl_data.masks import MaskConfig, compute_masks, write_mask
+from mlrpl_data.masks import MaskConfig, compute_masks, proportion_text, write_mask
 from mlrpl_data.manifest import read_manifest
 
 from .engine import CHECKPOINT_LAST, load_checkpoint, train
 from .options import TrainConfig
 
-RUN_NAME = re.compile(r"^(?P<method>[a-z0-9_+-]+?)-p(?P<p>\d\.\d\d)-s(?P<seed>\d+)$")
+RUN_NAME = re.compile(r"^(?P<method>[a-z0-9_+-]+?)-p(?P<p>\d\.\d+)-s(?P<seed>\d+)$")
 
 
 def run_dir(out: Path, method: str, p: float, seed: int) -> Path:
-    return Path(out) / f"{method}-p{p:.2f}-s{seed}"
+    return Path(out) / f"{method}-p{proportion_text(p)}-s{seed}"
 
 
 def finished(run: Path, epochs: int) -> bool:
@@ -37,7 +37,11 @@ def finished(run: Path, epochs: int) -> bool:
 
 def run_sweep(base: TrainConfig, proportions: list[float], seeds: list[int], out: Path, scheme: str = "uniform") -> list[Path]:
     """Train every (proportion, seed) not already finished; masks are made when missing."""
+    from mlrpl_data.ownership import claim, refuse_overlap
+
+    refuse_overlap(out, {"the dataset": base.dataset}, "--out")
     m = read_manifest(base.dataset)
+    claim(out, "sweep", "--out")
     runs = []
     for seed in seeds:
         for mask in compute_masks(m, MaskConfig(proportions=proportions, seed=seed, scheme=scheme)):

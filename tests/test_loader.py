@@ -100,14 +100,15 @@ def test_partial_labels_joined_by_key(data):
 def test_mask_of_another_manifest_refused(data, tmp_path):
     spec = resolve_data(str(data), None)
     other = tiny_training_set(tmp_path, n_train=20, n_test=4)
-    (data / "masks" / "alien.json").write_text((other / "masks" / "uniform-p0.50-s0.json").read_text())
-    (data / "masks" / "alien.parquet").write_bytes((other / "masks" / "uniform-p0.50-s0.parquet").read_bytes())
+    saved = {ext: (data / "masks" / f"uniform-p0.50-s0.{ext}").read_bytes() for ext in ("json", "parquet")}
+    for ext in saved:  # the same mask name, made from another dataset
+        (data / "masks" / f"uniform-p0.50-s0.{ext}").write_bytes((other / "masks" / f"uniform-p0.50-s0.{ext}").read_bytes())
     try:
         with pytest.raises(FingerprintMismatchError, match=spec.fingerprint):
-            resolve_data(str(data), "alien")
+            resolve_data(str(data), "uniform-p0.50-s0")
     finally:
-        (data / "masks" / "alien.json").unlink()
-        (data / "masks" / "alien.parquet").unlink()
+        for ext, blob in saved.items():
+            (data / "masks" / f"uniform-p0.50-s0.{ext}").write_bytes(blob)
 
 
 def write_tar(path: Path, members: list[tuple[str, bytes]]) -> str:

@@ -123,7 +123,7 @@ def test_write_read_refuse_and_noop(tmp_path):
         read_mask(tmp_path / "d2", "uniform-p0.30-s0")
     with pytest.raises(AlreadyExistsError, match="--force"):
         make_masks(tmp_path / "d2", MaskConfig(proportions=[0.3]))
-    assert make_masks(tmp_path / "d2", MaskConfig(proportions=[0.3], force=True))[0][1] == "written"
+    assert make_masks(tmp_path / "d2", MaskConfig(proportions=[0.3], force=True))[0][1] == "replaced"
 
 
 def test_unknown_scheme_and_split():
@@ -143,3 +143,52 @@ def test_cli_make_masks_and_list(tmp_path):
     assert r.exit_code == 0 and "uniform-p0.20-s2" in r.output
     r = runner.invoke(app, ["make-masks", str(tmp_path / "d"), "--proportion", "1.2"])
     assert r.exit_code == 1 and "(0, 1]" in r.output
+
+
+def test_names_are_unambiguous_in_proportion_and_split(tmp_path):
+    from mlrpl_data.masks import mask_name, parse_proportions
+
+    assert mask_name("uniform", 0.3, 0) == "uniform-p0.30-s0"
+    assert mask_name("uniform", 0.304, 0) == "uniform-p0.304-s0"  # not p0.30: that name is 0.3's
+    assert mask_name("uniform", 0.3, 1, "test") == "uniform-p0.30-s1-test"
+    with pytest.raises(BadInputError, match="0.30 is given twice"):
+        parse_proportions("0.3,0.30")
+    write_manifest(manifest(), tmp_path / "d")
+    made = make_masks(tmp_path / "d", MaskConfig(proportions=[0.3, 0.304]))
+    assert [m.name for m, _ in made] == ["uniform-p0.30-s0", "uniform-p0.304-s0"]
+    test_mask = make_masks(tmp_path / "d", MaskConfig(proportions=[0.3], split="test"))[0][0]
+    assert test_mask.name == "uniform-p0.30-s0-test"
+    assert read_mask(tmp_path / "d", "uniform-p0.30-s0").meta["split"] == "train"  # not replaced by the test mask
+
+
+def test_a_damaged_mask_is_refused_and_a_rerun_repairs_it(tmp_path):
+    write_manifest(manifest(), tmp_path / "d")
+    make_masks(tmp_path / "d", MaskConfig(proportions=[0.5]))
+    p = tmp_path / "d/masks/uniform-p0.50-s0.parquet"
+    data = p.read_bytes()
+    p.write_bytes(data[:-20])
+    with pytest.raises(BadInputError, match="not a readable Parquet file"):
+        read_mask(tmp_path / "d", "uniform-p0.50-s0")
+    assert make_masks(tmp_path / "d", MaskConfig(proportions=[0.5]))[0][1] == "repaired"  # not "unchanged"
+    assert read_mask(tmp_path / "d", "uniform-p0.50-s0").labels.shape[0] > 0
+
+
+def test_a_mask_holding_other_values_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlrpl_data.manifest import labels_to_arrow
+    from mlrpl_data.masks import content_hash
+
+    write_manifest(manifest(), tmp_path / "d")
+    [(mask, _)] = make_masks(tmp_path / "d", MaskConfig(proportions=[0.5]))
+    forged = mask.labels.copy()
+    forged[0, 0] = 7
+    pq.write_table(pa.table({"key": list(mask.keys), "labels": labels_to_arrow(forged)}),
+                   tmp_path / "d/masks/uniform-p0.50-s0.parquet")
+    side = tmp_path / "d/masks/uniform-p0.50-s0.json"
+    meta = json.loads(side.read_text())
+    meta["content_sha256"] = content_hash(mask.keys, forged)  # a consistent forgery
+    side.write_text(json.dumps(meta))
+    with pytest.raises(BadInputError, match="holds 7, not -1, 0 or 1"):
+        read_mask(tmp_path / "d", "uniform-p0.50-s0")

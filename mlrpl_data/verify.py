@@ -1,0 +1,212 @@
+"""`mlrpl verify`: the whole chain, not just checksums.
+
+A forger who edits a shard and re-makes its checksums is caught because every layer is checked
+against the one above it: the manifest against its fingerprint; the index against the manifest
+(split totals); every shard against the index (size, sha256, sample count, key range) AND
+against the manifest (each key in exactly one shard of its own split, once; its labels equal
+the manifest's); every mask against the manifest (its split's keys exactly, values in
+{-1, 0, 1}, its content hash). Reads are bounded: only regular files, never more bytes than
+the index promises (a shard linked to /dev/zero ends the read, it does not hang it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from typing import Any
+
+import numpy as np
+
+from .errors import BadInputError
+from .manifest import SPLITS, Manifest, read_manifest
+from .masks import MASKS_DIR, read_mask
+from .progress import progress_bar
+from .readers import MissingFileError, file_size, is_remote, join
+from .shards import INDEX, SHARDS_DIR, read_index
+
+JSON_MEMBER_LIMIT = 1 << 20
+
+
+def verify(url: str, progress: bool = False) -> list[str]:
+    """Every problem found (empty: all is consistent). An unreadable manifest raises instead."""
+    url = str(url).rstrip("/")
+    m = read_manifest(url)
+    try:
+        index = read_index(url)
+    except BadInputError as e:
+        return [str(e)]
+    problems: list[str] = []
+    if index["fingerprint"] != m.fingerprint:
+        problems.append(f"{join(url, SHARDS_DIR, INDEX)}: made from manifest {index['fingerprint']} but the dataset "
+                        f"is {m.fingerprint}")
+    chain = _Chain(m)
+    skipped = {s.get("key") for s in index["skipped"] if isinstance(s, dict)}
+    bar = progress_bar(sum(s["bytes"] for s in index["shards"]), "verify", "B", progress, unit_scale=True)
+    with bar:
+        for s in index["shards"]:
+            problems += check_shard(join(url, SHARDS_DIR, s["name"]), s, chain, bar.update)
+    for split in SPLITS:
+        want = set(m.keys[m.split_rows(split)]) - skipped
+        have = {k for k in chain.placed if chain.split_of.get(k) == split}
+        missing = sorted(want - have)
+        if missing:
+            problems.append(f"{url}: {len(missing)} {split} image(s) of the manifest are in no shard "
+                            f"(e.g. {', '.join(missing[:3])}); re-run mlrpl write-shards")
+        listed = index["splits"].get(split, 0)
+        if listed != len(want):
+            problems.append(f"{join(url, SHARDS_DIR, INDEX)}: lists {listed} {split} samples, the manifest has "
+                            f"{len(want)} (besides {len(skipped & set(m.keys[m.split_rows(split)]))} skipped)")
+    problems += check_masks(url, m)
+    return problems
+
+
+class _Chain:
+    """What the manifest says, and which shard each key was found in so far."""
+
+    def __init__(self, m: Manifest):
+        keys = m.keys
+        self.split_of = dict(zip(keys, m.images["split"]))
+        self.row_of = {k: i for i, k in enumerate(keys)}
+        self.labels = m.labels
+        self.placed: dict[str, str] = {}
+
+
+def check_shard(shard_url: str, entry: dict[str, Any], chain: _Chain, on_read=lambda n: None) -> list[str]:
+    """One shard against its index entry and the manifest."""
+    problems: list[str] = []
+    name, split = entry["name"], entry["split"]
+    try:
+        size = file_size(shard_url)
+    except MissingFileError:
+        return [f"{shard_url}: missing"]
+    except BadInputError as e:
+        return [str(e)]
+    if size != entry["bytes"]:
+        problems.append(f"{shard_url}: {size:,} bytes, index says {entry['bytes']:,} (truncated or altered)")
+    h = hashlib.sha256()
+    keys: list[str] = []
+    members: set[str] = set()
+    try:
+        with _open(shard_url) as f:
+            reader = _Bounded(f, h, entry["bytes"], on_read)
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                for member in tar:
+                    problems += _check_member(shard_url, tar, member, members, keys, split, chain)
+            while reader.read(1 << 20):  # hash the tar's end padding as well
+                pass
+            over = reader.exhausted and bool(f.read(1))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        return problems + [f"{shard_url}: unreadable or truncated tar ({e})"]
+    if over:
+        problems.append(f"{shard_url}: holds more than the {entry['bytes']:,} bytes the index says (altered)")
+    elif size == entry["bytes"] and h.hexdigest() != entry["sha256"]:
+        problems.append(f"{shard_url}: sha256 {h.hexdigest()[:16]}… differs from the index {entry['sha256'][:16]}… (altered)")
+    if len(keys) != entry["samples"]:
+        problems.append(f"{shard_url}: {len(keys)} samples, index says {entry['samples']}")
+    if keys and (keys[0] != entry.get("first_key") or keys[-1] != entry.get("last_key")):
+        problems.append(f"{shard_url}: key range {keys[0]}..{keys[-1]} differs from the index")
+    for k in keys:
+        if k in chain.placed:
+            problems.append(f"{shard_url}: key {k} also in {chain.placed[k]}")
+        else:
+            chain.placed[k] = name
+    return problems
+
+
+def _check_member(shard_url, tar, member, members, keys, split, chain: _Chain) -> list[str]:
+    name = member.name
+    if not member.isfile() or "/" in name or "." not in name:
+        return [f"{shard_url}: member {name!r} is not a sample file (<key>.jpg / <key>.json)"]
+    if name in members:
+        return [f"{shard_url}: member {name} appears twice"]
+    members.add(name)
+    key, ext = name.split(".", 1)
+    if ext == "jpg":
+        return []
+    if ext != "json":
+        return [f"{shard_url}: unexpected member {name} (a shard holds only .jpg and .json)"]
+    keys.append(key)
+    if key not in chain.split_of:
+        return [f"{shard_url}: key {key} is not in the manifest"]
+    if chain.split_of[key] != split:
+        return [f"{shard_url}: key {key} belongs to split {chain.split_of[key]}, not {split}"]
+    if member.size > JSON_MEMBER_LIMIT:
+        return [f"{shard_url}: {name} is {member.size:,} bytes, too large for a sample's JSON"]
+    try:
+        doc = json.loads(tar.extractfile(member).read())
+        labels = doc["labels"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return [f"{shard_url}: {name} is not a sample's JSON with labels"]
+    if not np.array_equal(np.asarray(labels), chain.labels[chain.row_of[key]]):
+        return [f"{shard_url}: {key}'s labels differ from the manifest's (altered)"]
+    return []
+
+
+def check_masks(url: str, m: Manifest) -> list[str]:
+    """Every mask of the dataset: readable, of this manifest, holding exactly its split's keys."""
+    problems = []
+    for name in _mask_names(url):
+        try:
+            mask = read_mask(url, name, fingerprint=m.fingerprint)
+        except BadInputError as e:
+            problems.append(str(e))
+            continue
+        split = mask.meta["split"]
+        want = set(m.keys if split == "all" else m.keys[m.split_rows(split)])
+        have = set(mask.keys)
+        if have != want:
+            extra, lacking = sorted(have - want), sorted(want - have)
+            detail = (f"{len(extra)} key(s) not of its split, e.g. {extra[0]}" if extra else
+                      f"lacks {len(lacking)} key(s) of its split, e.g. {lacking[0]}")
+            problems.append(f"{join(url, MASKS_DIR, name)}: {detail} ({split})")
+    return problems
+
+
+def _mask_names(url: str) -> list[str]:
+    """Mask names from the masks/ listing (local, s3, ...); a store that cannot list (plain http) has none."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(join(url, MASKS_DIR))
+        found = fs.glob(f"{path}/*.json")
+    except Exception:  # no listing: nothing to check here (masks are checked again when read)
+        return []
+    return sorted(p.rsplit("/", 1)[-1][: -len(".json")] for p in found)
+
+
+def _open(url: str):
+    if is_remote(url):
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    return open(url.removeprefix("file://"), "rb")
+
+
+class _Bounded(io.RawIOBase):
+    """A read-only stream that hashes and counts what is read through it and stops at `limit` bytes."""
+
+    def __init__(self, f, h, limit: int, on_read):
+        self.f, self.h, self.n, self.limit, self.on_read = f, h, 0, limit, on_read
+
+    @property
+    def exhausted(self) -> bool:
+        return self.n >= self.limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def read(self, size=-1) -> bytes:
+        room = self.limit - self.n
+        size = room if size is None or size < 0 else min(size, room)
+        data = self.f.read(size) if size > 0 else b""
+        self.h.update(data)
+        self.n += len(data)
+        self.on_read(len(data))
+        return data
