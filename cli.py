@@ -22,6 +22,7 @@ from mlrpl_data.coco import CocoConfig
 from mlrpl_data.digits import DigitsConfig
 from mlrpl_data.errors import MlrplError
 from mlrpl_data.masks import MaskConfig, Scheme
+from mlrpl_data.options import choices
 from mlrpl_data.shards import ShardConfig
 from mlrpl_data.vg import VgConfig
 from mlrpl_data.voc import VocConfig
@@ -417,19 +418,35 @@ def train(ctx: typer.Context,
     typer.echo(f"{run}: config.json, metrics.csv, tb/, last.pt, best.pt")
 
 
-@command("sweep", "mlrpl sweep dsrb /data/mlrpl/coco2014 --proportions 0.1:0.9:0.1 --seeds 0,1,2 --out runs/coco-sweep")
-@with_options(TrainConfig, exclude=("seed",))
-def sweep(method: Method = typer.Argument(..., help="pbce | ssgrl | dsrb"),
+Metric = choices("Metric", "map map_voc", __name__)
+Preset = choices("Preset", "paper", __name__)
+# what --preset paper leaves to the user: where and how it runs, never what is learned
+PAPER_FREE = {"workers", "device", "progress", "checkpoint_every", "eval_every", "shuffle_buffer", "on_bad_sample",
+              "embeddings", "weights", "seeds", "out", "metric", "preset", "scheme"}
+
+
+@command("sweep", "mlrpl sweep dsrb /data/mlrpl/coco2014 --preset paper --seeds 0,1,2 --out runs/coco-sweep")
+@with_options(TrainConfig, exclude=("seed",), defaults={"val_fraction": 0.0})
+def sweep(ctx: typer.Context,
+          method: Method = typer.Argument(..., help="pbce | ssgrl | dsrb"),
           dataset: str = typer.Argument(..., help="Dataset folder with shards/"),
           proportions: str = typer.Option("0.1:0.9:0.1", help="Known proportions: 0.1,0.5,0.9 or 0.1:0.9:0.1"),
           seeds: str = typer.Option("0", help="Seeds (of the mask and of training), e.g. 0,1,2"),
           scheme: Scheme = typer.Option(Scheme.uniform, help="Mask scheme (see make-masks)"),
           out: str = typer.Option("runs/sweep", help="Sweep folder: one run per (proportion, seed), and the table"),
+          metric: Metric = typer.Option(Metric.map, help="The table's mAP: map = plain AP (= scikit-learn), map_voc = "
+                                        "VOC-interpolated (the published code's); table.csv holds both"),
+          preset: Optional[Preset] = typer.Option(None, help="paper = the paper's protocol: nine proportions "
+                                                  "0.1..0.9, its schedule (the defaults), the whole training split; "
+                                                  "the table adds the test-selected best epoch, named as such"),
           cfg=None):
-    """Train one run per proportion (and seed), then write Table 1 (Markdown, CSV) and a mAP plot."""
+    """Train one run per proportion (and seed), then write Table 1 (Markdown, CSV) and a mAP plot; on
+    COCO 2014, VOC 2007 and VG-200 each method's published row and the difference are added."""
     from mlrpl_data.manifest import read_card
     from mlrpl_data.masks import parse_proportions
     from mlrpl_data.options import parse_int_list
+    from mlrpl_train.data import read_class_names
+    from mlrpl_train.published import paper_dataset
     from mlrpl_train.sweep import run_sweep, write_table
 
     try:
@@ -438,8 +455,16 @@ def sweep(method: Method = typer.Argument(..., help="pbce | ssgrl | dsrb"),
         raise MlrplError(f"--seeds {e}") from None
     if min(seed_list) < 0:
         raise MlrplError(f"--seeds {seeds}: seeds must be >= 0")
+    if preset == "paper":
+        pinned = sorted(given_options(ctx) - PAPER_FREE - {"method", "dataset"})
+        if pinned:
+            raise MlrplError(f"--preset paper fixes the protocol; drop {', '.join('--' + n.replace('_', '-') for n in pinned)}")
+        proportions = "0.1:0.9:0.1"
     run_sweep(cfg, parse_proportions(proportions), seed_list, Path(out), scheme)
-    t = write_table(Path(out), title=f"{read_card(dataset)['name']}: final-epoch test metrics ({scheme} masks)")
+    name = read_card(dataset)["name"]
+    t = write_table(Path(out), title=f"{name}: final-epoch test metrics ({scheme} masks)",
+                    metric="mAP" if metric == "map" else "mAP_voc",
+                    dataset=paper_dataset(name, read_class_names(dataset)), best_on_test=preset == "paper")
     typer.echo(t["markdown"])
     typer.echo(f"{out}: table.md, table.csv, map_vs_proportion.png")
 
@@ -454,18 +479,27 @@ def embed_labels(dataset: Path = DATASET_DIR,
     typer.echo(f"{dataset}/label_embeddings.npy: {meta['shape'][0]} x {meta['shape'][1]} ({meta['method']})")
 
 
+Checkpoint = choices("Checkpoint", "last best", __name__)
+
+
 @command("evaluate", "mlrpl evaluate runs/coco-dsrb-p0.3 /data/mlrpl/coco2014")
-def evaluate(run_or_checkpoint: Path = typer.Argument(..., help="A run directory (its best.pt, else last.pt) or a checkpoint file"),
+def evaluate(run_or_checkpoint: Path = typer.Argument(..., help="A run directory or a checkpoint file"),
              dataset: str = typer.Argument(..., help="Dataset folder or URL (its test shards)"),
+             checkpoint: Checkpoint = typer.Option(Checkpoint.last, help="Of a run directory: last.pt (the last epoch) "
+                                                   "or best.pt (chosen on the validation split, or as its run says)"),
              out: Optional[Path] = typer.Option(None, help="Where to write the reports (default: beside the checkpoint)"),
+             scores: Optional[Path] = typer.Option(None, help="Also write per-image scores here (Parquet: key, scores, "
+                                                  "labels), to recompute any metric without the model"),
              workers: int = typer.Option(2, min=0, help="Loader processes"),
              as_json: bool = JSON,
              progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar (on a terminal)")):
-    """Metrics table, per-class AP as JSON and as a bar chart PNG."""
+    """Metrics table (which checkpoint, how selected, both mAPs, the paper's number where it has one),
+    per-class AP as JSON and as a bar chart PNG."""
     from mlrpl_train.engine import evaluate_checkpoint
     from mlrpl_train.metrics import format_metrics
 
-    m = evaluate_checkpoint(run_or_checkpoint, dataset, out, workers, progress=progress)
+    m = evaluate_checkpoint(run_or_checkpoint, dataset, out, workers, progress=progress, checkpoint=str(checkpoint),
+                            scores=scores)
     if as_json:
         return echo_json(m)
     typer.echo(format_metrics(m))

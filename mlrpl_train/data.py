@@ -3,6 +3,7 @@ mask, every fingerprint checked against the manifest's."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,20 @@ from mlrpl_data.errors import BadInputError
 from mlrpl_data.manifest import check_fingerprint, read_card, read_manifest
 from mlrpl_data.masks import read_mask
 from mlrpl_data.shards import read_index, shard_urls
+
+
+VAL_SALT = "mlrpl-validation"
+
+
+def validation_keys(keys, fraction: float) -> frozenset[str]:
+    """The held-out keys: k is held out iff u(k) < fraction, u uniform in [0, 1) from a hash of the key
+    alone, so the same images are held out in every run, mask, seed and machine (and the set at 5%
+    is inside the set at 10%)."""
+    if fraction <= 0:
+        return frozenset()
+    limit = int(fraction * 2**64)
+    return frozenset(k for k in keys if int.from_bytes(
+        hashlib.blake2b(f"{VAL_SALT}\x00{k}".encode(), digest_size=8).digest(), "little") < limit)
 
 
 @dataclass
@@ -27,6 +42,18 @@ class DataSpec:
     test_samples: int
     partial: dict[str, np.ndarray] | None = None  # key -> partial labels of the mask (training)
     mask_name: str | None = None
+    val_keys: frozenset[str] = frozenset()  # training keys held out for choosing best.pt
+
+    @property
+    def fit_samples(self) -> int:
+        """Training images the model learns from (the validation ones are held out)."""
+        return self.train_samples - len(self.val_keys)
+
+    def fit_partial(self) -> np.ndarray | None:
+        """(N, C) partial labels of the images the model learns from (for DSRB's label graph)."""
+        if not self.partial:
+            return None
+        return np.stack([row for k, row in self.partial.items() if k not in self.val_keys])
 
 
 def read_class_names(dataset: str) -> list[str]:
@@ -41,8 +68,9 @@ def read_class_names(dataset: str) -> list[str]:
         raise BadInputError(f"{where}: not found: an incomplete dataset") from None
 
 
-def resolve_data(dataset: str, mask: str | None) -> DataSpec:
-    """Read the manifest card, shard index and mask; refuse any fingerprint mismatch."""
+def resolve_data(dataset: str, mask: str | None, val_fraction: float = 0.0) -> DataSpec:
+    """Read the manifest card, shard index and mask; refuse any fingerprint mismatch. With a mask and
+    `val_fraction` > 0, hold out that fraction of its keys for validation."""
     dataset = str(dataset)
     card = read_card(dataset)
     read_manifest(dataset)  # the manifest itself intact (fingerprint, rows); cheap next to training
@@ -68,4 +96,5 @@ def resolve_data(dataset: str, mask: str | None) -> DataSpec:
     return DataSpec(dataset=dataset, fingerprint=card["fingerprint"], num_classes=int(card["num_classes"]),
                     class_names=read_class_names(dataset), train_urls=shard_urls(dataset, "train", index),
                     test_urls=shard_urls(dataset, "test", index), train_samples=int(splits.get("train", 0)),
-                    test_samples=int(splits.get("test", 0)), partial=partial, mask_name=mask)
+                    test_samples=int(splits.get("test", 0)), partial=partial, mask_name=mask,
+                    val_keys=validation_keys(partial, val_fraction) if partial else frozenset())

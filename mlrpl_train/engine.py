@@ -132,7 +132,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 CHECKPOINT_FIELDS = {"model": dict, "config": dict, "fingerprint": str, "epoch": int, "step": int, "global_step": int,
-                     "best_map": float, "class_names": list}
+                     "best_score": float, "selection": str, "class_names": list}
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -153,12 +153,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 # ---- one step, one epoch ------------------------------------------------------------------------------------------
 
-def stream_config(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, train: bool, epoch: int = 0, skip: int = 0) -> StreamConfig:
-    return StreamConfig(urls=spec.train_urls if train else spec.test_urls, num_classes=spec.num_classes, train=train,
-                        image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
+def stream_config(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, role: str, epoch: int = 0,
+                  skip: int = 0) -> StreamConfig:
+    """The stream of a role: "train" (augmented, cycling, without the validation images), "val" (the
+    held-out training images, each once, with their partial labels), "test" (each test image once)."""
+    train = role == "train"
+    return StreamConfig(urls=spec.test_urls if role == "test" else spec.train_urls, num_classes=spec.num_classes,
+                        train=train, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
                         rank=info.rank, world=info.world, shuffle_buffer=cfg.shuffle_buffer, skip_batches=skip,
-                        on_bad_sample=str(cfg.on_bad_sample), partial=spec.partial if train else None,
-                        crop_scales=tuple(cfg.crop_scales))
+                        on_bad_sample=str(cfg.on_bad_sample), partial=None if role == "test" else spec.partial,
+                        crop_scales=tuple(cfg.crop_scales), only=spec.val_keys if role == "val" else None,
+                        exclude=spec.val_keys if train else frozenset())
 
 
 def train_step(model, batch, optimizer, device, epoch: int, global_step: int,
@@ -195,17 +200,17 @@ class RunState:
     epoch: int = 0  # the next epoch to run (0-based)
     step: int = 0  # batches of that epoch already done (a resumed run continues there)
     global_step: int = 0
-    best_map: float = -1.0
-    counters: dict[str, float] = field(default_factory=dict)
+    best_score: float = -1.0  # the selection score of best.pt so far
+    selection: str = ""  # how best.pt is chosen, in words ("" when there is no best.pt)
 
     def checkpoint(self, epoch: int, step: int, best: bool = False) -> None:
         if not self.info.main:
             return
         payload = {"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "scheduler": self.scheduler.state_dict(), "epoch": epoch, "step": step,
-                   "global_step": self.global_step, "best_map": self.best_map, "config": self.cfg.to_json(),
-                   "fingerprint": self.spec.fingerprint, "mask": self.spec.mask_name or "",
-                   "class_names": self.spec.class_names}
+                   "global_step": self.global_step, "best_score": self.best_score, "selection": self.selection,
+                   "config": self.cfg.to_json(), "fingerprint": self.spec.fingerprint,
+                   "mask": self.spec.mask_name or "", "class_names": self.spec.class_names}
         save_checkpoint(self.run / CHECKPOINT_LAST, payload)
         if best:
             shutil.copyfile(self.run / CHECKPOINT_LAST, self.run / CHECKPOINT_BEST)
@@ -215,7 +220,7 @@ def train_one_epoch(st: RunState, epoch: int, start_step: int) -> tuple[float, i
     """Batches start_step..batches-1 of `epoch`: (mean loss, bad samples skipped, images/s)."""
     cfg, info = st.cfg, st.info
     st.model.train()
-    loader = make_loader(stream_config(cfg, st.spec, info, train=True, epoch=epoch, skip=start_step), cfg.workers)
+    loader = make_loader(stream_config(cfg, st.spec, info, "train", epoch=epoch, skip=start_step), cfg.workers)
     bar = progress_bar(st.batches, f"epoch {epoch + 1}/{cfg.epochs}", "batch", cfg.progress and info.main, start_step)
     losses, bad, t0, seen = [], 0, time.perf_counter(), 0
     for step, batch in zip(range(start_step, st.batches), loader):
@@ -249,28 +254,31 @@ def train_one_epoch(st: RunState, epoch: int, start_step: int) -> tuple[float, i
 # ---- evaluation --------------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict(core, cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, device,
-            progress: bool = False) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Scores of this rank's share of the test images (each image on exactly one rank)."""
+def predict(core, cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, device, progress: bool = False,
+            role: str = "test") -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Scores of this rank's share of the test (or validation) images, each on exactly one rank, with
+    the labels they are judged on: the full labels (test), the mask's partial labels (validation)."""
     core.eval()
     keys, scores, labels = [], [], []
-    total = math.ceil(spec.test_samples / max(1, info.world * cfg.batch_size))
-    with progress_bar(total, "evaluate", "batch", progress and info.main) as bar:
-        for batch in make_loader(stream_config(cfg, spec, info, train=False), cfg.workers):
+    n = spec.test_samples if role == "test" else len(spec.val_keys)
+    with progress_bar(math.ceil(n / max(1, info.world * cfg.batch_size)), role, "batch", progress and info.main) as bar:
+        for batch in make_loader(stream_config(cfg, spec, info, role), cfg.workers):
             x = to_device(batch["images"], device)
             with autocast(device):
                 logits = core(x)
             scores.append(torch.sigmoid(logits.float()).cpu().numpy())
-            labels.append(batch["labels"].numpy())
+            labels.append(batch["labels" if role == "test" else "partial"].numpy())
             keys += batch["keys"]
             bar.update(1)
     c = spec.num_classes
     return keys, (np.concatenate(scores) if scores else np.zeros((0, c))), (np.concatenate(labels) if labels else np.zeros((0, c), np.int8))
 
 
-def evaluate_model(core, cfg, spec, info, device, progress: bool = False) -> dict[str, Any] | None:
-    """Gather every rank's predictions; rank 0 computes the metrics (None elsewhere)."""
-    parts = D.gather_objects(predict(core, cfg, spec, info, device, progress), info)
+def evaluate_model(core, cfg, spec, info, device, progress: bool = False, role: str = "test",
+                   scores_out: Path | None = None) -> dict[str, Any] | None:
+    """Gather every rank's predictions; rank 0 computes the metrics (None elsewhere) and, with
+    `scores_out`, writes the per-image scores."""
+    parts = D.gather_objects(predict(core, cfg, spec, info, device, progress, role), info)
     if not info.main:
         return None
     keys = [k for p in parts for k in p[0]]
@@ -281,7 +289,24 @@ def evaluate_model(core, cfg, spec, info, device, progress: bool = False) -> dic
     labels = np.concatenate([p[2] for p in parts])[order]
     out = evaluate_scores(scores, labels, spec.class_names)
     out["keys_evaluated"] = len(keys)
+    if scores_out is not None:
+        write_scores(scores_out, list(np.asarray(keys)[order]), scores, labels)
     return out
+
+
+def write_scores(path: Path, keys: list[str], scores: np.ndarray, labels: np.ndarray) -> None:
+    """Per-image scores as Parquet (key, scores list<float32>, labels list<int8>): any metric can be
+    recomputed from it without the model."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n, c = scores.shape
+    offsets = pa.array(np.arange(0, (n + 1) * c, c, dtype=np.int32))
+    table = pa.table({"key": pa.array(keys, type=pa.string()),
+                      "scores": pa.ListArray.from_arrays(offsets, pa.array(scores.astype(np.float32).reshape(-1))),
+                      "labels": pa.ListArray.from_arrays(offsets, pa.array(labels.astype(np.int8).reshape(-1)))})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
 
 
 # ---- the whole run -------------------------------------------------------------------------------------------------------
@@ -310,7 +335,7 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
         raise BadInputError("--masks NAME is required (see `mlrpl masks DIR`)")
     torch.manual_seed(cfg.seed)
     device = pick_device(str(cfg.device), info.local_rank)  # before anything is written
-    spec = resolve_data(cfg.dataset, cfg.masks)
+    spec = resolve_data(cfg.dataset, cfg.masks, cfg.val_fraction)
     run = Path(cfg.out) if resume else prepare_run_dir(cfg, spec, force, info.main)
     if resume and info.main:
         sweep_stale(run)  # a checkpoint half-written when the run was killed
@@ -322,7 +347,8 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=0.1)
     st = RunState(cfg=cfg, spec=spec, info=info, device=device, run=run, core=core, model=core, optimizer=optimizer,
-                  scheduler=scheduler, batches=batches_per_epoch(spec.train_samples, info.world, cfg.batch_size))
+                  scheduler=scheduler, batches=batches_per_epoch(spec.fit_samples, info.world, cfg.batch_size),
+                  selection=selection_rule(cfg, spec))
     if resume and not (run / CHECKPOINT_LAST).exists() and (run / CONFIG_JSON).exists():
         print(f"note: {run} was stopped before its first checkpoint: starting it from the beginning", file=sys.stderr)
         resume = False
@@ -336,7 +362,7 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
         core.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        st.epoch, st.step, st.global_step, st.best_map = ckpt["epoch"], ckpt["step"], ckpt["global_step"], ckpt["best_map"]
+        st.epoch, st.step, st.global_step, st.best_score = ckpt["epoch"], ckpt["step"], ckpt["global_step"], ckpt["best_score"]
     if info.world > 1:
         # DSRB's alpha/beta take no gradient before blending starts (or without prototypes)
         st.model = torch.nn.parallel.DistributedDataParallel(
@@ -358,41 +384,69 @@ def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Pat
         t0 = time.perf_counter()
         loss, bad, rate = train_one_epoch(st, epoch, start_step)
         st.scheduler.step()
-        last = epoch + 1 == cfg.epochs
-        metrics = None
-        if (epoch + 1) % cfg.eval_every == 0 or last:
+        metrics = val = None
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             metrics = evaluate_model(st.core, cfg, st.spec, info, st.device, cfg.progress)
+            if st.spec.val_keys:
+                val = evaluate_model(st.core, cfg, st.spec, info, st.device, cfg.progress, role="val")
         st.epoch, st.step = epoch + 1, 0
         if info.main:
-            improved = metrics is not None and metrics["mAP"] > st.best_map
+            score = selection_score(cfg, metrics, val)
+            improved = score is not None and score > st.best_score
             if improved:
-                st.best_map = metrics["mAP"]
+                st.best_score = score
             st.checkpoint(epoch + 1, 0, best=improved)
             log_epoch(st.run, st.writer, epoch + 1, loss, st.optimizer.param_groups[0]["lr"], bad, rate,
-                      time.perf_counter() - t0, metrics)
+                      time.perf_counter() - t0, metrics, val, st.selection, improved)
         D.barrier(info)
     if st.writer:
+        st.writer.add_hparams({"method": str(cfg.method), "mask": cfg.masks, "val_fraction": cfg.val_fraction,
+                               "selection": st.selection or "none: the last epoch"},
+                              {"hparam/test_mAP_last": metrics["mAP"] if metrics else float("nan"),
+                               "hparam/best_score": st.best_score}, run_name="hparams")
         st.writer.close()
     return st.run
+
+
+def selection_rule(cfg: TrainConfig, spec: DataSpec) -> str:
+    """How best.pt is chosen, in words ("" when there is none and the last epoch is the result)."""
+    if cfg.select == "test-as-published":
+        return "best TEST mAP: selected on the test set, as the published code does"
+    if spec.val_keys:
+        return (f"best validation mAP ({len(spec.val_keys):,} held-out training images, --val-fraction "
+                f"{cfg.val_fraction:g}, judged on the mask's known labels)")
+    return ""
+
+
+def selection_score(cfg: TrainConfig, test: dict | None, val: dict | None) -> float | None:
+    if cfg.select == "test-as-published":
+        return test["mAP"] if test else None
+    return val["mAP"] if val else None
 
 
 def _prototype_loader(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, epoch: int):
     """Every training image once, under the training augmentation (crop and flip), for DSRB's
     prototypes: the authors compute them by iterating their training loader."""
-    sc = stream_config(cfg, spec, info, train=False, epoch=epoch)
-    sc.urls, sc.partial, sc.augment = spec.train_urls, spec.partial, True
+    sc = stream_config(cfg, spec, info, "test", epoch=epoch)
+    sc.urls, sc.partial, sc.augment, sc.exclude = spec.train_urls, spec.partial, True, spec.val_keys
     return make_loader(sc, cfg.workers)
 
 
-METRIC_COLUMNS = ["epoch", "train_loss", "lr", "mAP", "mAP_voc", "OF1", "CF1", "OF1_top3", "CF1_top3", "bad_samples",
-                  "images_per_s", "seconds"]
+METRIC_COLUMNS = ["epoch", "train_loss", "lr", "mAP", "mAP_voc", "OF1", "CF1", "OF1_top3", "CF1_top3", "val_mAP",
+                  "val_mAP_voc", "best", "selection", "bad_samples", "images_per_s", "seconds"]
 
 
-def log_epoch(run: Path, writer, epoch, loss, lr, bad, rate, seconds, metrics) -> None:
-    row = {"epoch": epoch, "train_loss": loss, "lr": lr, "bad_samples": bad, "images_per_s": rate, "seconds": seconds}
+def log_epoch(run: Path, writer, epoch, loss, lr, bad, rate, seconds, metrics, val=None, selection="",
+              best=False) -> None:
+    """One row of metrics.csv (test mAP = plain AP, mAP_voc = the published VOC-interpolated AP; val_*
+    on the held-out training images; best = 1 where best.pt was taken; selection = how)."""
+    row = {"epoch": epoch, "train_loss": loss, "lr": lr, "bad_samples": bad, "images_per_s": rate, "seconds": seconds,
+           "best": int(best), "selection": selection or "none: the last epoch is the result"}
     if metrics:
         row.update({k: metrics[k] for k in ("mAP", "mAP_voc", "OF1", "CF1", "OF1_top3", "CF1_top3")})
         (run / "metrics_last.json").write_text(json.dumps(metrics, indent=1))
+    if val:
+        row.update({"val_mAP": val["mAP"], "val_mAP_voc": val["mAP_voc"]})
     path = run / "metrics.csv"
     new = not path.exists()
     with open(path, "a", newline="") as f:
@@ -402,12 +456,14 @@ def log_epoch(run: Path, writer, epoch, loss, lr, bad, rate, seconds, metrics) -
         w.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
     if writer:
         for k, v in row.items():
-            if k != "epoch" and v != "" and v is not None:
+            if k not in ("epoch", "selection") and v != "" and v is not None:
                 writer.add_scalar(f"epoch/{k}", v, epoch)
         writer.flush()
     msg = f"epoch {epoch}: loss {loss:.4f}"
     if metrics:
         msg += f"  mAP {100 * metrics['mAP']:.2f}  OF1 {100 * metrics['OF1']:.2f}  CF1 {100 * metrics['CF1']:.2f}"
+    if val:
+        msg += f"  val mAP {100 * val['mAP']:.2f}{' (best)' if best else ''}"
     if bad:
         msg += f"  ({bad} bad samples skipped)"
     print(msg, file=sys.stderr)
@@ -416,16 +472,24 @@ def log_epoch(run: Path, writer, epoch, loss, lr, bad, rate, seconds, metrics) -
 # ---- mlrpl evaluate ----------------------------------------------------------------------------------------------------------
 
 def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None, workers: int = 2,
-                        batch_size: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """Load a run's best (else last) checkpoint, evaluate it on DATASET's test split, write the reports."""
+                        batch_size: int | None = None, progress: bool = False, checkpoint: str = "last",
+                        scores: Path | None = None) -> dict[str, Any]:
+    """Evaluate a run's last.pt (or best.pt with checkpoint="best", or a checkpoint file) on DATASET's
+    test split; write the reports; the result says which checkpoint, how it was selected, both mAPs,
+    and, on the paper's datasets, the published number and the difference."""
     p = Path(run_or_ckpt)
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise BadInputError(f"--out {out}: is a file; the reports need a folder")
+    for target, what in ((out, "--out"), (scores, "--scores")):
+        if target is not None and Path(target).is_dir() == (what == "--scores") and Path(target).exists():
+            raise BadInputError(f"{what} {target}: is a {'folder' if what == '--scores' else 'file'}")
     if not p.exists():
         raise BadInputError(f"{p}: no such run directory or checkpoint")
-    ckpt_path = p if p.is_file() else next((p / n for n in (CHECKPOINT_BEST, CHECKPOINT_LAST) if (p / n).exists()), None)
-    if ckpt_path is None:
-        raise BadInputError(f"{p}: holds no {CHECKPOINT_LAST} or {CHECKPOINT_BEST}: not a run directory")
+    name = CHECKPOINT_BEST if checkpoint == "best" else CHECKPOINT_LAST
+    ckpt_path = p if p.is_file() else p / name
+    if not ckpt_path.exists():
+        if checkpoint == "best" and (p / CHECKPOINT_LAST).exists():
+            raise BadInputError(f"{p}: has no {CHECKPOINT_BEST} (trained without a validation split, --val-fraction 0): "
+                                f"its result is the last epoch; evaluate {CHECKPOINT_LAST}")
+        raise BadInputError(f"{p}: holds no {name}: not a run directory")
     ckpt = load_checkpoint(ckpt_path)
     cfg = config_from_json(ckpt["config"], str(ckpt_path))
     cfg.dataset, cfg.workers, cfg.progress = dataset, workers, progress
@@ -436,15 +500,37 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
     info = D.DistInfo()
     device = pick_device("auto")  # where it runs now, not where it was trained
     core = build_model(cfg, spec, state=ckpt["model"]).to(device)
-    metrics = evaluate_model(core, cfg, spec, info, device, progress)
-    out = Path(out) if out else (ckpt_path.parent if p.is_file() else p)
+    out = Path(out) if out else ckpt_path.parent
     out.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate_model(core, cfg, spec, info, device, progress, scores_out=scores)
+    is_best = ckpt_path.name == CHECKPOINT_BEST
+    metrics["checkpoint"] = {
+        "file": str(ckpt_path), "epoch": ckpt["epoch"], "epochs": cfg.epochs, "method": str(cfg.method),
+        "mask": ckpt.get("mask") or "",
+        "selection": (ckpt["selection"] or "unknown") if is_best else "none: the last epoch"}
+    metrics["published"] = _published_beside(dataset, spec.class_names, str(cfg.method), ckpt.get("mask") or "", metrics)
     (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "per_class_ap.json").write_text(json.dumps(metrics["per_class_ap"], indent=1))
-    title = f"{read_card(dataset)['name']} test, {cfg.method} ({ckpt.get('mask') or 'full labels'}): mAP {100 * metrics['mAP']:.2f}"
+    title = (f"{read_card(dataset)['name']} test, {cfg.method} ({metrics['checkpoint']['mask'] or 'full labels'}, "
+             f"{ckpt_path.name}): mAP {100 * metrics['mAP']:.2f}")
     plot_per_class_ap(metrics["per_class_ap"], out / "per_class_ap.png", title=title)
     metrics["report_dir"] = str(out)
     return metrics
+
+
+def _published_beside(dataset: str, class_names: list[str], method: str, mask: str, metrics: dict) -> dict | None:
+    """Table 1's number for this method, dataset and known proportion, and ours minus it (VOC-interpolated
+    mAP, the AP of the published evaluation)."""
+    import re
+
+    from .published import SOURCE, paper_dataset, published
+
+    m = re.search(r"-p(\d\.\d+)-", mask)
+    row = published(paper_dataset(read_card(dataset)["name"], class_names), method, float(m.group(1)) if m else None)
+    if row is None or row["mAP"] is None or not m:
+        return None
+    return {"source": f"{SOURCE}, Table {row['table']}", "method": row["method"], "dataset": row["dataset_label"],
+            "proportion": row["proportion"], "mAP": row["mAP"] / 100, "delta_mAP_voc": metrics["mAP_voc"] - row["mAP"] / 100}
 
 
 def plot_per_class_ap(ap: dict[str, float | None], path: Path, title: str = "") -> None:

@@ -59,6 +59,8 @@ class StreamConfig:
     partial: dict[str, np.ndarray] | None = None  # key -> partial labels (training)
     crop_scales: tuple[int, ...] = CROP_SCALES
     augment: bool | None = None  # training augmentation; None: as `train` (prototypes: a single augmented pass)
+    only: frozenset[str] | None = None  # keep these keys only (the validation stream)
+    exclude: frozenset[str] = frozenset()  # drop these keys (the training stream drops the validation ones)
 
     @property
     def augmented(self) -> bool:
@@ -111,6 +113,13 @@ def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
             raise ShardReadError(f"{url}: cannot read shard ({type(e).__name__}: {e})") from None
         if current is not None:
             yield current
+
+
+def select_keys(samples: Iterator[dict], only: frozenset[str] | None, exclude: frozenset[str]) -> Iterator[dict]:
+    """Keep the samples of `only` (when given) and not of `exclude`, before anything is decoded."""
+    for s in samples:
+        if (only is None or s["__key__"] in only) and s["__key__"] not in exclude:
+            yield s
 
 
 def take_every(samples: Iterator[dict], stride: int, offset: int) -> Iterator[dict]:
@@ -254,7 +263,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             mine = len(range(worker, cfg.skip_batches, workers))
             raw = skip(raw, mine * cfg.batch_size)
         else:
-            raw = take_every(read_samples(urls), stride, offset)
+            raw = select_keys(take_every(read_samples(urls), stride, offset), cfg.only, cfg.exclude)
         stream = augment(join_partial(decode(raw, cfg, counter), cfg.partial, cfg, counter), cfg)
         for s in stream:
             s["bad"] = counter[0]
@@ -269,7 +278,13 @@ class ShardStream(torch.utils.data.IterableDataset):
             rng = random.Random(f"{cfg.seed}:{cfg.epoch}:{cfg.rank}:{worker}:{p}")
             order = list(urls)
             rng.shuffle(order)
-            yield from shuffle(take_every(read_samples(order), stride, offset), cfg.shuffle_buffer, rng)
+            mine = select_keys(take_every(read_samples(order), stride, offset), cfg.only, cfg.exclude)
+            n = 0
+            for s in shuffle(mine, cfg.shuffle_buffer, rng):
+                n += 1
+                yield s
+            if n == 0:  # nothing of this share is left to train on: end instead of cycling forever
+                return
 
 
 def collate(samples: list[dict]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ ContrastiveForm = choices("ContrastiveForm", "published literal", __name__)
 Csrl = choices("Csrl", "sd sa", __name__)
 Blend = choices("Blend", "map vector", __name__)
 Form = choices("Form", "cheap naive", __name__)
+Select = choices("Select", "val test-as-published", __name__)
 
 
 def default_workers() -> int:
@@ -109,6 +110,13 @@ class TrainConfig:
     device: Device = field(default=Device.auto, metadata=opt("auto = the GPU when there is one"))
     eval_every: int = field(default=1, metadata=opt("Evaluate every N epochs (and always after the last)", min=1))
     progress: bool = progress_field("Progress bars")
+    val_fraction: float = field(default=0.1, metadata=opt(
+        "Fraction of the training images held out to choose best.pt (hash-chosen from the key alone: the same in "
+        "every run, mask and seed), evaluated on the mask's known labels only; 0: no validation and no best.pt, "
+        "the last epoch is the result", min=0, max=0.5))
+    select: Select = field(default=Select.val, metadata=opt(
+        "How best.pt is chosen: val = the best validation mAP; test-as-published = the best TEST mAP, as the "
+        "published code does (a selection on the test set: every output of the run says so)"))
     bce: BceForm = field(default=BceForm.batch, metadata=opt(
         "batch = one mean over the batch's known labels (the authors' code); per-image = eq. 14-15"))
     dsrb: DsrbOptions = field(default_factory=DsrbOptions, metadata=opt("DSRB/SSGRL options", cli=False))

@@ -59,13 +59,22 @@ def run_sweep(base: TrainConfig, proportions: list[float], seeds: list[int], out
     return runs
 
 
+METRICS = ("mAP", "mAP_voc", "OF1", "CF1")
+
+
 def final_metrics(run: Path) -> dict[str, float] | None:
-    """The last epoch's evaluation (not the best epoch: no selection on the test set)."""
+    """The last epoch's test metrics (no selection on the test set), plus, named as such, the best test
+    mAPs over the epochs: the test-selected best epoch the published numbers were obtained with."""
     path = run / "metrics.csv"
     if not path.exists():
         return None
-    rows = [r for r in csv.DictReader(open(path)) if r.get("mAP")]
-    return {k: float(rows[-1][k]) for k in ("mAP", "OF1", "CF1")} if rows else None
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("mAP")]
+    if not rows:
+        return None
+    out = {k: float(rows[-1][k]) for k in METRICS}
+    out.update({f"{k}_best_on_test": max(float(r[k]) for r in rows) for k in ("mAP", "mAP_voc")})
+    return out
 
 
 def collect(out: Path) -> dict[str, dict[float, list[dict[str, float]]]]:
@@ -86,41 +95,83 @@ def _cell(values: list[float]) -> str:
     return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
 
 
-def write_table(out: Path, title: str = "") -> dict[str, Any]:
-    """Table 1 layout (mAP per proportion, average mAP / OF1 / CF1; mean ± std over seeds) as
-    Markdown and CSV, and mAP against the known proportion as a PNG."""
+def _avg_by_seed(per: dict[float, list[dict[str, float]]], key: str) -> list[float]:
+    """The average over proportions, per seed (for mean ± std over seeds)."""
+    return [float(np.mean([per[p][i][key] for p in per])) for i in range(min(len(v) for v in per.values()))]
+
+
+def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | None = None,
+                best_on_test: bool = False) -> dict[str, Any]:
+    """The paper's Table 1 layout (`metric` per proportion, its average, average OF1 and CF1; mean ± std
+    over seeds, each run's last epoch) as Markdown and CSV (both mAPs always), and a PNG. On one of
+    the paper's datasets (`dataset`: coco2014, voc2007, vg200) each method gets its published row and
+    the difference; `best_on_test` adds the test-selected best epoch as a column named as such."""
+    from mlrpl_data.masks import proportion_text
+
+    from .published import TABLE1_METHOD, published
+
+    name = {"mAP": "mAP", "mAP_voc": "mAP (VOC)"}[metric]
     table = collect(out)
     props = sorted({p for per in table.values() for p in per})
-    header = ["Method"] + [f"{round(100 * p)}%" for p in props] + ["Avg. mAP", "Avg. OF1", "Avg. CF1"]
+    header = (["Method"] + [f"{100 * p:g}%" for p in props] + [f"Avg. {name}", "Avg. OF1", "Avg. CF1"]
+              + ([f"Avg. {name}, best epoch on test (as published)"] if best_on_test else []))
     md = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
     rows_csv = []
     for method, per in table.items():
         cells, csv_row = [], {"method": method}
         for p in props:
             runs = per.get(p, [])
-            cells.append(_cell([r["mAP"] for r in runs]) if runs else "-")
-            csv_row[f"mAP@{p:.2f}"] = float(np.mean([r["mAP"] for r in runs])) if runs else ""
-            csv_row[f"mAP@{p:.2f}_std"] = float(np.std([r["mAP"] for r in runs], ddof=1)) if len(runs) > 1 else ""
-        for key in ("mAP", "OF1", "CF1"):
-            # the average over proportions, per seed, then mean ± std over seeds
-            by_seed = [np.mean([per[p][i][key] for p in per]) for i in range(min(len(v) for v in per.values()))]
-            cells.append(_cell(by_seed))
-            csv_row[f"avg_{key}"] = float(np.mean(by_seed))
+            cells.append(_cell([r[metric] for r in runs]) if runs else "-")
+            for k in ("mAP", "mAP_voc"):
+                csv_row[f"{k}@{proportion_text(p)}"] = float(np.mean([r[k] for r in runs])) if runs else ""
+                csv_row[f"{k}@{proportion_text(p)}_std"] = float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else ""
+        for key in (metric, "OF1", "CF1"):
+            cells.append(_cell(_avg_by_seed(per, key)))
+        for key in METRICS:
+            csv_row[f"avg_{key}"] = float(np.mean(_avg_by_seed(per, key)))
+        for key in ("mAP", "mAP_voc"):
+            csv_row[f"avg_{key}_best_on_test"] = float(np.mean(_avg_by_seed(per, f"{key}_best_on_test")))
+        if best_on_test:
+            cells.append(_cell(_avg_by_seed(per, f"{metric}_best_on_test")))
         md.append(f"| {method} | {' | '.join(cells)} |")
         rows_csv.append(csv_row)
-    text = (f"{title}\n\n" if title else "") + "\n".join(md) + "\n"
+        pub = [published(dataset, method, p) for p in props]
+        if dataset and any(r and r["mAP"] is not None for r in pub):
+            got = [float(np.mean([r[metric] for r in per[p]])) if p in per else None for p, r in zip(props, pub)]
+            pairs = [(100 * g, r["mAP"]) for g, r in zip(got, pub) if g is not None and r and r["mAP"] is not None]
+            pub_cells = [f"{r['mAP']:.1f}" if r and r["mAP"] is not None else "-" for r in pub]
+            delta = [f"{100 * g - r['mAP']:+.1f}" if g is not None and r and r["mAP"] is not None else "-"
+                     for g, r in zip(got, pub)]
+            extra = [""] * (1 if best_on_test else 0)
+            avg_pub = f"{np.mean([b for _, b in pairs]):.1f}" if pairs else "-"
+            avg_delta = f"{np.mean([a - b for a, b in pairs]):+.1f}" if pairs else "-"
+            row0 = next(r for r in pub if r)
+            md.append(f"| {TABLE1_METHOD[method]} (published) | {' | '.join(pub_cells)} | {avg_pub} | "
+                      f"{row0['avg_OF1'] or '-'} | {row0['avg_CF1'] or '-'} |{' | '.join(extra) + ' |' if extra else ''}")
+            md.append(f"| Δ {method} − published | {' | '.join(delta)} | {avg_delta} | | |{' |' if extra else ''}")
+            csv_row["published_avg_mAP_same_proportions"] = float(np.mean([b for _, b in pairs])) / 100 if pairs else ""
+    notes = [f"Each run's last epoch (no selection on the test set); mean ± std over seeds; {name}: "
+             + ("plain AP (= scikit-learn)." if metric == "mAP" else "VOC-interpolated AP, as the published code.")]
+    if dataset:
+        notes.append("Published: arXiv 2205.13092, Table 1 (VOC-interpolated mAP, best epoch on the test set); its "
+                     "average here is over the proportions shown, and OF1/CF1 are the paper's over all nine.")
+    if best_on_test:
+        notes.append("'best epoch on test' picks, per run, the epoch with the best TEST mAP: a selection on the test "
+                     "set, shown only because the published numbers were obtained so.")
+    text = (f"{title}\n\n" if title else "") + "\n".join(md) + "\n\n" + "\n".join(notes) + "\n"
     (Path(out) / "table.md").write_text(text)
     if rows_csv:
         with open(Path(out) / "table.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows_csv[0]))
+            fields = list(dict.fromkeys(k for r in rows_csv for k in r))
+            w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(rows_csv)
-    _plot(table, props, Path(out) / "map_vs_proportion.png")
+    _plot(table, props, Path(out) / "map_vs_proportion.png", metric)
     (Path(out) / "table.json").write_text(json.dumps({m: {str(p): v for p, v in per.items()} for m, per in table.items()}, indent=1))
     return {"markdown": text, "methods": list(table), "proportions": props}
 
 
-def _plot(table, props, path: Path) -> None:
+def _plot(table, props, path: Path, metric: str = "mAP") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,11 +180,11 @@ def _plot(table, props, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, per in table.items():
         ps = [p for p in props if p in per]
-        mean = [100 * np.mean([r["mAP"] for r in per[p]]) for p in ps]
-        std = [100 * np.std([r["mAP"] for r in per[p]]) for p in ps]
+        mean = [100 * np.mean([r[metric] for r in per[p]]) for p in ps]
+        std = [100 * np.std([r[metric] for r in per[p]]) for p in ps]
         ax.errorbar([100 * p for p in ps], mean, yerr=std, marker="o", capsize=3, label=method)
     ax.set_xlabel("known labels (%)")
-    ax.set_ylabel("mAP (%)")
+    ax.set_ylabel(f"{'mAP' if metric == 'mAP' else 'mAP, VOC-interpolated'} (%)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -134,7 +134,7 @@ def cfg(data, out, method="dsrb", **model):
     opts.update(model)
     return TrainConfig(method=method, dataset=str(data), masks="uniform-p0.50-s0", out=str(out), backbone="tiny",
                        weights="none", freeze="none", epochs=3, batch_size=4, lr=3e-3, image_size=64, workers=0,
-                       progress=False, shuffle_buffer=8, dsrb=DsrbOptions(**opts))
+                       progress=False, shuffle_buffer=8, val_fraction=0.0, dsrb=DsrbOptions(**opts))
 
 
 Y4 = torch.tensor([[1, 0, -1], [0, 1, 0], [1, -1, 0], [0, 0, 1]], dtype=torch.int8)

@@ -5,10 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from mlrpl_data.errors import AlreadyExistsError
+from mlrpl_data.errors import AlreadyExistsError, BadInputError
 from mlrpl_train import engine
 from mlrpl_train.options import TrainConfig
 from mlrpl_train.engine import TrainingDivergedError, evaluate_checkpoint, load_checkpoint, train
@@ -26,15 +27,17 @@ def data(tmp_path_factory):
 
 def config(data, out, **kw) -> TrainConfig:
     base = dict(method="pbce", dataset=str(data), masks="uniform-p0.50-s0", out=str(out), backbone="tiny", weights="none",
-                freeze="none", epochs=2, batch_size=4, lr=3e-3, image_size=32, workers=0, progress=False, shuffle_buffer=8)
+                freeze="none", epochs=2, batch_size=4, lr=3e-3, image_size=32, workers=0, progress=False, shuffle_buffer=8,
+                val_fraction=0.0)
     base.update(kw)
     return TrainConfig(**base)
 
 
 def test_run_directory_holds_everything(data, tmp_path):
     run = train(config(data, tmp_path / "run", epochs=3, lr_step=2))
-    for name in ("config.json", "metrics.csv", "last.pt", "best.pt"):
+    for name in ("config.json", "metrics.csv", "last.pt"):
         assert (run / name).exists(), name
+    assert not (run / "best.pt").exists()  # no validation split: no best.pt, the last epoch is the result
     assert list((run / "tb").glob("events.out.tfevents.*"))
     doc = json.loads((run / "config.json").read_text())
     assert doc["manifest_fingerprint"] and doc["mask"] == "uniform-p0.50-s0" and doc["config"]["epochs"] == 3
@@ -93,10 +96,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
-def test_evaluate_writes_table_json_and_png(data, tmp_path):
+def test_evaluate_writes_table_json_png_and_scores(data, tmp_path):
+    import pyarrow.parquet as pq
+
     run = train(config(data, tmp_path / "run", epochs=1))
-    m = evaluate_checkpoint(run, str(data), tmp_path / "report", workers=0)
-    assert m["keys_evaluated"] == 12
+    m = evaluate_checkpoint(run, str(data), tmp_path / "report", workers=0, scores=tmp_path / "scores.parquet")
+    assert m["keys_evaluated"] == 12 and m["checkpoint"]["selection"] == "none: the last epoch"
+    t = pq.read_table(tmp_path / "scores.parquet").to_pydict()
+    assert len(t["key"]) == 12 and len(t["scores"][0]) == 3 and set(t["labels"][0]) <= {-1, 1}
+    from mlrpl_train.metrics import evaluate_scores
+
+    again = evaluate_scores(np.array(t["scores"]), np.array(t["labels"]))  # any metric, without the model
+    assert again["mAP"] == pytest.approx(m["mAP"]) and again["mAP_voc"] == pytest.approx(m["mAP_voc"])
+    with pytest.raises(BadInputError, match="has no best.pt"):
+        evaluate_checkpoint(run, str(data), tmp_path / "report", workers=0, checkpoint="best")
     assert json.loads((tmp_path / "report/per_class_ap.json").read_text()).keys() == {"person", "car", "train"}
     assert (tmp_path / "report/per_class_ap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -146,3 +159,70 @@ def test_two_process_ddp_with_gloo(data, tmp_path, method):
     metrics = json.loads((out / "metrics_last.json").read_text())
     assert metrics["keys_evaluated"] == 12  # every test image once across the two ranks
     assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 2
+
+
+def test_validation_keys_are_a_stable_hash_of_the_key_alone():
+    from mlrpl_train.data import validation_keys
+
+    keys = [f"coco2014_train_{i:012d}" for i in range(20000)]
+    val = validation_keys(keys, 0.1)
+    assert abs(len(val) / len(keys) - 0.1) < 0.01
+    assert validation_keys(list(reversed(keys)), 0.1) == val  # order does not matter
+    assert validation_keys(keys[:5000], 0.1) == {k for k in val if k in set(keys[:5000])}  # nor other images
+    assert validation_keys(keys, 0.05) < val  # nested across fractions
+    assert validation_keys(keys, 0.0) == frozenset()
+
+
+def test_training_never_sees_the_validation_images_and_validation_sees_each_once(data):
+    from mlrpl_train import dist as D
+    from mlrpl_train.data import resolve_data
+    from mlrpl_train.engine import stream_config
+    from mlrpl_train.loader import make_loader
+
+    spec = resolve_data(str(data), "uniform-p0.50-s0", val_fraction=0.25)
+    assert 0 < len(spec.val_keys) < spec.train_samples and spec.fit_samples == spec.train_samples - len(spec.val_keys)
+    cfg = config(data, "x", val_fraction=0.25)
+    seen = set()
+    for batch in zip(range(30), make_loader(stream_config(cfg, spec, D.DistInfo(), "train"), 0)):
+        seen |= set(batch[1]["keys"])
+    assert seen and not (seen & spec.val_keys)
+    val_keys, partial_rows = [], []
+    for batch in make_loader(stream_config(cfg, spec, D.DistInfo(), "val"), 0):
+        val_keys += batch["keys"]
+        partial_rows += [tuple(r) for r in batch["partial"].tolist()]
+    assert sorted(val_keys) == sorted(spec.val_keys)  # each once
+    assert partial_rows == [tuple(spec.partial[k].tolist()) for k in val_keys]  # judged on the mask's labels
+
+
+@pytest.mark.parametrize("select", ["val", "test-as-published"])
+def test_best_pt_follows_the_selection_rule_and_nothing_else(data, tmp_path, monkeypatch, select):
+    """Test scores are made to peak at epoch 2 and validation scores at epoch 3: best.pt must follow
+    validation unless the published practice is asked for by name."""
+    real = engine.evaluate_model
+
+    def rigged(core, cfg, spec, info, device, progress=False, role="test", scores_out=None):
+        m = real(core, cfg, spec, info, device, progress, role, scores_out)
+        epoch = rigged.calls[role] = rigged.calls.get(role, 0) + 1
+        m["mAP"] = {"test": [0.5, 0.9, 0.6], "val": [0.4, 0.5, 0.7]}[role][epoch - 1]
+        return m
+
+    rigged.calls = {}
+    monkeypatch.setattr(engine, "evaluate_model", rigged)
+    run = train(config(data, tmp_path / "run", epochs=3, val_fraction=0.25, select=select))
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    best_epoch = max(int(r["epoch"]) for r in rows if r["best"] == "1")
+    ckpt = load_checkpoint(run / "best.pt")
+    if select == "val":
+        assert best_epoch == 3 and ckpt["epoch"] == 3 and ckpt["selection"].startswith("best validation mAP")
+        assert [float(r["val_mAP"]) for r in rows] == [0.4, 0.5, 0.7]
+    else:
+        assert best_epoch == 2 and ckpt["epoch"] == 2 and "selected on the test set" in ckpt["selection"]
+        assert all("selected on the test set" in r["selection"] for r in rows)  # every output says so
+    monkeypatch.setattr(engine, "evaluate_model", real)
+    m = evaluate_checkpoint(run, str(data), tmp_path / "rep", workers=0, checkpoint="best")
+    assert m["checkpoint"]["epoch"] == best_epoch and m["checkpoint"]["selection"] == ckpt["selection"]
+    from mlrpl_train.metrics import format_metrics
+
+    table = format_metrics(m)
+    assert f"epoch {best_epoch} of 3" in table and ckpt["selection"] in table
+    assert "mAP, plain AP (= scikit-learn)" in table and "mAP, VOC-interpolated (published code)" in table

@@ -360,7 +360,7 @@ def build_dsrb(cfg, spec, backbone: nn.Module, frozen: list[nn.Module],
         opts = replace(opts, iprb=False, pprb=False, contrastive_weight=0.0)
     if not from_checkpoint:
         embeddings = load_embeddings(spec, opts)
-    partial = np.stack(list(spec.partial.values())) if spec.partial else None
+    partial = spec.fit_partial()
     cls = DSRB
     if opts.form == "naive":
         from .naive import NaiveDSRB as cls

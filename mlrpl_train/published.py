@@ -1,0 +1,53 @@
+"""The paper's tables as data (manifests/published/): how far a run is from the published numbers.
+
+Table 1 and Table 2 of Pu et al. (arXiv 2205.13092), one row per (table, dataset, method,
+proportion): mAP, and the row's average mAP, OF1 and CF1. A dataset is recognised as one of the
+paper's by its manifest name and class list; a method of mlrpl maps to its Table 1 row.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+from typing import Any
+
+from mlrpl_data.specs import load_spec, specs_dir, voc20_names
+
+TABLES = ("dsrb_table1.csv", "dsrb_table2.csv")
+TABLE1_METHOD = {"pbce": "Partial BCE", "ssgrl": "SSGRL", "dsrb": "DSRB"}
+SOURCE = "arXiv 2205.13092"
+
+
+@functools.lru_cache(maxsize=1)
+def published_rows() -> list[dict[str, Any]]:
+    rows = []
+    for name in TABLES:
+        with open(specs_dir() / "published" / name, newline="") as f:
+            for r in csv.DictReader(f):
+                rows.append({**r, "table": int(r["table"]), "proportion": float(r["proportion"]),
+                             **{k: float(r[k]) if r[k] else None for k in ("mAP", "avg_mAP", "avg_OF1", "avg_CF1")}})
+    return rows
+
+
+def paper_dataset(name: str, class_names: list[str]) -> str | None:
+    """coco2014, voc2007 or vg200 when the manifest is that benchmark (by name and classes), else None."""
+    coco = [c["name"] for c in load_spec("coco80")["categories"]]
+    if name == "coco2014" and class_names == coco:
+        return "coco2014"
+    if name == "voc2007" and class_names == voc20_names():
+        return "voc2007"
+    if name == "vg200" and len(class_names) == 200:
+        return "vg200"
+    return None
+
+
+def published(dataset: str | None, method: str, proportion: float | None = None) -> dict[str, Any] | None:
+    """Table 1's row for mlrpl's `method` on `dataset` (at `proportion`, else its first row); None when
+    the paper has no such number."""
+    if dataset is None or method not in TABLE1_METHOD:
+        return None
+    for r in published_rows():
+        if r["table"] == 1 and r["dataset"] == dataset and r["method"] == TABLE1_METHOD[method] and (
+                proportion is None or abs(r["proportion"] - proportion) < 1e-9):
+            return r
+    return None

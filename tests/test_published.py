@@ -1,0 +1,81 @@
+"""The paper's tables as data, and every table that compares a run with them."""
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from mlrpl_train.published import paper_dataset, published, published_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_table_rows_and_averages_are_consistent():
+    rows = published_rows()
+    t1 = {(r["dataset"], r["method"]) for r in rows if r["table"] == 1}
+    assert len(t1) == 24 and {m for _, m in t1} == {"SSGRL", "GCN-ML", "KGGR", "P-GCN", "ASL", "CL", "Partial BCE", "DSRB"}
+    assert len({(r["dataset"], r["method"]) for r in rows if r["table"] == 2}) == 33
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["table"], r["dataset"], r["method"])].append(r)
+    checked = 0
+    for key, rs in groups.items():
+        assert [r["proportion"] for r in rs] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], key
+        values = [r["mAP"] for r in rs]
+        if None in values:  # P-GCN on VG-200: "-" in the paper
+            assert all(v is None for v in values) and rs[0]["avg_mAP"] is None
+            continue
+        assert sum(values) / 9 == pytest.approx(rs[0]["avg_mAP"], abs=0.06), key  # within rounding
+        checked += 1
+    assert checked == 56
+
+
+def test_a_few_cells_transcribed_by_hand():
+    assert published("coco2014", "dsrb", 0.1)["mAP"] == 72.5
+    assert published("vg200", "pbce", 0.5)["mAP"] == 41.5
+    assert published("voc2007", "ssgrl", 0.9)["avg_CF1"] == 84.5
+    assert published("coco2014", "dsrb")["avg_OF1"] == 76.8
+    assert published(None, "dsrb", 0.1) is None and published("coco2014", "llr", 0.1) is None
+
+
+def test_a_dataset_is_the_papers_by_name_and_classes():
+    from mlrpl_data.specs import load_spec, voc20_names
+
+    coco = [c["name"] for c in load_spec("coco80")["categories"]]
+    assert paper_dataset("coco2014", coco) == "coco2014" and paper_dataset("coco2017", coco) is None
+    assert paper_dataset("coco2014", coco[:10]) is None
+    assert paper_dataset("voc2007", voc20_names()) == "voc2007" and paper_dataset("vg200", ["x"] * 200) == "vg200"
+
+
+def test_a_sweep_on_voc2007_shows_the_published_rows(tmp_path):
+    from typer.testing import CliRunner
+
+    from mlrpl.cli import app
+    from conftest import make_voc
+    from mlrpl_data.specs import voc20_names
+
+    names = voc20_names()
+    trainval = {f"{i:06d}": [(names[i % 20], 0), (names[(i + 3) % 20], 0)] for i in range(1, 13)}
+    test = {f"{i:06d}": [(names[i % 20], 0)] for i in range(100, 106)}
+    raw = make_voc(tmp_path / "raw", trainval=trainval, test=test)
+    d = tmp_path / "voc"
+    runner = CliRunner()
+    for args in (["build-voc07", "--root", str(raw), "--out", str(d), "--subset"],
+                 ["write-shards", str(d), "--max-samples", "6", "--no-progress"],
+                 ["sweep", "pbce", str(d), "--proportions", "0.1,0.5", "--out", str(tmp_path / "sweep"), "--backbone", "tiny",
+                  "--weights", "none", "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--workers", "0",
+                  "--no-progress", "--metric", "map_voc"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+    text = (tmp_path / "sweep" / "table.md").read_text()
+    assert "| Partial BCE (published) | 80.7 | 91.2 | 86.0 | 87.9 | 84.8 |" in text  # Table 1, VOC 2007, 10% and 50%
+    delta = next(ln for ln in text.splitlines() if ln.startswith("| Δ pbce − published |"))
+    ours = next(ln for ln in text.splitlines() if ln.startswith("| pbce |")).split("|")[2].strip()
+    assert delta.split("|")[2].strip() == f"{float(ours) - 80.7:+.1f}"  # ours (VOC-interpolated) minus the paper
+    with open(tmp_path / "sweep" / "table.csv") as f:
+        row = next(csv.DictReader(f))
+    assert {"mAP@0.10", "mAP_voc@0.10", "avg_mAP", "avg_mAP_voc"} <= set(row)  # both mAPs, whatever the table shows
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "sweep" / "pbce-p0.10-s0"), str(d), "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    assert "published: Partial BCE on VOC 2007 at 10% known (arXiv 2205.13092, Table 1): 80.7 mAP" in r.output
