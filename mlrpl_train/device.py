@@ -29,9 +29,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def uses_fast_path(device: torch.device) -> bool:
-    """bf16 autocast and channels-last: on by default on a GPU (on a CPU bf16 is slower)."""
-    return device.type == "cuda"
+def uses_fast_path(device: torch.device, precision: str = "auto") -> bool:
+    """bf16 autocast and channels-last: on by default on a GPU (on a CPU bf16 is slower), or as asked."""
+    return device.type == "cuda" if precision == "auto" else precision == "bf16"
 
 
 def autocast(device: torch.device, enabled: bool | None = None):

@@ -29,7 +29,7 @@ from mlrpl_data.progress import progress_bar
 
 from . import dist as D
 from .data import DataSpec, resolve_data
-from .device import autocast, pick_device, to_device
+from .device import autocast, pick_device, to_device, uses_fast_path
 from .loader import StreamConfig, batches_per_epoch, make_loader
 from .metrics import evaluate_scores
 from .model.factory import build_model
@@ -166,11 +166,12 @@ def stream_config(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, role: str,
                         exclude=spec.val_keys if train else frozenset())
 
 
-def train_step(model, batch, optimizer, device, epoch: int, global_step: int,
-               progress: float = 1.0) -> tuple[float, dict[str, float]]:
-    x = to_device(batch["images"], device)
+def train_step(model, batch, optimizer, device, epoch: int, global_step: int, progress: float = 1.0,
+               fast: bool | None = None) -> tuple[float, dict[str, float]]:
+    """One optimisation step; `fast` = bf16 autocast + channels-last (default: on a GPU only)."""
+    x = to_device(batch["images"], device, channels_last=fast)
     y = batch["partial"].to(device)
-    with autocast(device):
+    with autocast(device, fast):
         loss, logs = model(x, partial=y, epoch=epoch, step=global_step, progress=progress)
     optimizer.zero_grad(set_to_none=True)
     if torch.isfinite(loss):
@@ -224,7 +225,8 @@ def train_one_epoch(st: RunState, epoch: int, start_step: int) -> tuple[float, i
     bar = progress_bar(st.batches, f"epoch {epoch + 1}/{cfg.epochs}", "batch", cfg.progress and info.main, start_step)
     losses, bad, t0, seen = [], 0, time.perf_counter(), 0
     for step, batch in zip(range(start_step, st.batches), loader):
-        loss, logs = train_step(st.model, batch, st.optimizer, st.device, epoch, st.global_step, step / st.batches)
+        loss, logs = train_step(st.model, batch, st.optimizer, st.device, epoch, st.global_step, step / st.batches,
+                                uses_fast_path(st.device, str(cfg.precision)))
         if D.broadcast_flag(not math.isfinite(loss), info):
             raise TrainingDivergedError(
                 f"loss is {loss} at epoch {epoch + 1}, step {step + 1}: stopped; the last good checkpoint is "
@@ -263,8 +265,9 @@ def predict(core, cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, device, pr
     n = spec.test_samples if role == "test" else len(spec.val_keys)
     with progress_bar(math.ceil(n / max(1, info.world * cfg.batch_size)), role, "batch", progress and info.main) as bar:
         for batch in make_loader(stream_config(cfg, spec, info, role), cfg.workers):
-            x = to_device(batch["images"], device)
-            with autocast(device):
+            fast = uses_fast_path(device, str(cfg.precision))
+            x = to_device(batch["images"], device, channels_last=fast)
+            with autocast(device, fast):
                 logits = core(x)
             scores.append(torch.sigmoid(logits.float()).cpu().numpy())
             labels.append(batch["labels" if role == "test" else "partial"].numpy())
@@ -341,7 +344,7 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
         sweep_stale(run)  # a checkpoint half-written when the run was killed
     D.barrier(info)
     core = build_model(cfg, spec).to(device)
-    if device.type == "cuda":
+    if uses_fast_path(device, str(cfg.precision)):
         core = core.to(memory_format=torch.channels_last)
     params = [p for p in core.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)

@@ -61,7 +61,8 @@ def contrastive_terms(feats: torch.Tensor, labels: torch.Tensor) -> dict[str, to
     """The published form's raw terms over unordered pairs n < m and classes, known labels only:
     pos-pos 1 - cos, pos-neg 1 + cos, neg-neg 1 + cos (each a 1-D tensor, pair-major order)."""
     n, m = _pair_index(feats.shape[0], feats.device)
-    cos = F.cosine_similarity(feats[n].float(), feats[m].float(), dim=-1, eps=1e-9)  # (pairs, C)
+    unit = F.normalize(feats.float(), dim=-1, eps=1e-9)
+    cos = torch.einsum("ncd,mcd->nmc", unit, unit)[n, m]  # (pairs, C), without materialising (pairs, C, D)
     yn, ym = labels[n], labels[m]
     pp = (yn == 1) & (ym == 1)
     pn = ((yn == 1) & (ym == -1)) | ((yn == -1) & (ym == 1))

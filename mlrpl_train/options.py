@@ -25,6 +25,7 @@ Csrl = choices("Csrl", "sd sa", __name__)
 Blend = choices("Blend", "map vector", __name__)
 Form = choices("Form", "cheap naive", __name__)
 Select = choices("Select", "val test-as-published", __name__)
+Precision = choices("Precision", "auto bf16 fp32", __name__)
 
 
 def default_workers() -> int:
@@ -67,6 +68,9 @@ class DsrbOptions:
     ggnn_steps: int = field(default=3, metadata=opt("Propagation steps of the gated graph network", min=1))
     pool2x2: bool = field(default=True, metadata=opt(
         "The published 2x2 average pool after layer4 (a 7x7 map at 448 px)", flags="--pool2x2/--no-pool2x2"))
+    save_memory: bool = field(default=False, metadata=opt(
+        "Activation checkpointing of the graph-network passes: their activations are recomputed in the backward "
+        "pass instead of kept (less memory, some more time; the same results)", flags="--save-memory/--no-save-memory"))
     form: Form = field(default=Form.cheap, metadata=opt(
         "cheap = blends on pooled vectors; naive = the published feature-map form (slow; the test oracle)"))
 
@@ -105,6 +109,9 @@ class TrainConfig:
     seed: int = field(default=0, metadata=opt("Seed of initialisation, sample order and augmentation", min=0))
     checkpoint_every: int = field(default=0, metadata=opt("Also checkpoint every N steps (0: once per epoch)", min=0))
     shuffle_buffer: int = field(default=1000, metadata=opt("Samples in the streaming shuffle buffer", min=1))
+    precision: Precision = field(default=Precision.auto, metadata=opt(
+        "auto = bf16 autocast and channels-last memory on a GPU, fp32 on a CPU; bf16 = that path on any device "
+        "(the tests run the GPU path on a CPU so); fp32 = never"))
     on_bad_sample: OnBadSample = field(default=OnBadSample.skip, metadata=opt(
         "A corrupt sample is skipped and counted, or stops the run"))
     device: Device = field(default=Device.auto, metadata=opt("auto = the GPU when there is one"))

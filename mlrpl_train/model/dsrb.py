@@ -109,20 +109,29 @@ class GGNN(nn.Module):
         wa = self.adj_in @ zeros3.index_put(idx, dr @ w_in.t()) + self.adj_out @ zeros3.index_put(idx, dr @ w_out.t())
         return wa, delta.new_zeros(b, c, 2 * d).index_put(idx, self.u_zr(dr))
 
-    def forward(self, h: torch.Tensor, first: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """h (B, C, D) -> (B, C, D); `first` = first_linear(h) when the caller already has it."""
+    def forward(self, h: torch.Tensor, first: tuple[torch.Tensor, torch.Tensor] | None = None,
+                save_memory: bool = False) -> torch.Tensor:
+        """h (B, C, D) -> (B, C, D); `first` = first_linear(h) when the caller already has it. With
+        `save_memory` each step keeps only its input for the backward pass (one step is recomputed
+        at a time, so the recomputation's own peak stays one step's size)."""
         for step in range(self.steps):
             if step == 0 and first is not None:
-                wa, uzr = first[0] + self.w_a.bias, first[1]
+                h = self._step(h, first[0] + self.w_a.bias, first[1])
+            elif save_memory and torch.is_grad_enabled():
+                h = checkpoint(self._step, h, use_reentrant=False)
             else:
-                wa = self.w_a(torch.cat([self.adj_in @ h, self.adj_out @ h], dim=-1))
-                uzr = self.u_zr(h)
-            wa_z, wa_r, wa_h = wa.chunk(3, dim=-1)
-            uz, ur = uzr.chunk(2, dim=-1)
-            z, r = torch.sigmoid(wa_z + uz), torch.sigmoid(wa_r + ur)
-            cand = torch.tanh(wa_h + self.u_h(r * h))
-            h = (1 - z) * h + z * cand
+                h = self._step(h)
         return h
+
+    def _step(self, h: torch.Tensor, wa: torch.Tensor | None = None, uzr: torch.Tensor | None = None) -> torch.Tensor:
+        if wa is None:
+            wa = self.w_a(torch.cat([self.adj_in @ h, self.adj_out @ h], dim=-1))
+            uzr = self.u_zr(h)
+        wa_z, wa_r, wa_h = wa.chunk(3, dim=-1)
+        uz, ur = uzr.chunk(2, dim=-1)
+        z, r = torch.sigmoid(wa_z + uz), torch.sigmoid(wa_r + ur)
+        cand = torch.tanh(wa_h + self.u_h(r * h))
+        return (1 - z) * h + z * cand
 
 
 class Head(nn.Module):
@@ -134,9 +143,9 @@ class Head(nn.Module):
     projection on those rows: `forward_delta` reuses the original pass's terms. Same function,
     about a fifth less work per step for the two blended passes."""
 
-    def __init__(self, dim: int, num_classes: int, adjacency: torch.Tensor, steps: int):
+    def __init__(self, dim: int, num_classes: int, adjacency: torch.Tensor, steps: int, save_memory: bool = False):
         super().__init__()
-        self.dim = dim
+        self.dim, self.save_memory = dim, save_memory
         self.ggnn = GGNN(dim, adjacency, steps)
         self.fc = nn.Linear(2 * dim, dim)
         self.cls_w = nn.Parameter(torch.empty(num_classes, dim))
@@ -147,20 +156,32 @@ class Head(nn.Module):
         return F.linear(f, self.fc.weight[:, self.dim:])
 
     def _run(self, f, first, fc_f) -> torch.Tensor:
-        h = self.ggnn(f, first)
+        h = self.ggnn(f, first, self.save_memory)
         o = torch.tanh(F.linear(h, self.fc.weight[:, :self.dim], self.fc.bias) + fc_f)
         return (o * self.cls_w).sum(-1) + self.cls_b
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
+        if self.save_memory and torch.is_grad_enabled():
+            # --save-memory: keep only the pass's input f (B, C, D); everything the graph network and the
+            # classifier compute from it is recomputed in the backward pass
+            return checkpoint(self._plain, f, use_reentrant=False)
+        return self._plain(f)
+
+    def _plain(self, f: torch.Tensor) -> torch.Tensor:
         return self._run(f, None, self._fc_f(f))
 
     def forward_cached(self, f: torch.Tensor):
-        """forward(f), and the terms a blended pass can reuse."""
+        """forward(f), and the terms a blended pass can reuse (none with --save-memory: keeping them
+        would keep 5D numbers per (image, class) alive for the backward pass)."""
+        if self.save_memory:
+            return self.forward(f), None
         cache = (self.ggnn.first_linear(f), self._fc_f(f))
         return self._run(f, cache[0], cache[1]), cache
 
     def forward_delta(self, f_new: torch.Tensor, delta: torch.Tensor, rows: torch.Tensor, cache) -> torch.Tensor:
         """forward(f_new) where f_new = f + delta, delta zero outside `rows` (B, C), cache from f."""
+        if cache is None:
+            return self.forward(f_new)
         (wa0, uzr0), fc0 = cache
         wa_d, uzr_d = self.ggnn.first_linear_rows(delta, rows)
         idx = rows.nonzero(as_tuple=True)
@@ -201,7 +222,7 @@ class DSRB(nn.Module):
             self.csrl = SemanticDecoupling(d, self.embeddings.shape[1], opts.attn_dim)
         else:
             self.csrl = SemanticAttention(d, num_classes)
-        self.head = Head(d, num_classes, adjacency, opts.ggnn_steps)
+        self.head = Head(d, num_classes, adjacency, opts.ggnn_steps, opts.save_memory)
         # eq. 8 and 12: per-class alpha and beta, initialised at 0.5, kept in [0, 1]
         self.alpha = nn.Parameter(torch.full((num_classes,), 0.5), requires_grad=opts.learn_alpha)
         self.beta = nn.Parameter(torch.full((num_classes,), 0.5), requires_grad=opts.learn_beta)
