@@ -69,7 +69,7 @@ def main() -> None:
                                     workers=2))
         cfg = TrainConfig(method="pbce", dataset=str(d), masks="uniform-p0.30-s0", backbone=a.backbone, weights="none",
                           freeze="layer3" if a.backbone != "tiny" else "none", batch_size=a.batch, image_size=a.size,
-                          workers=a.workers, device=a.device, shuffle_buffer=256, progress=False)
+                          workers=a.workers, device=a.device, shuffle_buffer=256, progress=False, val_fraction=0.0)
         spec = resolve_data(str(d), cfg.masks)
         info = DistInfo()
         device = pick_device(str(cfg.device))
@@ -77,7 +77,7 @@ def main() -> None:
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-        loader = lambda: make_loader(stream_config(cfg, spec, info, train=True), a.workers)  # noqa: E731
+        loader = lambda: make_loader(stream_config(cfg, spec, info, "train"), a.workers)  # noqa: E731
         loader_rate = rate(loader(), a.steps, lambda b: to_device(b["images"], device))
         fixed = next(iter(loader()))
         model_rate = rate(iter(lambda: fixed, None), a.steps, lambda b: train_step(model, b, opt, device, 0, 0))

@@ -4,6 +4,13 @@ Prints JSON: images/s of write-shards (original bytes) vs `tar -cf` over the sam
 --resize, vs a bare loop doing the same PIL decode-resize-encode; --workers 2 vs 1; and peak
 RSS of write-shards at 2,000 and 20,000 images (20,000 = the 2,000 files hard-linked 10x).
 Targets: original >= 0.8x tar; resize overhead <= 10%; 2 workers >= 1.7x; memory within 10%, < 1 GB.
+
+Robust to a noisy machine: the two sides of each comparison run interleaved, --repeats times each,
+and the ratios use the MEDIANS (the minima are printed too). What differs between machines is
+mostly hashing: write-shards must sha256 every byte it writes (the index, SHA256SUMS), tar does
+not; a CPU without SHA extensions hashes at about 0.4 GB/s instead of 1-2 GB/s, which alone takes
+the original-bytes ratio from ~1.0 to ~0.6. So the machine's sha256 throughput is reported, and
+a second baseline that does what write-shards must do: `tar -cf` then `sha256sum` of the tar.
 """
 
 from __future__ import annotations
@@ -83,6 +90,17 @@ def shards_run(d: Path, **kw) -> float:
     return timed(lambda: write_shards(d, ShardConfig(split="train", shard_size=None, progress=False, **kw)))
 
 
+def median(xs: list[float]) -> float:
+    return float(np.median(xs))
+
+
+def sha256_mb_s() -> float:
+    import hashlib
+
+    blob = os.urandom(64 * 2**20)
+    return 64 / timed(lambda: hashlib.sha256(blob).digest())
+
+
 def bare_loop(files: list[Path], size: int) -> None:
     for f in files:
         encode_jpeg(resize_shorter_side(decode_rgb(f.read_bytes(), str(f)), size))
@@ -91,7 +109,7 @@ def bare_loop(files: list[Path], size: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=2000)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -100,20 +118,25 @@ def main() -> None:
         d = coco_dataset(tmp / "raw", names, 1, tmp / "ds")
         n = a.images
         subprocess.run(["tar", "-cf", str(tmp / "warm.tar"), "-C", str(tmp / "raw"), "train2014"], check=True)  # warm cache
-        tar_s, orig_s = [], []
-        for _ in range(a.repeats):  # interleaved, best of N
-            tar_s.append(timed(lambda: subprocess.run(["tar", "-cf", str(tmp / "all.tar"), "-C", str(tmp / "raw"), "train2014"], check=True)))
+        tar = ["tar", "-cf", str(tmp / "all.tar"), "-C", str(tmp / "raw"), "train2014"]
+        tar_s, tar_hash_s, orig_s = [], [], []
+        for _ in range(a.repeats):  # interleaved; medians
+            tar_s.append(timed(lambda: subprocess.run(tar, check=True)))
+            tar_hash_s.append(timed(lambda: (subprocess.run(tar, check=True),
+                                             subprocess.run(["sha256sum", str(tmp / "all.tar")], check=True, capture_output=True))))
             orig_s.append(shards_run(d, max_samples=200))
-        out = {"images": n, "cpu_count": os.cpu_count(),
-               "original_bytes": {"write_shards_img_s": n / min(orig_s), "tar_cf_img_s": n / min(tar_s),
-                                  "ratio": min(tar_s) / min(orig_s), "target": 0.8}}
+        out = {"images": n, "cpu_count": os.cpu_count(), "sha256_mb_s": round(sha256_mb_s()), "repeats": a.repeats,
+               "original_bytes": {"write_shards_img_s": n / median(orig_s), "tar_cf_img_s": n / median(tar_s),
+                                  "ratio": median(tar_s) / median(orig_s), "ratio_of_minima": min(tar_s) / min(orig_s),
+                                  "ratio_vs_tar_then_sha256sum": median(tar_hash_s) / median(orig_s), "target": 0.8}}
         for size in (512, 256):
             bare, ours = [], []
             for _ in range(a.repeats):
                 bare.append(timed(lambda: bare_loop(files, size)))
                 ours.append(shards_run(d, max_samples=100, resize=size))
-            out[f"resize_{size}"] = {"write_shards_img_s": n / min(ours), "bare_pil_loop_img_s": n / min(bare),
-                                     "overhead": min(ours) / min(bare) - 1, "target_overhead": 0.10}
+            out[f"resize_{size}"] = {"write_shards_img_s": n / median(ours), "bare_pil_loop_img_s": n / median(bare),
+                                     "overhead": median(ours) / median(bare) - 1,
+                                     "overhead_of_minima": min(ours) / min(bare) - 1, "target_overhead": 0.10}
         w1 = min(shards_run(d, max_samples=100, resize=256, workers=1) for _ in range(2))
         w2 = min(shards_run(d, max_samples=100, resize=256, workers=2) for _ in range(2))
         o1 = min(shards_run(d, max_samples=100, workers=1) for _ in range(2))

@@ -436,7 +436,16 @@ def _prototype_loader(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, epoch:
 
 
 METRIC_COLUMNS = ["epoch", "train_loss", "lr", "mAP", "mAP_voc", "OF1", "CF1", "OF1_top3", "CF1_top3", "val_mAP",
-                  "val_mAP_voc", "best", "selection", "bad_samples", "images_per_s", "seconds"]
+                  "val_mAP_voc", "best", "selection", "bad_samples", "images_per_s", "seconds", "peak_memory_mb"]
+
+
+def peak_memory_mb() -> float:
+    """The accelerator's peak allocated memory (torch.cuda.max_memory_allocated), else the process's peak RSS."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def log_epoch(run: Path, writer, epoch, loss, lr, bad, rate, seconds, metrics, val=None, selection="",
@@ -444,7 +453,8 @@ def log_epoch(run: Path, writer, epoch, loss, lr, bad, rate, seconds, metrics, v
     """One row of metrics.csv (test mAP = plain AP, mAP_voc = the published VOC-interpolated AP; val_*
     on the held-out training images; best = 1 where best.pt was taken; selection = how)."""
     row = {"epoch": epoch, "train_loss": loss, "lr": lr, "bad_samples": bad, "images_per_s": rate, "seconds": seconds,
-           "best": int(best), "selection": selection or "none: the last epoch is the result"}
+           "best": int(best), "selection": selection or "none: the last epoch is the result",
+           "peak_memory_mb": peak_memory_mb()}
     if metrics:
         row.update({k: metrics[k] for k in ("mAP", "mAP_voc", "OF1", "CF1", "OF1_top3", "CF1_top3")})
         (run / "metrics_last.json").write_text(json.dumps(metrics, indent=1))
