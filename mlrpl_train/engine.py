@@ -350,7 +350,7 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=0.1)
     st = RunState(cfg=cfg, spec=spec, info=info, device=device, run=run, core=core, model=core, optimizer=optimizer,
-                  scheduler=scheduler, batches=batches_per_epoch(spec.fit_samples, info.world, cfg.batch_size),
+                  scheduler=scheduler, batches=batches_per_epoch(spec.fit_samples, info.world, cfg.batch_size, len(spec.val_keys)),
                   selection=selection_rule(cfg, spec))
     if resume and not (run / CHECKPOINT_LAST).exists() and (run / CONFIG_JSON).exists():
         print(f"note: {run} was stopped before its first checkpoint: starting it from the beginning", file=sys.stderr)
@@ -380,6 +380,7 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
 
 def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Path:
     st = _start(cfg, info, resume, force)
+    metrics = None  # a resumed run that had already finished trains no epoch
     for epoch in range(st.epoch, cfg.epochs):
         start_step = st.step if epoch == st.epoch else 0
         if hasattr(st.core, "before_epoch") and start_step == 0:  # mid-epoch resume: the checkpoint holds its state

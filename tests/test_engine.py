@@ -80,6 +80,15 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_resuming_a_finished_run_is_a_no_op(data, tmp_path):
+    run = train(config(data, tmp_path / "run", epochs=1))
+    before = load_checkpoint(run / "last.pt")["model"]
+    train(engine.load_run_config(run), resume=True)  # was: UnboundLocalError 'metrics' (a kill after the last save)
+    after = load_checkpoint(run / "last.pt")["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 1
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
     real_step = engine.train_step
     calls = {"n": 0}
