@@ -23,7 +23,8 @@ from mlrpl_data.digits import DigitsConfig
 from mlrpl_data.errors import MlrplError
 from mlrpl_data.masks import MaskConfig, Scheme
 from mlrpl_data.options import choices
-from mlrpl_data.shards import ShardConfig
+from mlrpl_data.pull import PullConfig
+from mlrpl_data.shards import ShardConfig, ShardSplit
 from mlrpl_data.vg import VgConfig
 from mlrpl_data.voc import VocConfig
 from mlrpl_train.options import Method, TrainConfig
@@ -357,11 +358,12 @@ def write_shards(dataset: Path = DATASET_DIR, as_json: bool = JSON, cfg=None):
 @command("verify", "mlrpl verify https://lab.example/coco2014")
 def verify(dataset: str = typer.Argument(..., help="Dataset folder or URL (http(s)://, s3://, ...)"),
            as_json: bool = JSON,
-           progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar in bytes (on a terminal)")):
+           progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar in bytes (on a terminal)"),
+           split: ShardSplit = typer.Option(ShardSplit.all, help="Check this split's shards only (after pull --split)")):
     """Check every shard's sha256, sample count and keys against the index and the manifest."""
     from mlrpl_data.verify import verify as check
 
-    problems = check(dataset, progress=progress)
+    problems = check(dataset, progress=progress, split=split.value)
     if as_json:
         echo_json({"dataset": dataset, "ok": not problems, "problems": problems})
     else:
@@ -371,6 +373,22 @@ def verify(dataset: str = typer.Argument(..., help="Dataset folder or URL (http(
             typer.echo(f"{dataset}: all shards match the index and the manifest")
     if problems:
         raise typer.Exit(1)
+
+
+@command("pull", "mlrpl pull https://lab.example/coco2014 /data/mlrpl/coco2014 --jobs 8")
+@with_options(PullConfig)
+def pull(url: str = typer.Argument(..., help="The published dataset: a folder or URL (http(s)://, s3://, ...)"),
+         dataset: Path = typer.Argument(..., help="Where to mirror it (absent, empty, or an earlier pull to resume)"),
+         as_json: bool = JSON, cfg=None):
+    """Mirror a published dataset: every file checked against files.json and the shard index."""
+    from mlrpl_data.pull import pull as mirror, summary
+
+    r = mirror(url, dataset, cfg)
+    if as_json:
+        return echo_json(summary(r))
+    typer.echo(f"{dataset}: {len(r.fetched)} file(s) fetched ({r.bytes_fetched:,} bytes), {len(r.kept)} already "
+               f"complete; every file matches its sha256 (check the whole chain with: mlrpl verify {dataset}"
+               + (f" --split {cfg.split}" if cfg.split != "all" else "") + ")")
 
 
 # ---- training -------------------------------------------------------------------------------------------------------------------
@@ -504,6 +522,64 @@ def evaluate(run_or_checkpoint: Path = typer.Argument(..., help="A run directory
         return echo_json(m)
     typer.echo(format_metrics(m))
     typer.echo(f"{m['report_dir']}: eval_metrics.json, per_class_ap.json, per_class_ap.png")
+
+
+@command("predict", "mlrpl predict runs/coco-dsrb-p0.3 photos/ street.jpg --top-k 5 --out preds.parquet")
+def predict(model: Path = typer.Argument(..., help="A run directory, a checkpoint, or a file written by mlrpl export"),
+            inputs: list[str] = typer.Argument(..., help="Image files, folders of images (recursively), or a dataset "
+                                               "(folder or URL: its test shards)"),
+            checkpoint: Checkpoint = typer.Option(Checkpoint.last, help="Of a run directory: last.pt or best.pt"),
+            top_k: int = typer.Option(5, min=1, help="Classes shown (and written) per image, most probable first"),
+            threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Show only classes at or above "
+                                                      "this probability; --out lists them as above_threshold "
+                                                      "(default 0.5 there)"),
+            out: Optional[Path] = typer.Option(None, help="Write key, scores, top_k, top_k_scores, above_threshold "
+                                               "as Parquet (then only a summary is printed)"),
+            batch_size: int = typer.Option(32, min=1, help="Images per forward pass"),
+            device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps"),
+            as_json: bool = JSON,
+            progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar (on a terminal)")):
+    """Score images with a trained model: each image's most probable classes with their probabilities."""
+    from mlrpl_train.inference import load_predictor, predict_inputs
+
+    predictor = load_predictor(model, str(checkpoint), device, batch_size)
+    preds = predict_inputs(predictor, inputs, progress)
+    tops = preds.top(top_k, threshold)
+    if out:
+        preds.write_parquet(out, top_k, threshold)
+    if as_json:
+        return echo_json([{"key": k, "top": [{"class": c, "probability": s} for c, s in t]}
+                          for k, t in zip(preds.keys, tops)])
+    if out:
+        typer.echo(f"{out}: {len(preds.keys):,} images x {len(preds.class_names)} classes ({predictor.method}, "
+                   f"{predictor.source})")
+        return
+    for key, t in zip(preds.keys, tops):
+        typer.echo(f"{key}\t" + ("  ".join(f"{c} {s:.3f}" for c, s in t) or "(nothing above the threshold)"))
+
+
+ExportFormat = choices("ExportFormat", "weights torchscript exported", __name__)
+
+
+@command("export", "mlrpl export runs/coco-dsrb-p0.3 --out coco-dsrb.pt --format torchscript")
+def export(run: Path = typer.Argument(..., help="A run directory or a checkpoint file"),
+           out: Path = typer.Option(..., help="The model file to write"),
+           fmt: ExportFormat = typer.Option(ExportFormat.weights, "--format", help="weights: the weights with the class "
+                                            "names, preprocessing and method, for mlrpl (no optimizer state); "
+                                            "torchscript / exported: a graph that runs with torch alone (uint8 "
+                                            "(B, size, size, 3) in, probabilities out)"),
+           checkpoint: Checkpoint = typer.Option(Checkpoint.last, help="Of a run directory: last.pt or best.pt"),
+           as_json: bool = JSON):
+    """Write a trained model for use elsewhere (mlrpl predict accepts it)."""
+    from mlrpl_train.inference import export_run
+
+    meta = export_run(run, out, str(fmt), str(checkpoint))
+    if as_json:
+        return echo_json({**meta, "file": str(out), "bytes": out.stat().st_size})
+    p = meta["preprocess"]
+    typer.echo(f"{out}: {meta['method']} as {fmt} ({len(meta['class_names'])} classes, {meta['source']} epoch "
+               f"{meta['epoch']}), {out.stat().st_size / 1e6:.1f} MB; input: {p['size']}x{p['size']} RGB, "
+               f"mean {p['mean']}, std {p['std']}")
 
 
 @command("demo", "mlrpl demo --out mlrpl-demo")

@@ -80,7 +80,9 @@ def embed_labels(dataset: Path, source: Path | None = None) -> dict[str, Any]:
         emb, meta = from_npy(Path(source), names)
     else:
         emb, meta = from_glove(Path(source), names)
-    meta.update({"source": str(source) if source else None, "source_sha256": sha256_file(Path(source)) if source else None,
+    # the source's name only, with its checksum: no local path goes into a shared file
+    meta.update({"source": Path(source).name if source else None,
+                 "source_sha256": sha256_file(Path(source)) if source else None,
                  "shape": list(emb.shape), "fingerprint": card["fingerprint"], "classes": names})
     import io
 
@@ -88,6 +90,9 @@ def embed_labels(dataset: Path, source: Path | None = None) -> dict[str, Any]:
     np.save(buf, emb, allow_pickle=False)
     atomic_write_bytes(dataset / NPY, buf.getvalue())
     atomic_write_bytes(dataset / META, (json.dumps(meta, indent=1) + "\n").encode())
+    from .card import refresh
+
+    refresh(dataset)
     return meta
 
 

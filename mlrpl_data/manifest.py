@@ -89,7 +89,6 @@ class Manifest:
             "counts": self.counts(),
             "sources": self.sources,
             "options": self.options,
-            "root": self.root,
             "mlrpl_version": __version__,
             **self.extra,
         }
@@ -221,7 +220,26 @@ def validate(m: Manifest, where: str) -> None:
 
 # what a dataset folder holds that mlrpl wrote: --force replaces these and nothing else
 DATASET_ENTRIES = (DATASET_JSON, CATEGORIES_PARQUET, IMAGES_PARQUET)
-DERIVED_ENTRIES = ("masks", "shards", "label_embeddings.npy", "label_embeddings.json", "README.md")
+DERIVED_ENTRIES = ("masks", "shards", "label_embeddings.npy", "label_embeddings.json", "README.md", "files.json")
+LOCAL = ".mlrpl-local.json"  # this machine's raw root: never shared (not in files.json, not pulled)
+
+
+def write_local_root(folder: Path, root: str) -> None:
+    """Record where this machine's raw release is (write-shards reads the images there)."""
+    from .fsutil import atomic_write_text
+
+    if root:
+        atomic_write_text(Path(folder) / LOCAL, json.dumps({"root": str(root)}) + "\n")
+
+
+def local_root(url: str) -> str:
+    """The raw root recorded on this machine, else "" (a pulled or remote dataset has none)."""
+    if "://" in str(url):
+        return ""
+    try:
+        return str(json.loads((Path(url) / LOCAL).read_text()).get("root", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
@@ -264,6 +282,7 @@ def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
         (staged / DATASET_JSON).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
         if state == "written":
             mark(staged, "dataset")
+            write_local_root(staged, m.root)
             publish_dir(staged, out)
         else:
             (out / DATASET_JSON).unlink(missing_ok=True)  # from here on the folder reads as incomplete
@@ -271,11 +290,15 @@ def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
             for name in (CATEGORIES_PARQUET, IMAGES_PARQUET, DATASET_JSON):
                 os.replace(staged / name, out / name)
             staged.rmdir()
+            write_local_root(out, m.root)
             if kept and state == "replaced":
                 state += f" (kept {len(kept)} entr{'y' if len(kept) == 1 else 'ies'} mlrpl did not make: {', '.join(kept[:5])})"
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+    from .card import refresh
+
+    refresh(out)
     return state
 
 
@@ -316,7 +339,8 @@ def read_manifest(url: str | Path, verify: bool = True) -> Manifest:
         raise BadInputError(f"{where}: {CATEGORIES_PARQUET} has {c} classes, {DATASET_JSON} says {card['num_classes']}")
     labels = labels_from_arrow(imgs.column("labels"), c, f"{where}/{IMAGES_PARQUET}")
     images = imgs.select(["key", "split", "path", "width", "height"]).to_pandas()
-    known = {"name", "version", "schema_version", "fingerprint", "num_classes", "counts", "sources", "options", "root", "mlrpl_version"}
+    known = {"name", "version", "schema_version", "fingerprint", "num_classes", "counts", "sources", "options", "root",
+             "mlrpl_version"}
     m = Manifest(
         name=card["name"],
         version=card["version"],
@@ -326,7 +350,7 @@ def read_manifest(url: str | Path, verify: bool = True) -> Manifest:
         labels=labels,
         options=card.get("options", {}),
         sources=card.get("sources", []),
-        root=card.get("root", ""),
+        root=local_root(url) or card.get("root", ""),  # "root" in dataset.json: an mlrpl before 0.2
         extra={k: v for k, v in card.items() if k not in known},
     )
     validate(m, f"{where}/{IMAGES_PARQUET}")

@@ -290,8 +290,12 @@ def _sidecar_hash(js_path: Path) -> str | None:
 def make_masks(dataset_dir: Path, cfg: MaskConfig) -> list[tuple[Mask, str]]:
     from .manifest import read_manifest
 
+    from .card import refresh
+
     m = read_manifest(dataset_dir)
-    return [(mask, write_mask(dataset_dir, mask, cfg.force)) for mask in compute_masks(m, cfg)]
+    results = [(mask, write_mask(dataset_dir, mask, cfg.force)) for mask in compute_masks(m, cfg)]
+    refresh(dataset_dir)
+    return results
 
 
 MASK_NAME = re.compile(r"^[a-z][a-z0-9-]*(-p\d\.\d+)?-s\d+(-(test|all))?$")
@@ -330,12 +334,19 @@ def read_mask(dataset_url: str | Path, name: str, fingerprint: str | None = None
     return Mask(keys=keys, labels=labels, meta=meta)
 
 
-def list_masks(dataset_dir: Path) -> list[dict[str, Any]]:
-    """The sidecars of a dataset's masks (each checked for its fields)."""
+def list_masks(dataset_dir: Path, skip_bad: bool = False) -> list[dict[str, Any]]:
+    """The sidecars of a dataset's masks, each checked for its fields (a bad one raises, or is left out)."""
     from .readers import read_json_object
 
     folder = Path(dataset_dir) / MASKS_DIR
-    return [read_json_object(str(p), SIDECAR_FIELDS) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    metas = []
+    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            metas.append(read_json_object(str(p), SIDECAR_FIELDS))
+        except BadInputError:
+            if not skip_bad:
+                raise
+    return metas
 
 
 def format_mask_stats(metas: list[dict[str, Any]]) -> str:

@@ -15,6 +15,7 @@ import stat
 from typing import Any
 
 from .errors import BadInputError, MlrplError
+from .retry import with_retries
 
 MiB = 2**20
 JSON_LIMIT = 256 * MiB
@@ -60,7 +61,7 @@ def file_size(url: str) -> int:
         return st.st_size
     fs, path = _fs(url)
     try:
-        info = fs.info(path)
+        info = with_retries(lambda: fs.info(path))
     except FileNotFoundError as e:
         if _unreachable(e):
             raise RemoteAccessError(f"{url}: cannot reach the server ({_unreachable(e)})") from None
@@ -86,6 +87,15 @@ def _unreachable(e: BaseException) -> str | None:
     return None
 
 
+def open_binary(url: str):
+    """A binary stream of a local file or a remote object (call file_size first: it checks the kind)."""
+    if is_remote(url):
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    return open(str(url).removeprefix("file://"), "rb")
+
+
 def read_bytes(url: str, limit: int) -> bytes:
     """The whole file, at most `limit` bytes (a larger one is refused, not truncated)."""
     size = file_size(url)
@@ -97,7 +107,7 @@ def read_bytes(url: str, limit: int) -> bytes:
     else:
         fs, path = _fs(url)
         try:
-            data = fs.cat_file(path)
+            data = with_retries(lambda: fs.cat_file(path))
         except FileNotFoundError:
             raise MissingFileError(f"{url}: not found") from None
         except Exception as e:

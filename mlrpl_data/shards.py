@@ -75,6 +75,9 @@ OnBadImage = choices("OnBadImage", "fail skip", __name__)
 
 @dataclass
 class ShardConfig:
+    root: Path | None = field(default=None, metadata=opt(
+        "The raw release's root, which the manifest's image paths are relative to (default: the one it was built "
+        "from on this machine)"))
     split: ShardSplit = field(default=ShardSplit.all, metadata=opt("Which split(s) to write"))
     shard_size: int | None = field(default=512 * 10**6, metadata=opt(
         "Target shard size, planned from the source file sizes: 512MB = 512,000,000 bytes, 512MiB = 512 x 2^20",
@@ -261,6 +264,11 @@ def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
     from .ownership import claim, mark, sweep_stale
 
     m = read_manifest(dataset_dir)
+    if cfg.root is not None:
+        m.root = str(Path(cfg.root).resolve())
+    if not m.root:
+        raise BadInputError(f"{dataset_dir}: no raw root is known on this machine (a pulled dataset?): pass --root "
+                            f"with the folder the manifest's image paths are relative to")
     out_dir = Path(dataset_dir) / SHARDS_DIR
     if (out_dir / RECORDS_DIR).is_dir() and not (out_dir / MARKER).exists():
         mark(out_dir, "shards")  # made by an mlrpl from before the markers: its .records say so
@@ -295,6 +303,10 @@ def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
         bar.close()
     complete = all(_matching_record(out_dir, p, check_bytes=False) for p in plans)
     index = assemble_index(m, out_dir, plans) if complete else None
+    if complete:
+        from .card import refresh
+
+        refresh(dataset_dir)
     return ShardResult(written=sorted(written), kept=[p.name for p in kept], complete=complete, index=index)
 
 
@@ -344,13 +356,21 @@ SHARD_FIELDS = {"name": str, "split": str, "samples": int, "bytes": int, "sha256
 def read_index(url: str) -> dict[str, Any]:
     """shards/index.json, checked: every shard entry well formed (a name mlrpl writes, its split,
     counts, sha256), no name twice, and the split totals equal the sum of their shards."""
-    from .readers import MissingFileError, check_fields, read_json_object
+    from .readers import MissingFileError, read_json_object
 
     where = f"{str(url).rstrip('/')}/{SHARDS_DIR}/{INDEX}"
     try:
         index = read_json_object(where, INDEX_FIELDS)
     except MissingFileError:
         raise BadInputError(f"{where}: no shard index (run `mlrpl write-shards` to completion)") from None
+    return check_index(index, where)
+
+
+def check_index(index: Any, where: str) -> dict[str, Any]:
+    """An index document's entries and totals checked (see read_index)."""
+    from .readers import check_fields
+
+    check_fields(index, INDEX_FIELDS, where)
     names = set()
     for k, s in enumerate(index["shards"]):
         check_fields(s, SHARD_FIELDS, f"{where}: shard {k}")

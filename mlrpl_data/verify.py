@@ -15,22 +15,25 @@ import hashlib
 import io
 import json
 import tarfile
+import time
 from typing import Any
 
 import numpy as np
 
-from .errors import BadInputError
+from . import retry
+from .errors import BadInputError, MlrplError
 from .manifest import SPLITS, Manifest, read_manifest
 from .masks import MASKS_DIR, read_mask
 from .progress import progress_bar
-from .readers import MissingFileError, file_size, is_remote, join
+from .readers import MissingFileError, file_size, is_remote, join, open_binary
 from .shards import INDEX, SHARDS_DIR, read_index
 
 JSON_MEMBER_LIMIT = 1 << 20
 
 
-def verify(url: str, progress: bool = False) -> list[str]:
-    """Every problem found (empty: all is consistent). An unreadable manifest raises instead."""
+def verify(url: str, progress: bool = False, split: str = "all") -> list[str]:
+    """Every problem found (empty: all is consistent). An unreadable manifest raises instead.
+    `split` train or test checks that split's shards only (a `mlrpl pull --split` copy)."""
     url = str(url).rstrip("/")
     m = read_manifest(url)
     try:
@@ -43,21 +46,23 @@ def verify(url: str, progress: bool = False) -> list[str]:
                         f"is {m.fingerprint}")
     chain = _Chain(m)
     skipped = {s.get("key") for s in index["skipped"] if isinstance(s, dict)}
-    bar = progress_bar(sum(s["bytes"] for s in index["shards"]), "verify", "B", progress, unit_scale=True)
+    splits = SPLITS if split == "all" else (str(split),)
+    shards = [s for s in index["shards"] if s["split"] in splits]
+    bar = progress_bar(sum(s["bytes"] for s in shards), "verify", "B", progress, unit_scale=True)
     with bar:
-        for s in index["shards"]:
+        for s in shards:
             problems += check_shard(join(url, SHARDS_DIR, s["name"]), s, chain, bar.update)
-    for split in SPLITS:
-        want = set(m.keys[m.split_rows(split)]) - skipped
-        have = {k for k in chain.placed if chain.split_of.get(k) == split}
+    for sp in SPLITS:
+        want = set(m.keys[m.split_rows(sp)]) - skipped
+        have = {k for k in chain.placed if chain.split_of.get(k) == sp}
         missing = sorted(want - have)
-        if missing:
-            problems.append(f"{url}: {len(missing)} {split} image(s) of the manifest are in no shard "
+        if missing and sp in splits:
+            problems.append(f"{url}: {len(missing)} {sp} image(s) of the manifest are in no shard "
                             f"(e.g. {', '.join(missing[:3])}); re-run mlrpl write-shards")
-        listed = index["splits"].get(split, 0)
+        listed = index["splits"].get(sp, 0)
         if listed != len(want):
-            problems.append(f"{join(url, SHARDS_DIR, INDEX)}: lists {listed} {split} samples, the manifest has "
-                            f"{len(want)} (besides {len(skipped & set(m.keys[m.split_rows(split)]))} skipped)")
+            problems.append(f"{join(url, SHARDS_DIR, INDEX)}: lists {listed} {sp} samples, the manifest has "
+                            f"{len(want)} (besides {len(skipped & set(m.keys[m.split_rows(sp)]))} skipped)")
     problems += check_masks(url, m)
     return problems
 
@@ -85,20 +90,35 @@ def check_shard(shard_url: str, entry: dict[str, Any], chain: _Chain, on_read=la
         return [str(e)]
     if size != entry["bytes"]:
         problems.append(f"{shard_url}: {size:,} bytes, index says {entry['bytes']:,} (truncated or altered)")
-    h = hashlib.sha256()
-    keys: list[str] = []
-    members: set[str] = set()
-    try:
-        with _open(shard_url) as f:
-            reader = _Bounded(f, h, entry["bytes"], on_read)
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                for member in tar:
-                    problems += _check_member(shard_url, tar, member, members, keys, split, chain)
-            while reader.read(1 << 20):  # hash the tar's end padding as well
-                pass
-            over = reader.exhausted and bool(f.read(1))
-    except (tarfile.TarError, OSError, EOFError) as e:
-        return problems + [f"{shard_url}: unreadable or truncated tar ({e})"]
+    tries = retry.attempts() if is_remote(shard_url) else 1
+    for attempt in range(tries):  # a transient remote failure reads the shard again
+        h = hashlib.sha256()
+        keys: list[str] = []
+        members: set[str] = set()
+        found: list[str] = []
+        reader = None
+        try:
+            with open_binary(shard_url) as f:
+                reader = _Bounded(f, h, entry["bytes"], on_read)
+                with tarfile.open(fileobj=reader, mode="r|") as tar:
+                    for member in tar:
+                        found += _check_member(shard_url, tar, member, members, keys, split, chain)
+                while reader.read(1 << 20):  # hash the tar's end padding as well
+                    pass
+                over = reader.exhausted and bool(f.read(1))
+            if reader.n < min(size, entry["bytes"]):  # the stream ended before the file did: a cut transfer
+                raise retry.Corrupted(f"read {reader.n:,} of {size:,} bytes")
+            break
+        except Exception as e:
+            cut_short = isinstance(e, (tarfile.TarError, EOFError)) and reader is not None and reader.n < size
+            if attempt < tries - 1 and not isinstance(e, MlrplError) and (retry.is_transient(e) or cut_short):
+                time.sleep(retry.delay(attempt))
+                continue
+            if not isinstance(e, (tarfile.TarError, OSError, EOFError)) and not retry.is_transient(e):
+                raise
+            return problems + found + [f"{shard_url}: unreadable or truncated tar ({type(e).__name__}: {e})"
+                                       + (f" after {tries} tries" if tries > 1 else "")]
+    problems += found
     if over:
         problems.append(f"{shard_url}: holds more than the {entry['bytes']:,} bytes the index says (altered)")
     elif size == entry["bytes"] and h.hexdigest() != entry["sha256"]:
@@ -174,14 +194,6 @@ def _mask_names(url: str) -> list[str]:
     except Exception:  # no listing: nothing to check here (masks are checked again when read)
         return []
     return sorted(p.rsplit("/", 1)[-1][: -len(".json")] for p in found)
-
-
-def _open(url: str):
-    if is_remote(url):
-        import fsspec
-
-        return fsspec.open(url, "rb").open()
-    return open(url.removeprefix("file://"), "rb")
 
 
 class _Bounded(io.RawIOBase):

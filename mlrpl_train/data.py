@@ -98,3 +98,21 @@ def resolve_data(dataset: str, mask: str | None, val_fraction: float = 0.0) -> D
                     test_urls=shard_urls(dataset, "test", index), train_samples=int(splits.get("train", 0)),
                     test_samples=int(splits.get("test", 0)), partial=partial, mask_name=mask,
                     val_keys=validation_keys(partial, val_fraction) if partial else frozenset())
+
+
+def dataloader(dataset: str, mask: str | None = None, split: str = "train", batch_size: int = 32,
+               image_size: int = 448, augment: bool | None = None, workers: int = 0, seed: int = 0):
+    """A torch DataLoader over a dataset's shards (a folder or URL), each image once per pass, in
+    shard order. Batches hold "keys", "images" (B, size, size, 3) uint8 RGB, "labels" (the full
+    labels: 1 present, -1 absent) and "partial" (the mask's labels, 0 unknown; the full labels
+    without a mask). `augment` (default: on for train) is the training crop and flip. `mlrpl train`
+    itself shuffles and cycles the training stream instead."""
+    from .loader import StreamConfig, make_loader
+
+    if split not in ("train", "test"):
+        raise BadInputError(f"split {split!r}: use train or test")
+    spec = resolve_data(dataset, mask if split == "train" else None)
+    sc = StreamConfig(urls=spec.train_urls if split == "train" else spec.test_urls, num_classes=spec.num_classes,
+                      train=False, image_size=image_size, batch_size=batch_size, seed=seed, partial=spec.partial,
+                      augment=split == "train" if augment is None else augment)
+    return make_loader(sc, workers)

@@ -84,35 +84,57 @@ def my_share(urls: list[str], rank: int, world: int, worker: int, workers: int) 
 # ---- stage 2: tar members -> raw samples ----------------------------------------------------------
 
 def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
-    """Group `.jpg` and `.json` members by key; every other member is skipped unread."""
-    import fsspec
+    """Group `.jpg` and `.json` members by key; every other member is skipped unread.
 
-    from mlrpl_data.readers import file_size
+    A remote shard whose read fails in a transient way (a dropped connection, a body cut short)
+    is opened again and read on after the samples already given out; after the last try the
+    error names the shard, so a rank stops instead of hanging.
+    """
+    import time
+
+    from mlrpl_data import retry
+    from mlrpl_data.readers import file_size, is_remote
 
     for url in urls:
-        current: dict[str, Any] | None = None
         try:
             file_size(url)  # a regular file (never a device or a FIFO), or a clear error
         except MlrplError as e:
             raise ShardReadError(str(e)) from None
-        try:
-            with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-                for member in tar:
-                    if not member.isfile() or "." not in member.name:
-                        continue
-                    key, ext = member.name.split(".", 1)
-                    if ext not in ("jpg", "json"):
-                        continue  # never decode pickles, .pth or anything else an untrusted shard holds
-                    data = tar.extractfile(member).read()
-                    if current is None or current["__key__"] != key:
-                        if current is not None:
-                            yield current
-                        current = {"__key__": key, "__url__": url}
-                    current[ext] = data
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise ShardReadError(f"{url}: cannot read shard ({type(e).__name__}: {e})") from None
-        if current is not None:
-            yield current
+        given, tries = 0, retry.attempts() if is_remote(url) else 1
+        for attempt in range(tries):
+            try:
+                for i, sample in enumerate(_shard_samples(url)):
+                    if i >= given:  # a re-read resumes after what was given out
+                        given += 1
+                        yield sample
+                break
+            except Exception as e:
+                cut_short = isinstance(e, (tarfile.TarError, EOFError))  # a body that ended early, remotely
+                if isinstance(e, MlrplError) or attempt == tries - 1 or not (retry.is_transient(e) or cut_short):
+                    raise ShardReadError(f"{url}: cannot read shard ({type(e).__name__}: {e})"
+                                         + (f" after {tries} tries" if tries > 1 else "")) from None
+                time.sleep(retry.delay(attempt))
+
+
+def _shard_samples(url: str) -> Iterator[dict[str, Any]]:
+    import fsspec
+
+    current: dict[str, Any] | None = None
+    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile() or "." not in member.name:
+                continue
+            key, ext = member.name.split(".", 1)
+            if ext not in ("jpg", "json"):
+                continue  # never decode pickles, .pth or anything else an untrusted shard holds
+            data = tar.extractfile(member).read()
+            if current is None or current["__key__"] != key:
+                if current is not None:
+                    yield current
+                current = {"__key__": key, "__url__": url}
+            current[ext] = data
+    if current is not None:
+        yield current
 
 
 def select_keys(samples: Iterator[dict], only: frozenset[str] | None, exclude: frozenset[str]) -> Iterator[dict]:
@@ -297,10 +319,12 @@ def collate(samples: list[dict]) -> dict[str, Any]:
     }
 
 
-def batches_per_epoch(samples: int, world: int, batch_size: int) -> int:
+def batches_per_epoch(samples: int, world: int, batch_size: int, held_out: int = 0) -> int:
     n = samples // (world * batch_size)
     if n < 1:
-        raise BadInputError(f"{samples} training samples are fewer than one batch of {batch_size} per rank ({world} ranks)")
+        why = f" ({held_out} more held out for validation: --val-fraction)" if held_out else ""
+        raise BadInputError(f"{samples} training samples{why} are fewer than one batch of {batch_size} per rank "
+                            f"({world} rank{'s' if world > 1 else ''}): lower --batch-size")
     return n
 
 

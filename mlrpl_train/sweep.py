@@ -43,9 +43,14 @@ def run_sweep(base: TrainConfig, proportions: list[float], seeds: list[int], out
     m = read_manifest(base.dataset)
     claim(out, "sweep", "--out")
     runs = []
+    from mlrpl_data.card import refresh
+
     for seed in seeds:
-        for mask in compute_masks(m, MaskConfig(proportions=proportions, seed=seed, scheme=scheme)):
+        masks = compute_masks(m, MaskConfig(proportions=proportions, seed=seed, scheme=scheme))
+        for mask in masks:
             write_mask(base.dataset, mask)  # a no-op when the same mask exists
+        refresh(base.dataset)
+        for mask in masks:
             p = mask.meta["proportion"]
             run = run_dir(out, base.method, p, seed)
             if finished(run, base.epochs):

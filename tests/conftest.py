@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +106,107 @@ def make_vg(root: Path, n_images=6, names_per_image=None) -> Path:
 def random_labels(n: int, c: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.where(rng.random((n, c)) < 0.3, 1, -1).astype(np.int8)
+
+
+class S3:
+    """A moto S3 server on loopback with one bucket; `upload(folder, prefix)` gives its s3:// URL."""
+
+    bucket = "lab"
+
+    def __init__(self, client):
+        self.client = client
+
+    def upload(self, folder: Path, prefix: str) -> str:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
+                self.client.upload_file(str(p), self.bucket, f"{prefix}/{p.relative_to(folder).as_posix()}")
+        return f"s3://{self.bucket}/{prefix}"
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    import boto3
+    import fsspec
+
+    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    try:
+        host, port = srv.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for k, v in dict(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
+                         AWS_ENDPOINT_URL=endpoint).items():
+            monkeypatch.setenv(k, v)
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket=S3.bucket)
+        fsspec.config.conf["s3"] = {"client_kwargs": {"endpoint_url": endpoint}}
+        try:
+            yield S3(client)
+        finally:
+            fsspec.config.conf.pop("s3", None)
+    finally:
+        srv.stop()
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        if self.server.misbehave(self.path, "HEAD") == "drop":
+            self.close_connection = True  # no answer at all
+            return
+        super().do_HEAD()
+
+    def do_GET(self):
+        act = self.server.misbehave(self.path, "GET")
+        if act is None:
+            return super().do_GET()
+        f = self.send_head()  # the status and headers (with the full Content-Length) as usual
+        if f is None:
+            return
+        with f:
+            data = bytearray(f.read())
+        if act == "drop":
+            data = data[: len(data) // 2]  # the body cut off half way
+        else:
+            data[len(data) // 2] ^= 0xFF  # one byte flipped in transit
+        self.wfile.write(bytes(data))
+        self.close_connection = True
+
+
+class Loopback:
+    """An http server on 127.0.0.1 serving `folder`. drop_every=k: every k-th request is answered
+    with nothing (HEAD) or half its body (GET); flip_once: paths whose first GET has a byte flipped."""
+
+    def __init__(self, folder: Path, drop_every: int = 0, flip_once: tuple[str, ...] = (), delay: float = 0.0):
+        outer = self
+
+        class Server(ThreadingHTTPServer):
+            def misbehave(self, path: str, method: str) -> str | None:
+                import time
+
+                with outer.lock:
+                    outer.requests += 1
+                    n = outer.requests
+                    if method == "GET" and path in outer.flip_pending:
+                        outer.flip_pending.discard(path)
+                        return "flip"
+                if outer.delay:
+                    time.sleep(outer.delay)
+                return "drop" if outer.drop_every and n % outer.drop_every == 0 else None
+
+        self.lock = threading.Lock()
+        self.requests, self.drop_every, self.delay = 0, drop_every, delay
+        self.flip_pending = set(flip_once)
+        self.srv = Server(("127.0.0.1", 0), lambda *a: _Handler(*a, directory=str(folder)))
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
+
+    def __enter__(self) -> "Loopback":
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()

@@ -100,7 +100,8 @@ def test_kill_9_mid_training_then_resume_gives_the_same_weights(raw, tmp_path):
     if not (tmp_path / "run" / "config.json").exists():  # killed before the run began: start it again
         run_killed(cli(*args, "--out", tmp_path / "run"), rng.uniform(0.5, 0.9) * duration)
     run_killed(resume, rng.uniform(0.3, 0.7) * duration)  # killed again while resuming
-    subprocess.run(resume, cwd=REPO, check=True, capture_output=True)
+    r = subprocess.run(resume, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
     a = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 3

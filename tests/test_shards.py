@@ -4,9 +4,6 @@ import json
 import shutil
 import subprocess
 import tarfile
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ from mlrpl_data import shards as shards_mod
 from mlrpl_data.shards import ShardConfig, parse_size, plan_shards, write_shards
 from mlrpl_data.verify import verify
 
-from conftest import make_coco
+from conftest import Loopback, make_coco
 
 
 def dataset(tmp_path: Path, n_train=23, n_test=7, name="raw") -> Path:
@@ -226,13 +223,8 @@ def test_cli_write_shards_and_verify(tmp_path):
 
 @pytest.fixture
 def http_server(tmp_path):
-    handler = partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *a, **k: None
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    with Loopback(tmp_path) as srv:
+        yield srv.url
 
 
 def test_verify_over_http(tmp_path, http_server):
@@ -244,36 +236,13 @@ def test_verify_over_http(tmp_path, http_server):
     assert any("train-000002.tar" in p for p in verify(url))
 
 
-def test_verify_over_s3(tmp_path, monkeypatch):
-    moto_server = pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
-    import boto3
-
-    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    try:
-        host, port = srv.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for k, v in dict(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
-                         AWS_ENDPOINT_URL=endpoint).items():
-            monkeypatch.setenv(k, v)
-        d = dataset(tmp_path)
-        write_shards(d, ShardConfig(**CFG))
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="lab")
-        for p in d.rglob("*"):
-            if p.is_file() and ".records" not in p.parts:
-                s3.upload_file(str(p), "lab", f"coco/{p.relative_to(d)}")
-        import fsspec
-        fsspec.config.conf["s3"] = {"client_kwargs": {"endpoint_url": endpoint}}
-        try:
-            assert verify("s3://lab/coco") == []
-            s3.put_object(Bucket="lab", Key="coco/shards/train-000003.tar", Body=b"nope")
-            assert any("train-000003.tar" in p for p in verify("s3://lab/coco"))
-        finally:
-            fsspec.config.conf.pop("s3", None)
-    finally:
-        srv.stop()
+def test_verify_over_s3(tmp_path, s3):
+    d = dataset(tmp_path)
+    write_shards(d, ShardConfig(**CFG))
+    url = s3.upload(d, "coco")
+    assert verify(url) == []
+    s3.client.put_object(Bucket=s3.bucket, Key="coco/shards/train-000003.tar", Body=b"nope")
+    assert any("train-000003.tar" in p for p in verify(url))
 
 
 def test_direct_header_equals_tarfiles():

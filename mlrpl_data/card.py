@@ -1,0 +1,123 @@
+"""A dataset folder that describes itself: README.md (a Hugging Face dataset card) and files.json.
+
+README.md's YAML header follows the Hugging Face dataset-card convention: `configs:` lists the
+splits (the WebDataset shards) and each mask (its Parquet file), so `datasets.load_dataset(DIR)`
+finds them. Its body says what the data is, where the raw archives come from and their checksums,
+the counts, the fingerprint, the masks with their stats, the licences and how to cite.
+
+files.json lists every file of the folder other than the shards (which shards/index.json lists)
+with its size and sha256: `mlrpl pull` copies and checks exactly these. Both are rewritten
+whenever the manifest, a mask, the shards or the label embeddings change; neither holds a time
+or a local path, so two labs with the same data write the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .fsutil import atomic_write_text, sha256_file
+
+CARD = "README.md"
+FILES = "files.json"
+
+LICENCES = {
+    "coco": ("cc-by-4.0", "COCO annotations: CC BY 4.0 (https://cocodataset.org/#termsofuse); the images are "
+             "Flickr photos under the Flickr terms of use."),
+    "voc": ("other", "PASCAL VOC 2007: the images are Flickr photos under the Flickr terms of use; the annotations "
+            "are for research use (http://host.robots.ox.ac.uk/pascal/VOC/voc2007/)."),
+    "vg-raw": ("cc-by-4.0", "Visual Genome: CC BY 4.0 (https://homes.cs.washington.edu/~ranjay/visualgenome/)."),
+    "vg-ssgrl": ("cc-by-4.0", "Visual Genome: CC BY 4.0; the benchmark split lists come from SSGRL "
+                 "(https://github.com/HCPLab-SYSU/SSGRL)."),
+}
+DIGITS = ("cc-by-4.0", "The digit scans are scikit-learn's copy of the UCI optical recognition of handwritten digits "
+          "data (CC BY 4.0); the composed images and labels are made by mlrpl.")
+CITATIONS = {
+    "coco": "Lin et al., Microsoft COCO: Common Objects in Context, ECCV 2014.",
+    "voc": "Everingham et al., The PASCAL Visual Object Classes (VOC) Challenge, IJCV 2010.",
+    "vg-raw": "Krishna et al., Visual Genome: Connecting Language and Vision Using Crowdsourced Dense Image "
+              "Annotations, IJCV 2017.",
+    "vg-ssgrl": "Krishna et al., Visual Genome, IJCV 2017; Chen et al., Learning Semantic-Specific Graph "
+                "Representation for Multi-Label Image Recognition (SSGRL), ICCV 2019.",
+}
+PAPER = ("Pu et al., Dual-Perspective Semantic-Aware Representation Blending for Multi-Label Image Recognition "
+         "with Partial Labels, arXiv 2205.13092.")
+
+
+def refresh(dataset_dir: Path) -> None:
+    """Rewrite README.md and files.json from what the folder holds now."""
+    folder = Path(dataset_dir)
+    atomic_write_text(folder / CARD, dataset_card(folder))
+    atomic_write_text(folder / FILES, json.dumps({"files": listing(folder)}, indent=1) + "\n")
+
+
+def listing(folder: Path) -> list[dict[str, Any]]:
+    """Every file of the dataset other than the shards and local-only files, with its size and sha256."""
+    paths = [folder / n for n in ("dataset.json", "categories.parquet", "images.parquet", CARD,
+                                  "label_embeddings.npy", "label_embeddings.json",
+                                  "shards/index.json", "shards/SHA256SUMS")]
+    masks = folder / "masks"
+    if masks.is_dir():
+        paths += sorted(p for p in masks.iterdir() if p.suffix in (".json", ".parquet") and not p.name.startswith("."))
+    return [{"path": str(p.relative_to(folder)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in paths if p.is_file()]
+
+
+def dataset_card(folder: Path) -> str:
+    from .masks import list_masks
+
+    card = json.loads((folder / "dataset.json").read_text())
+    fmt = card.get("options", {}).get("format", "")
+    licence, licence_text = DIGITS if card["name"].startswith("digits") else LICENCES.get(fmt, ("other", "See the source."))
+    masks = list_masks(folder, skip_bad=True)  # a damaged mask is verify's to report, not the card's
+    index_path = folder / "shards" / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else None
+    configs = []
+    if index:
+        splits = sorted({s["split"] for s in index["shards"]})
+        configs.append({"name": "default", "files": [(sp, f"shards/{sp}-*.tar") for sp in splits]})
+    for m in masks:
+        split = m["split"] if m["split"] in ("train", "test") else "train"
+        configs.append({"name": m["name"], "files": [(split, f"masks/{m['name']}.parquet")]})
+    head = ["---", f"pretty_name: {card['name']} {card['version']} (mlrpl)", f"license: {licence}",
+            "task_categories:", "- image-classification", "tags:", "- multi-label", "- partial-labels", "- mlrpl"]
+    if configs:
+        head.append("configs:")
+        for c in configs:
+            head += [f"- config_name: {c['name']}", "  data_files:"]
+            for split, path in c["files"]:
+                head += [f"  - split: {split}", f"    path: {path}"]
+    head.append("---")
+    counts = ", ".join(f"{k} {v:,}" for k, v in card["counts"].items())
+    body = [f"# {card['name']} {card['version']}", "",
+            f"A multi-label image dataset with partial labels, built by mlrpl from the {fmt or 'raw'} release: "
+            f"{card['num_classes']} classes, {counts} images. Labels: 1 present, -1 absent, 0 unknown.", "",
+            f"Fingerprint (sha256 of the canonical content): `{card['fingerprint']}`", "",
+            "## Files", "",
+            "- `dataset.json`, `categories.parquet`, `images.parquet`: the manifest (full labels; image paths relative "
+            "to the raw release's root)",
+            "- `masks/<scheme>-p<proportion>-s<seed>.parquet` (+ `.json`): partial labels, joined by key",
+            "- `shards/<split>-NNNNNN.tar`: WebDataset shards (`<key>.jpg` + `<key>.json`), listed with their sha256 in "
+            "`shards/index.json` and `shards/SHA256SUMS`",
+            "- `files.json`: every other file with its sha256 (`mlrpl pull` checks them; `mlrpl verify` checks it all)", "",
+            "## Source archives", ""]
+    body += [f"- `{s['file']}`: sha256 `{s['sha256']}`, {s['bytes']:,} bytes" for s in card.get("sources", [])] or ["- (none recorded)"]
+    body += ["", "## Masks", ""]
+    if masks:
+        body += ["| mask | split | images | known | known + | classes without a known positive |", "|---|---|---|---|---|---|"]
+        for m in masks:
+            st = m["stats"]
+            body.append(f"| {m['name']} | {m['split']} | {st['images']:,} | {st['known_proportion']:.3f} | "
+                        f"{st['known_positives']:,} | {len(st['classes_without_known_positive'])} |")
+    else:
+        body.append("None yet (`mlrpl make-masks DIR --proportion 0.3`).")
+    if index:
+        body += ["", f"Shards: {len(index['shards'])} ({', '.join(f'{k} {v:,} samples' for k, v in index['splits'].items())})"
+                 + (f"; {len(index['skipped'])} bad image(s) left out (listed in shards/index.json)." if index["skipped"] else ".")]
+    body += ["", "## Licence", "", licence_text, "", "## Citation", ""]
+    if fmt in CITATIONS and not card["name"].startswith("digits"):
+        body.append(f"- The dataset: {CITATIONS[fmt]}")
+    body += [f"- The method this toolkit trains: {PAPER}",
+             f"- The toolkit: mlrpl {card.get('mlrpl_version', '')}, multi-label recognition with partial labels."]
+    return "\n".join(head + [""] + body) + "\n"
