@@ -19,9 +19,13 @@ import typer
 
 from mlrpl_data import __version__
 from mlrpl_data.coco import CocoConfig
+from mlrpl_data.csvlabels import CsvConfig
 from mlrpl_data.digits import DigitsConfig
 from mlrpl_data.errors import MlrplError
+from mlrpl_data.lvis import LvisConfig
 from mlrpl_data.masks import MaskConfig, Scheme
+from mlrpl_data.nuswide import NuswideConfig
+from mlrpl_data.openimages import OpenImagesConfig
 from mlrpl_data.options import choices
 from mlrpl_data.pull import PullConfig
 from mlrpl_data.shards import ShardConfig, ShardSplit
@@ -283,6 +287,42 @@ def build_vg200(out: Path = OUT, force: bool = FORCE_BUILD,
     _report_build(m, out, force)
 
 
+@command("build-openimages", "mlrpl build-openimages --root /data/openimages --out /data/mlrpl/openimages-v6")
+@with_options(OpenImagesConfig)
+def build_openimages(out: Path = OUT, force: bool = FORCE_BUILD, cfg=None):
+    """Build from Open Images' human-verified image-level labels: 1 verified present, -1 verified absent, 0 unknown."""
+    from mlrpl_data.openimages import build_openimages as build
+
+    _report_build(build(cfg), out, force)
+
+
+@command("build-lvis", "mlrpl build-lvis --root /data/lvis --out /data/mlrpl/lvis-v1")
+@with_options(LvisConfig)
+def build_lvis(out: Path = OUT, force: bool = FORCE_BUILD, cfg=None):
+    """Build from LVIS v1: annotated 1, neg_category_ids -1, everything else 0 (federated labels)."""
+    from mlrpl_data.lvis import build_lvis as build
+
+    _report_build(build(cfg), out, force)
+
+
+@command("build-nuswide", "mlrpl build-nuswide --root /data/nus-wide --out /data/mlrpl/nuswide81 --allow-missing")
+@with_options(NuswideConfig)
+def build_nuswide(out: Path = OUT, force: bool = FORCE_BUILD, cfg=None):
+    """Build from NUS-WIDE's 81-concept ground truth (TrainTestLabels, ImageList, Flickr/)."""
+    from mlrpl_data.nuswide import build_nuswide as build
+
+    _report_build(build(cfg), out, force)
+
+
+@command("build-csv", "mlrpl build-csv --labels labels.csv --images /data/lab/images --out /data/mlrpl/lab")
+@with_options(CsvConfig)
+def build_csv(out: Path = OUT, force: bool = FORCE_BUILD, cfg=None):
+    """Build from a lab's own CSV: path[,split], then a column per class (1/-1/0/empty) or a ;-joined labels column."""
+    from mlrpl_data.csvlabels import build_csv as build
+
+    _report_build(build(cfg), out, force)
+
+
 @command("stats", "mlrpl stats /data/mlrpl/coco2014 --json")
 def stats(dataset: str = typer.Argument(..., help="Dataset folder or URL"),
           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table")):
@@ -415,7 +455,8 @@ def _launch_torchrun(nproc: int) -> None:
 @command("train", "mlrpl train dsrb /data/mlrpl/coco2014 --masks uniform-p0.30-s0 --out runs/coco-dsrb-p0.3")
 @with_options(TrainConfig)
 def train(ctx: typer.Context,
-          method: Method = typer.Argument(..., help="pbce (partial BCE baseline) | ssgrl (the paper's baseline) | dsrb"),
+          method: Method = typer.Argument(..., help="pbce (partial BCE baseline) | ssgrl (the paper's baseline) | dsrb | asl (asymmetric loss) "
+                                                    "| llr (Large Loss Matters: --variant r|ct|cp)"),
           dataset: str = typer.Argument(..., help="Dataset folder or URL with shards/ and masks/"),
           masks: str = typer.Option("", help="Mask name, e.g. uniform-p0.30-s0 (mlrpl masks DIR lists them)"),
           out: str = typer.Option("runs/run", help="Run directory"),
@@ -446,7 +487,7 @@ PAPER_FREE = {"workers", "device", "progress", "checkpoint_every", "eval_every",
 @command("sweep", "mlrpl sweep dsrb /data/mlrpl/coco2014 --preset paper --seeds 0,1,2 --out runs/coco-sweep")
 @with_options(TrainConfig, exclude=("seed",), defaults={"val_fraction": 0.0})
 def sweep(ctx: typer.Context,
-          method: Method = typer.Argument(..., help="pbce | ssgrl | dsrb"),
+          method: Method = typer.Argument(..., help="pbce | ssgrl | dsrb | asl | llr"),
           dataset: str = typer.Argument(..., help="Dataset folder with shards/"),
           proportions: str = typer.Option("0.1:0.9:0.1", help="Known proportions: 0.1,0.5,0.9 or 0.1:0.9:0.1"),
           seeds: str = typer.Option("0", help="Seeds (of the mask and of training), e.g. 0,1,2"),

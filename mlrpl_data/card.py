@@ -30,6 +30,13 @@ LICENCES = {
     "vg-raw": ("cc-by-4.0", "Visual Genome: CC BY 4.0 (https://homes.cs.washington.edu/~ranjay/visualgenome/)."),
     "vg-ssgrl": ("cc-by-4.0", "Visual Genome: CC BY 4.0; the benchmark split lists come from SSGRL "
                  "(https://github.com/HCPLab-SYSU/SSGRL)."),
+    "openimages": ("cc-by-4.0", "Open Images: the annotations are CC BY 4.0, the images are listed as CC BY 2.0 "
+                   "(https://storage.googleapis.com/openimages/web/factsfigures.html); check each image's own licence."),
+    "lvis": ("cc-by-4.0", "LVIS annotations: CC BY 4.0 (https://www.lvisdataset.org/); the images are COCO 2017's, "
+             "Flickr photos under the Flickr terms of use."),
+    "nuswide": ("other", "NUS-WIDE: for research use (https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/"
+                "nuswide/NUS-WIDE.html); the images are Flickr photos under the Flickr terms of use."),
+    "csv": ("other", "A lab's own data: see its owners' licence."),
 }
 DIGITS = ("cc-by-4.0", "The digit scans are scikit-learn's copy of the UCI optical recognition of handwritten digits "
           "data (CC BY 4.0); the composed images and labels are made by mlrpl.")
@@ -40,6 +47,10 @@ CITATIONS = {
               "Annotations, IJCV 2017.",
     "vg-ssgrl": "Krishna et al., Visual Genome, IJCV 2017; Chen et al., Learning Semantic-Specific Graph "
                 "Representation for Multi-Label Image Recognition (SSGRL), ICCV 2019.",
+    "openimages": "Kuznetsova et al., The Open Images Dataset V4, IJCV 2020.",
+    "lvis": "Gupta et al., LVIS: A Dataset for Large Vocabulary Instance Segmentation, CVPR 2019.",
+    "nuswide": "Chua et al., NUS-WIDE: A Real-World Web Image Database from National University of Singapore, "
+               "CIVR 2009.",
 }
 PAPER = ("Pu et al., Dual-Perspective Semantic-Aware Representation Blending for Multi-Label Image Recognition "
          "with Partial Labels, arXiv 2205.13092.")

@@ -142,3 +142,23 @@ def reencode(data: bytes, where: str, size: int | None, quality: int = 95) -> tu
     if size:
         im = resize_shorter_side(im, size)
     return encode_jpeg(im, quality), im.size[0], im.size[1], sniff_format(data) or "unknown"
+
+
+def header_size(path, where: str | None = None) -> tuple[int, int]:
+    """(width, height) of an image file from its header (its first 256 KiB; PIL for anything else);
+    BadImageError naming the file when it is not an image."""
+    where = where or str(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 18)
+    except OSError as e:
+        raise BadImageError(f"{where}: cannot be read ({e.strerror or e})") from None
+    fmt = sniff_format(head)
+    size = _header_size(head, fmt) if fmt else None
+    if size and size[0] > 0 and size[1] > 0:
+        return size
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception as e:
+        raise BadImageError(f"{where}: not a readable image ({type(e).__name__}: {e})") from None

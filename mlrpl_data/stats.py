@@ -19,6 +19,8 @@ def dataset_stats(m: Manifest) -> dict[str, Any]:
         out["splits"][split] = {
             "images": int(len(rows)),
             "positives_per_class": {n: int(v) for n, v in zip(m.category_names, pos.sum(axis=0))},
+            "negatives_per_class": {n: int(v) for n, v in zip(m.category_names, (lab == -1).sum(axis=0))},
+            "unknown_per_class": {n: int(v) for n, v in zip(m.category_names, (lab == 0).sum(axis=0))},
             "labels_per_image": {
                 "mean": float(per_image.mean()) if len(rows) else 0.0,
                 "min": int(per_image.min()) if len(rows) else 0,
@@ -38,8 +40,11 @@ def format_stats(s: dict[str, Any]) -> str:
         li = d["labels_per_image"]
         lines.append(f"{split:<8}{d['images']:>9,}{li['mean']:>12.2f}{li['min']:>5}{li['max']:>5}{d['images_without_positive']:>13,}")
     lines.append("")
-    lines.append(f"{'class':<24}" + "".join(f"{sp:>10}" for sp in s["splits"]))
+    # known + / known - / unknown per class and split (the unknown columns only when labels are partial)
+    partial = any(d["ignored_entries"] for d in s["splits"].values())
+    kinds = [("positives_per_class", "+"), ("negatives_per_class", "-")] + ([("unknown_per_class", "?")] if partial else [])
+    lines.append(f"{'class':<24}" + "".join(f"{sp + ' ' + k:>12}" for sp in s["splits"] for _, k in kinds))
     names = list(next(iter(s["splits"].values()))["positives_per_class"])
     for n in names:
-        lines.append(f"{n[:23]:<24}" + "".join(f"{d['positives_per_class'][n]:>10,}" for d in s["splits"].values()))
+        lines.append(f"{n[:23]:<24}" + "".join(f"{d[col][n]:>12,}" for d in s["splits"].values() for col, _ in kinds))
     return "\n".join(lines)

@@ -171,13 +171,14 @@ def train_step(model, batch, optimizer, device, epoch: int, global_step: int, pr
     """One optimisation step; `fast` = bf16 autocast + channels-last (default: on a GPU only)."""
     x = to_device(batch["images"], device, channels_last=fast)
     y = batch["partial"].to(device)
+    core = getattr(model, "module", model)
+    extra = {"keys": batch["keys"]} if getattr(core, "wants_keys", False) else {}  # LL-Cp's per-image corrections
     with autocast(device, fast):
-        loss, logs = model(x, partial=y, epoch=epoch, step=global_step, progress=progress)
+        loss, logs = model(x, partial=y, epoch=epoch, step=global_step, progress=progress, **extra)
     optimizer.zero_grad(set_to_none=True)
     if torch.isfinite(loss):
         loss.backward()
         optimizer.step()
-        core = getattr(model, "module", model)
         if hasattr(core, "after_step"):
             core.after_step()  # e.g. keep DSRB's alpha and beta in [0, 1]
     return float(loss.detach()), logs
@@ -370,7 +371,7 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
         # DSRB's alpha/beta take no gradient before blending starts (or without prototypes)
         st.model = torch.nn.parallel.DistributedDataParallel(
             core, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.method != "pbce")
+            find_unused_parameters=cfg.method in ("ssgrl", "dsrb"))
     if info.main:
         from torch.utils.tensorboard import SummaryWriter
 

@@ -1,4 +1,5 @@
-"""Losses of the paper: partial BCE (eq. 14-15) and the category-wise contrastive loss (eq. 3-4).
+"""Losses of the paper: partial BCE (eq. 14-15) and the category-wise contrastive loss (eq. 3-4);
+and the loss baselines labs compare against: ASL and Large Loss Matters (LL-R, LL-Ct, LL-Cp).
 
 Each has two forms. The default is the form of the authors' code that produced the published
 numbers (HCP-MLR-PL `loss/DSRB.py`); the paper-literal form is kept behind a flag:
@@ -12,6 +13,8 @@ numbers (HCP-MLR-PL `loss/DSRB.py`); the paper-literal form is kept behind a fla
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -104,3 +107,56 @@ def contrastive_weight(weight: float, epoch: int, progress: float, form: str) ->
     if form == "published" and epoch == 0:
         return weight * min(max(progress, 0.0), 1.0)
     return weight
+
+
+# ---- loss baselines on the partial-BCE architecture (backbone -> pool -> linear) ----------------------
+
+def asymmetric_loss(logits: torch.Tensor, targets: torch.Tensor, gamma_pos: float = 0.0, gamma_neg: float = 4.0,
+                    clip: float = 0.05, eps: float = 1e-8) -> torch.Tensor:
+    """ASL (Ridnik et al., ICCV 2021) over the known entries, as its authors' AsymmetricLoss computes
+    it: positives -(1-p)^g+ log p; negatives -p_m^g- log(1-p_m) with the shifted probability
+    p_m = max(p - clip, 0); the focusing weights carry no gradient; the SUM over known entries."""
+    t = targets.to(logits.dtype)
+    pos, neg = t > 0, t < 0
+    p = torch.sigmoid(logits)
+    q = (1 - p + clip).clamp(max=1) if clip > 0 else 1 - p  # 1 - p_m
+    log_pos, log_neg = torch.log(p.clamp(min=eps)), torch.log(q.clamp(min=eps))
+    with torch.no_grad():
+        w_pos = (1 - p).pow(gamma_pos)
+        w_neg = (1 - q).pow(gamma_neg)
+    loss = torch.where(pos, -w_pos * log_pos, torch.where(neg, -w_neg * log_neg, 0.0))
+    return loss.sum()
+
+
+LL_VARIANTS = ("r", "ct", "cp")
+
+
+def large_loss(logits: torch.Tensor, targets: torch.Tensor, epoch: int, delta_rel: float = 0.002,
+               variant: str = "r") -> tuple[torch.Tensor, torch.Tensor]:
+    """Large Loss Matters (Kim et al., CVPR 2022), as its authors' compute_batch_loss: every unknown
+    label is taken as a negative (BCE), and from the second epoch on the k = ceil(B*C*rate) largest
+    losses among the unknown entries are rejected (LL-R: weight 0) or corrected (LL-Ct, LL-Cp: the
+    BCE of a positive instead); rate = epoch * delta_rel (epoch counted from 0), for LL-Cp delta_rel
+    itself. The loss is the mean over all B*C entries. Known negatives are never candidates (the
+    authors' single-positive setting has none). Returns (loss, the (B, C) mask of corrected or
+    rejected entries: LL-Cp makes those positive for good)."""
+    t = targets
+    y = (t > 0).to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    b, c = logits.shape
+    rate = delta_rel if variant == "cp" else min(1.0, epoch * delta_rel)
+    chosen = torch.zeros_like(t, dtype=torch.bool)
+    if epoch > 0 and rate > 0:
+        unknown = t == 0
+        u = torch.where(unknown, loss.detach(), torch.full_like(loss, -1.0))
+        k = min(math.ceil(b * c * rate), int(unknown.sum()))
+        if k > 0:
+            threshold = torch.topk(u.flatten(), k).values[-1]
+            chosen = unknown & (u >= threshold)
+    if variant == "r":
+        loss = torch.where(chosen, torch.zeros_like(loss), loss)
+    elif variant in ("ct", "cp"):
+        loss = torch.where(chosen, F.binary_cross_entropy_with_logits(logits, torch.ones_like(y), reduction="none"), loss)
+    else:
+        raise ValueError(f"large_loss variant {variant!r}: use one of {LL_VARIANTS}")
+    return loss.mean(), chosen

@@ -14,7 +14,8 @@ from mlrpl_data.options import (check_ranges, choices, from_dict, opt, parse_int
                                 to_dict)
 
 
-Method = choices("Method", "pbce ssgrl dsrb", __name__)
+Method = choices("Method", "pbce ssgrl dsrb asl llr", __name__)
+LlVariant = choices("LlVariant", "r ct cp", __name__)
 Backbone = choices("Backbone", "resnet18 resnet34 resnet50 resnet101 resnet152 tiny", __name__)
 Freeze = choices("Freeze", "auto none layer1 layer2 layer3 layer4", __name__)
 Device = choices("Device", "auto cpu cuda", __name__)
@@ -79,10 +80,29 @@ class DsrbOptions:
 
 
 @dataclass
+class BaselineOptions:
+    """The loss baselines on the partial-BCE architecture; defaults are their authors' training settings."""
+
+    asl_gamma_pos: float = field(default=0.0, metadata=opt("ASL's focusing exponent of positives (authors: 0)", min=0))
+    asl_gamma_neg: float = field(default=4.0, metadata=opt("ASL's focusing exponent of negatives (authors: 4)", min=0))
+    asl_clip: float = field(default=0.05, metadata=opt("ASL's probability shift of negatives (authors: 0.05)", min=0,
+                                                       max=1))
+    variant: LlVariant = field(default=LlVariant.r, metadata=opt(
+        "Large Loss Matters: r = reject the large losses of unknown labels (LL-R), ct = count them as positives "
+        "for that step (LL-Ct), cp = make them positive for good (LL-Cp)"))
+    delta_rel: float = field(default=0.2, metadata=opt(
+        "Large Loss Matters: per cent of the batch's entries rejected/corrected, added each epoch after the first "
+        "(LL-Cp: per batch, fixed); the authors' range is 0.1-0.5", min=0, max=100))
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+@dataclass
 class TrainConfig:
     """One training run: what to train on, where to write, and how (the engine's options + DSRB's)."""
 
-    method: Method = field(metadata=opt("pbce (partial BCE baseline) | ssgrl | dsrb", cli=False))
+    method: Method = field(metadata=opt("pbce (partial BCE baseline) | ssgrl | dsrb | asl | llr", cli=False))
     dataset: str = field(metadata=opt("Dataset folder or URL", cli=False))
     masks: str = field(default="", metadata=opt("Mask name (a run needs one; a sweep makes its own)", cli=False))
     out: str = field(default="runs/run", metadata=opt("Run directory", cli=False))
@@ -127,6 +147,7 @@ class TrainConfig:
     bce: BceForm = field(default=BceForm.batch, metadata=opt(
         "batch = one mean over the batch's known labels (the authors' code); per-image = eq. 14-15"))
     dsrb: DsrbOptions = field(default_factory=DsrbOptions, metadata=opt("DSRB/SSGRL options", cli=False))
+    baselines: BaselineOptions = field(default_factory=BaselineOptions, metadata=opt("ASL / LL options", cli=False))
 
     def __post_init__(self) -> None:
         check_ranges(self)

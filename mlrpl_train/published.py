@@ -14,7 +14,7 @@ from typing import Any
 from mlrpl_data.specs import load_spec, specs_dir, voc20_names
 
 TABLES = ("dsrb_table1.csv", "dsrb_table2.csv")
-TABLE1_METHOD = {"pbce": "Partial BCE", "ssgrl": "SSGRL", "dsrb": "DSRB"}
+TABLE1_METHOD = {"pbce": "Partial BCE", "ssgrl": "SSGRL", "dsrb": "DSRB", "asl": "ASL"}
 SOURCE = "arXiv 2205.13092"
 
 

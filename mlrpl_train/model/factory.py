@@ -15,8 +15,8 @@ def build_model(cfg, spec, state: dict[str, Any] | None = None) -> nn.Module:
     backbone is not given pretrained weights and the state is loaded instead (evaluation, predict)."""
     backbone = build_backbone(cfg.backbone, "none" if state is not None else cfg.weights)
     frozen = freeze_until(backbone, cfg.freeze)
-    if cfg.method == "pbce":
-        model = PartialBCEModel(backbone, spec.num_classes, frozen, cfg.bce)
+    if cfg.method in ("pbce", "asl", "llr"):
+        model = PartialBCEModel(backbone, spec.num_classes, frozen, cfg.bce, loss=str(cfg.method), options=cfg.baselines)
     else:
         from .dsrb import build_dsrb
 

@@ -1,0 +1,55 @@
+"""The common end of the builders whose annotations hold no image sizes (Open Images, NUS-WIDE, a
+CSV): drop or refuse the images missing on disk, read each size from its file header (in threads),
+and make the validated Manifest."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import BadInputError
+from .images import header_size
+from .manifest import Manifest, validate
+from .missing import refuse_missing
+from .progress import progress_bar
+
+
+def assemble(*, name: str, version: str, classes: list[str], source_ids: list[str], rows: pd.DataFrame,
+             labels: np.ndarray, root: Path, options: dict[str, Any], sources: list[dict[str, Any]],
+             allow_missing: bool, progress: bool, extra: dict[str, Any] | None = None, workers: int = 8) -> Manifest:
+    """`rows`: key, split, path (relative to `root`), one per row of `labels`."""
+    root = Path(root)
+    exists = np.fromiter(((root / p).is_file() for p in rows["path"]), dtype=bool, count=len(rows))
+    missing = [{"key": k, "split": s, "path": p} for k, s, p, ok in
+               zip(rows["key"], rows["split"], rows["path"], exists) if not ok]
+    if missing and not allow_missing:
+        refuse_missing(missing, root, "image(s) of the annotations missing on disk")
+    rows, labels = rows[exists].reset_index(drop=True), labels[exists]
+    if not len(rows):
+        raise BadInputError(f"{root}: no image of the annotations is on disk")
+    with progress_bar(len(rows), f"{name}: image sizes", "img", progress) as bar, \
+            ThreadPoolExecutor(max_workers=workers) as pool:
+        def size(p: str) -> tuple[int, int]:
+            wh = header_size(root / p)
+            bar.update(1)
+            return wh
+
+        sizes = list(pool.map(size, rows["path"]))
+    images = rows.assign(width=[w for w, _ in sizes], height=[h for _, h in sizes])[
+        ["key", "split", "path", "width", "height"]]
+    m = Manifest(name=name, version=version, category_names=list(classes), category_source_ids=list(source_ids),
+                 images=images, labels=labels, options=options, sources=sources, root=str(root.resolve()),
+                 extra={**(extra or {}), "missing": missing})
+    validate(m, str(root))
+    return m
+
+
+def source_record(path: Path, root: Path) -> dict[str, Any]:
+    """A raw file as dataset.json records it: its path relative to the root, sha256 and size."""
+    from .fsutil import sha256_file
+
+    return {"file": str(Path(path).relative_to(root)), "sha256": sha256_file(path), "bytes": Path(path).stat().st_size}

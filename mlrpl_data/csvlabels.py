@@ -1,0 +1,120 @@
+"""A lab's own data: one CSV row per image -> Manifest.
+
+Columns: `path` (relative to --images), an optional `split` (train or test; without it a
+--test-fraction of the images, chosen by a hash of the path, is the test split), then either
+one column per class holding 1 (present), -1 (absent), 0 or empty (unknown), or one `labels`
+column of ;-joined class names, which are present, every other class absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import BadInputError
+from .manifest import is_safe_relative
+from .options import allow_missing_field, check_ranges, opt, progress_field
+
+KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+VALUES = {"1": 1, "-1": -1, "0": 0, "": 0}
+
+
+@dataclass
+class CsvConfig:
+    labels: Path = field(metadata=opt("The CSV: path[,split], then a column per class or a labels column"))
+    images: Path = field(metadata=opt("The folder the CSV's paths are relative to"))
+    name: str = field(default="custom", metadata=opt("Dataset name and key prefix"))
+    version: str = field(default="1", metadata=opt("Dataset version"))
+    test_fraction: float = field(default=0.2, metadata=opt(
+        "Without a split column: this fraction of the images (by a hash of the path) is the test split",
+        min=0, max=1))
+    allow_missing: bool = allow_missing_field()
+    progress: bool = progress_field()
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+def _read(path: Path) -> tuple[list[str], list[list[str]]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: not found") from None
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise BadInputError(f"{path}: malformed CSV ({e})") from None
+    if not rows or "path" not in [h.strip() for h in rows[0]]:
+        raise BadInputError(f"{path}: the first row must be a header with a 'path' column")
+    return [h.strip() for h in rows[0]], [r for r in rows[1:] if any(x.strip() for x in r)]
+
+
+def _split(path: str, fraction: float) -> str:
+    u = int.from_bytes(hashlib.blake2b(path.encode(), digest_size=8).digest(), "little") / 2**64
+    return "test" if u < fraction else "train"
+
+
+def build_csv(cfg: CsvConfig):
+    from .assemble import assemble, source_record
+
+    header, body = _read(cfg.labels)
+    where = str(cfg.labels)
+    if not body:
+        raise BadInputError(f"{where}: no image row")
+    col = {h: i for i, h in enumerate(header)}
+    if len(col) != len(header):
+        raise BadInputError(f"{where}: a column name is repeated in the header")
+    named = "labels" in col
+    classes = [h for h in header if h not in ("path", "split", "labels")]
+    if named:
+        if classes:
+            raise BadInputError(f"{where}: use either a labels column or one column per class, not both "
+                                f"(also found {', '.join(classes[:3])})")
+        classes = sorted({n.strip() for r in body for n in r[col["labels"]].split(";") if n.strip()})
+    if not classes:
+        raise BadInputError(f"{where}: no class (a column per class, or a labels column of ;-joined names)")
+    index = {c: j for j, c in enumerate(classes)}
+    labels = np.zeros((len(body), len(classes)), np.int8)
+    paths, splits = [], []
+    for i, r in enumerate(body):
+        line = i + 2
+        if len(r) != len(header):
+            raise BadInputError(f"{where}: line {line} has {len(r)} fields, the header {len(header)}")
+        p = r[col["path"]].strip().replace("\\", "/")
+        if not is_safe_relative(p):
+            raise BadInputError(f"{where}: line {line}: path {p!r} must be relative to --images, without '..'")
+        paths.append(p)
+        s = r[col["split"]].strip().lower() if "split" in col else _split(p, cfg.test_fraction)
+        if s not in ("train", "test"):
+            raise BadInputError(f"{where}: line {line}: split {s!r} must be train or test")
+        splits.append(s)
+        if named:
+            labels[i] = -1
+            for n in r[col["labels"]].split(";"):
+                if n.strip():
+                    labels[i, index[n.strip()]] = 1
+        else:
+            for j, c in enumerate(classes):
+                v = r[col[c]].strip()
+                if v not in VALUES:
+                    raise BadInputError(f"{where}: line {line}, column {c!r}: {v!r} must be 1, -1, 0 or empty")
+                labels[i, j] = VALUES[v]
+    keys = [f"{cfg.name}_{KEY_CHARS.sub('_', p.rsplit('.', 1)[0])}" for p in paths]
+    rows = pd.DataFrame({"key": keys, "split": splits, "path": paths})
+    dup = rows["key"][rows["key"].duplicated()]
+    if len(dup):
+        raise BadInputError(f"{where}: two paths give the key {dup.iloc[0]!r} (the same image twice?)")
+    for s in ("train", "test"):
+        if s not in splits:
+            raise BadInputError(f"{where}: no {s} image (set a split column or --test-fraction)")
+    src = source_record(cfg.labels, Path(cfg.labels).parent)
+    return assemble(name=cfg.name, version=cfg.version, classes=classes, source_ids=classes, rows=rows, labels=labels,
+                    root=Path(cfg.images), sources=[src], allow_missing=cfg.allow_missing, progress=cfg.progress,
+                    options={"format": "csv", "test_fraction": cfg.test_fraction if "split" not in col else None})

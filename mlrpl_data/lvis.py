@@ -1,0 +1,103 @@
+"""LVIS v1 (federated labels) -> Manifest, partial as released.
+
+--root holds lvis_v1_train.json and lvis_v1_val.json (COCO-format) and COCO 2017's train2017/ and
+val2017/; each image's folder comes from its coco_url (LVIS val draws on both). A class is 1 when
+the image has an annotation of it, -1 when it is in the image's neg_category_ids, 0 otherwise:
+LVIS is federated, so everything else is unknown. not_exhaustive_category_ids (positives whose
+instances were not all annotated) is recorded per image in dataset.json, not turned into labels.
+lvis_v1_train becomes split train, lvis_v1_val split test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import BadInputError
+from .jsonio import parse_json
+from .manifest import Manifest, validate
+from .missing import refuse_missing
+from .options import allow_missing_field, check_ranges, opt, progress_field
+
+FILES = {"train": "lvis_v1_train.json", "test": "lvis_v1_val.json"}
+
+
+@dataclass
+class LvisConfig:
+    root: Path = field(metadata=opt("Holds lvis_v1_{train,val}.json and COCO 2017's train2017/ and val2017/"))
+    name: str = field(default="lvis-v1", metadata=opt("Dataset name and key prefix"))
+    allow_missing: bool = allow_missing_field()
+    progress: bool = progress_field()
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+def _folder(image: dict, where: str) -> str:
+    url = image.get("coco_url")
+    if not isinstance(url, str) or "/" not in url:
+        raise BadInputError(f"{where}: image {image.get('id')} has no coco_url to say its COCO folder")
+    folder, file_name = url.rstrip("/").split("/")[-2:]
+    if folder not in ("train2017", "val2017"):
+        raise BadInputError(f"{where}: image {image.get('id')}: coco_url {url!r} names no COCO 2017 folder")
+    return f"{folder}/{file_name}"
+
+
+def read_lvis(path: Path) -> tuple[dict, str, int]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: not found (expected ROOT/{path.name})") from None
+    data = parse_json(raw, path)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            raise BadInputError(f"{path}: not an LVIS file (needs top-level 'images', 'annotations', 'categories')")
+    return data, hashlib.sha256(raw).hexdigest(), len(raw)
+
+
+def build_lvis(cfg: LvisConfig) -> Manifest:
+    root = Path(cfg.root)
+    loaded = {split: read_lvis(root / f) for split, f in FILES.items()}
+    cats = sorted(loaded["train"][0]["categories"], key=lambda c: c["id"])
+    col = {c["id"]: i for i, c in enumerate(cats)}
+    rows, blocks, not_exhaustive, missing, sources = [], [], {}, [], []
+    for split, (data, sha, size) in loaded.items():
+        where = str(root / FILES[split])
+        sources.append({"file": FILES[split], "sha256": sha, "bytes": size})
+        ids = [im["id"] for im in data["images"]]
+        row_of = {i: r for r, i in enumerate(ids)}
+        labels = np.zeros((len(ids), len(cats)), np.int8)
+        for r, im in enumerate(data["images"]):
+            for cid in im.get("neg_category_ids", []):
+                if cid not in col:
+                    raise BadInputError(f"{where}: image {im['id']}: neg_category_ids has unknown category {cid}")
+                labels[r, col[cid]] = -1
+        for a in data["annotations"]:
+            if a.get("image_id") not in row_of or a.get("category_id") not in col:
+                raise BadInputError(f"{where}: annotation {a.get('id')} names an unknown image or category")
+            labels[row_of[a["image_id"]], col[a["category_id"]]] = 1
+        on_disk = np.ones(len(ids), bool)
+        for r, im in enumerate(data["images"]):
+            key = f"{cfg.name}_{split}_{im['id']}"
+            path = _folder(im, where)
+            if not (root / path).is_file():
+                missing.append({"key": key, "split": split, "path": path})
+                on_disk[r] = False
+                continue
+            rows.append((key, split, path, int(im["width"]), int(im["height"])))
+            if im.get("not_exhaustive_category_ids"):
+                not_exhaustive[key] = sorted(col[c] for c in im["not_exhaustive_category_ids"] if c in col)
+        blocks.append(labels[on_disk])
+    if missing and not cfg.allow_missing:
+        refuse_missing(missing, root, "image(s) of the LVIS files missing on disk")
+    m = Manifest(name=cfg.name, version="v1", category_names=[c["name"] for c in cats],
+                 category_source_ids=[str(c["id"]) for c in cats],
+                 images=pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"]),
+                 labels=np.concatenate(blocks), options={"format": "lvis"}, sources=sources, root=str(root.resolve()),
+                 extra={"missing": missing, "not_exhaustive_category_ids": not_exhaustive})
+    validate(m, str(root))
+    return m
