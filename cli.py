@@ -248,22 +248,39 @@ def demo_data(cfg):
     typer.echo(f"{cfg.out}: annotations/instances_{{train,val}}2014.json, train2014/, val2014/")
 
 
-@command("build-coco", "mlrpl build-coco --root /data/coco --year 2014 --out /data/mlrpl/coco2014")
-@with_options(CocoConfig)
-def build_coco(out: Path = OUT, force: bool = FORCE_BUILD, cfg=None):
-    """Build a manifest from COCO instances JSON files (train -> train, val -> test)."""
-    from mlrpl_data.coco import build_coco as build
+def _builder(name: str, cfg_cls: type, module: str, func: str, doc: str, example: str) -> None:
+    """One build-* command: the builder's options, --out and --force, the manifest written and reported."""
 
-    _report_build(build(cfg), out, force)
+    def run(out: Path = OUT, force: bool = FORCE_BUILD, cfg=None):
+        import importlib
+
+        _report_build(getattr(importlib.import_module(f"mlrpl_data.{module}"), func)(cfg), out, force)
+
+    run.__doc__, run.__name__ = doc, func
+    command(name, example)(with_options(cfg_cls)(run))
 
 
-@command("build-voc07", "mlrpl build-voc07 --root /data/VOCdevkit --out /data/mlrpl/voc2007")
-@with_options(VocConfig)
-def build_voc07(out: Path = OUT, force: bool = FORCE_BUILD, cfg=None):
-    """Build a manifest from the PASCAL VOC 2007 devkit (trainval -> train, test -> test)."""
-    from mlrpl_data.voc import build_voc07 as build
-
-    _report_build(build(cfg), out, force)
+for _args in (
+    ("build-coco", CocoConfig, "coco", "build_coco",
+     "Build a manifest from COCO instances JSON files (train -> train, val -> test).",
+     "mlrpl build-coco --root /data/coco --year 2014 --out /data/mlrpl/coco2014"),
+    ("build-voc07", VocConfig, "voc", "build_voc07",
+     "Build a manifest from the PASCAL VOC 2007 devkit (trainval -> train, test -> test).",
+     "mlrpl build-voc07 --root /data/VOCdevkit --out /data/mlrpl/voc2007"),
+    ("build-openimages", OpenImagesConfig, "openimages", "build_openimages",
+     "Build from Open Images' human-verified image-level labels: 1 verified present, -1 verified absent, 0 unknown.",
+     "mlrpl build-openimages --root /data/openimages --out /data/mlrpl/openimages-v6"),
+    ("build-lvis", LvisConfig, "lvis", "build_lvis",
+     "Build from LVIS v1: annotated 1, neg_category_ids -1, everything else 0 (federated labels).",
+     "mlrpl build-lvis --root /data/lvis --out /data/mlrpl/lvis-v1"),
+    ("build-nuswide", NuswideConfig, "nuswide", "build_nuswide",
+     "Build from NUS-WIDE's 81-concept ground truth (TrainTestLabels, ImageList, Flickr/).",
+     "mlrpl build-nuswide --root /data/nus-wide --out /data/mlrpl/nuswide81 --allow-missing"),
+    ("build-csv", CsvConfig, "csvlabels", "build_csv",
+     "Build from a lab's own CSV: path[,split], then a column per class (1/-1/0/empty) or a ;-joined labels column.",
+     "mlrpl build-csv --labels labels.csv --images /data/lab/images --out /data/mlrpl/lab"),
+):
+    _builder(*_args)
 
 
 @command("build-vg200", "mlrpl build-vg200 --root /data/vg --out /data/mlrpl/vg200")
@@ -285,42 +302,6 @@ def build_vg200(out: Path = OUT, force: bool = FORCE_BUILD,
     else:
         m = vg.build_vg200(cfg)
     _report_build(m, out, force)
-
-
-@command("build-openimages", "mlrpl build-openimages --root /data/openimages --out /data/mlrpl/openimages-v6")
-@with_options(OpenImagesConfig)
-def build_openimages(out: Path = OUT, force: bool = FORCE_BUILD, cfg=None):
-    """Build from Open Images' human-verified image-level labels: 1 verified present, -1 verified absent, 0 unknown."""
-    from mlrpl_data.openimages import build_openimages as build
-
-    _report_build(build(cfg), out, force)
-
-
-@command("build-lvis", "mlrpl build-lvis --root /data/lvis --out /data/mlrpl/lvis-v1")
-@with_options(LvisConfig)
-def build_lvis(out: Path = OUT, force: bool = FORCE_BUILD, cfg=None):
-    """Build from LVIS v1: annotated 1, neg_category_ids -1, everything else 0 (federated labels)."""
-    from mlrpl_data.lvis import build_lvis as build
-
-    _report_build(build(cfg), out, force)
-
-
-@command("build-nuswide", "mlrpl build-nuswide --root /data/nus-wide --out /data/mlrpl/nuswide81 --allow-missing")
-@with_options(NuswideConfig)
-def build_nuswide(out: Path = OUT, force: bool = FORCE_BUILD, cfg=None):
-    """Build from NUS-WIDE's 81-concept ground truth (TrainTestLabels, ImageList, Flickr/)."""
-    from mlrpl_data.nuswide import build_nuswide as build
-
-    _report_build(build(cfg), out, force)
-
-
-@command("build-csv", "mlrpl build-csv --labels labels.csv --images /data/lab/images --out /data/mlrpl/lab")
-@with_options(CsvConfig)
-def build_csv(out: Path = OUT, force: bool = FORCE_BUILD, cfg=None):
-    """Build from a lab's own CSV: path[,split], then a column per class (1/-1/0/empty) or a ;-joined labels column."""
-    from mlrpl_data.csvlabels import build_csv as build
-
-    _report_build(build(cfg), out, force)
 
 
 @command("stats", "mlrpl stats /data/mlrpl/coco2014 --json")

@@ -12,11 +12,15 @@ The public names, imported on first use (so `import mlrpl_data` stays light)::
 
 __version__ = "0.2.0"
 
+from .lazy import lazy_exports
+
 _PUBLIC = {
     "CocoConfig": "coco", "build_coco": "coco",
     "VocConfig": "voc", "build_voc07": "voc",
     "VgConfig": "vg", "build_vg200": "vg", "SsgrlConfig": "vg", "build_vg200_ssgrl": "vg",
     "DigitsConfig": "digits", "write_digits": "digits",
+    "OpenImagesConfig": "openimages", "build_openimages": "openimages", "LvisConfig": "lvis", "build_lvis": "lvis",
+    "NuswideConfig": "nuswide", "build_nuswide": "nuswide", "CsvConfig": "csvlabels", "build_csv": "csvlabels",
     "Manifest": "manifest", "read_manifest": "manifest", "write_manifest": "manifest",
     "MaskConfig": "masks", "make_masks": "masks", "read_mask": "masks", "list_masks": "masks",
     "ShardConfig": "shards", "write_shards": "shards", "read_index": "shards",
@@ -26,15 +30,4 @@ _PUBLIC = {
     "MlrplError": "errors", "BadInputError": "errors",
 }
 __all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())

@@ -8,6 +8,8 @@ The public names, imported on first use::
     probabilities = model.predict(["street.jpg"])                          # (N, C), model.class_names
 """
 
+from mlrpl_data.lazy import lazy_exports
+
 _PUBLIC = {
     "TrainConfig": "options", "train": "engine", "evaluate_checkpoint": "engine", "load_checkpoint": "engine",
     "dataloader": "data", "resolve_data": "data",
@@ -15,15 +17,4 @@ _PUBLIC = {
     "run_sweep": "sweep", "write_table": "sweep",
 }
 __all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())

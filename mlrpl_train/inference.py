@@ -84,13 +84,7 @@ class Predictor:
 def load_predictor(path: str | Path, checkpoint: str = "last", device: str = "auto", batch_size: int = 32) -> Predictor:
     """A run folder (its last.pt, or best.pt with checkpoint="best"), a training checkpoint, a
     weights-only export, or a torchscript / exported graph written by `export_run`."""
-    from .engine import CHECKPOINT_BEST, CHECKPOINT_LAST
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / (CHECKPOINT_BEST if checkpoint == "best" else CHECKPOINT_LAST)
-    if not p.is_file():
-        raise BadInputError(f"{p}: no such run, checkpoint or exported model")
+    p = model_file(path, checkpoint, "no such run, checkpoint or exported model")
     dev = pick_device(device)
     kind = _archive_kind(p)
     if kind in ("torchscript", "exported"):
@@ -101,6 +95,18 @@ def load_predictor(path: str | Path, checkpoint: str = "last", device: str = "au
     model, cfg = _model_from(doc, str(p))
     return Predictor(model.to(dev).eval(), list(doc["class_names"]), int(cfg.image_size), str(cfg.method), str(p), dev,
                      batch_size=batch_size)
+
+
+def model_file(path: str | Path, checkpoint: str, what: str) -> Path:
+    """A run folder's last.pt (best.pt with checkpoint="best"), or the file itself."""
+    from .engine import CHECKPOINT_BEST, CHECKPOINT_LAST
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / (CHECKPOINT_BEST if checkpoint == "best" else CHECKPOINT_LAST)
+    if not p.is_file():
+        raise BadInputError(f"{p}: {what}")
+    return p
 
 
 def _archive_kind(p: Path) -> str:
@@ -182,13 +188,7 @@ def _quiet_jit():
 
 def export_run(run: str | Path, out: str | Path, fmt: str = "weights", checkpoint: str = "last") -> dict[str, Any]:
     """Write the model of a run (or checkpoint) for use elsewhere; returns the metadata written."""
-    from .engine import CHECKPOINT_BEST, CHECKPOINT_LAST
-
-    p = Path(run)
-    if p.is_dir():
-        p = p / (CHECKPOINT_BEST if checkpoint == "best" else CHECKPOINT_LAST)
-    if not p.is_file():
-        raise BadInputError(f"{p}: no such run or checkpoint")
+    p = model_file(run, checkpoint, "no such run or checkpoint")
     doc = _load_weights(p)
     model, cfg = _model_from(doc, str(p))
     model.eval()
