@@ -73,14 +73,18 @@ def pull(url: str, out: Path, cfg: PullConfig) -> PullResult:
     listing_bytes = read_bytes(join(url, FILES), 64 * 2**20)
     files = _check_listing(listing_bytes, join(url, FILES))
     plan = _select(files, cfg)
-    claim(out, "dataset", "DIR")
-    sweep_stale(out)
     index_entry = next((w for w in plan if w.path == f"{SHARDS_DIR}/{INDEX}"), None)
     if cfg.shards and index_entry is None:
         raise BadInputError(f"{join(url, FILES)}: lists no {SHARDS_DIR}/{INDEX}: the source has no shards yet "
                             f"(pull it with --no-shards)")
     if cfg.shards:
         plan += _shards(url, index_entry, cfg.split)
+    card = next(w for w in plan if w.path == DATASET_JSON)
+    if (out / DATASET_JSON).is_file() and not _matches(out / DATASET_JSON, card):
+        raise BadInputError(f"{out}: holds another dataset (or another version of this one): its dataset.json differs "
+                            f"from {join(url, DATASET_JSON)}; pull into an empty folder")
+    claim(out, "dataset", "DIR")
+    sweep_stale(out)
     if cfg.shards:
         (out / SHARDS_DIR).mkdir(exist_ok=True)
         sweep_stale(out / SHARDS_DIR)

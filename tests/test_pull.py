@@ -163,3 +163,11 @@ def test_s3_pull(published, tmp_path, s3):
     pull(url, tmp_path / "b", quiet(jobs=2))
     assert tree(tmp_path / "b") == tree(published)
     assert verify(tmp_path / "b") == []
+
+
+def test_refuses_to_pull_over_another_dataset(published, tmp_path):
+    other = dataset(tmp_path / "other", n_train=9, n_test=3)  # another dataset, made by mlrpl
+    before = (other / "dataset.json").read_bytes()
+    with pytest.raises(MlrplError, match="holds another dataset"):
+        pull(published, other, quiet())
+    assert (other / "dataset.json").read_bytes() == before
