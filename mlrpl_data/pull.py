@@ -66,7 +66,7 @@ class PullResult:
 
 
 def pull(url: str, out: Path, cfg: PullConfig) -> PullResult:
-    from .ownership import claim, mark, refuse_overlap, sweep_stale
+    from .ownership import MARKER, claim, mark, refuse_overlap, sweep_stale
 
     url, out = str(url).rstrip("/"), Path(out)
     refuse_overlap(out, {"URL": url}, "DIR")
@@ -88,13 +88,15 @@ def pull(url: str, out: Path, cfg: PullConfig) -> PullResult:
     if cfg.shards:
         (out / SHARDS_DIR).mkdir(exist_ok=True)
         sweep_stale(out / SHARDS_DIR)
-        if not (out / SHARDS_DIR / ".mlrpl-owner.json").exists():
+        if not (out / SHARDS_DIR / MARKER).exists():
             mark(out / SHARDS_DIR, "shards")
 
     todo = [w for w in plan if not _matches(out / w.path, w)]
-    kept = [w.path for w in plan if w not in todo]
     if todo or not (out / FILES).is_file() or (out / FILES).read_bytes() != listing_bytes:
-        (out / DATASET_JSON).unlink(missing_ok=True)  # from here on the folder reads as incomplete
+        (out / DATASET_JSON).unlink(missing_ok=True)  # from here on the folder reads as incomplete ...
+        if card not in todo:
+            todo.append(card)  # ... until dataset.json is written again, last
+    kept = [w.path for w in plan if w not in todo]
     # the index and SHA256SUMS after the shards they describe, dataset.json after everything
     last = {f"{SHARDS_DIR}/{INDEX}": 1, f"{SHARDS_DIR}/SHA256SUMS": 1, DATASET_JSON: 2}
     bar = progress_bar(sum(w.bytes for w in todo), "pull", "B", cfg.progress, unit_scale=True)

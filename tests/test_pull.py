@@ -36,6 +36,7 @@ def published(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
     monkeypatch.setenv("MLRPL_RETRY_DELAY", "0.01")
+    monkeypatch.setenv("MLRPL_RETRIES", "8")  # a read fails with p ~ 1/5 on the flaky server: 8 tries never all fail
 
 
 def tree(d: Path) -> dict[str, bytes]:
@@ -55,6 +56,10 @@ def test_local_pull_is_byte_identical_and_verifies(published, tmp_path):
     assert verify(tmp_path / "b") == []
     again = pull(published, tmp_path / "b", quiet())  # nothing to do: everything kept
     assert again.fetched == [] and len(again.kept) == len(r.fetched)
+    (tmp_path / "b" / "masks" / "uniform-p0.30-s0.parquet").unlink()  # one file lost: it and dataset.json again
+    healed = pull(published, tmp_path / "b", quiet())
+    assert sorted(healed.fetched) == ["dataset.json", "masks/uniform-p0.30-s0.parquet"]
+    assert tree(tmp_path / "b") == tree(published)
 
 
 def test_http_pull_survives_dropped_connections_and_a_flipped_byte(published, tmp_path):
