@@ -10,7 +10,6 @@ format "torchscript" or "exported", a graph that runs with torch alone: it takes
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import warnings
 import zipfile
@@ -247,7 +246,7 @@ def _dataset_images(dataset: str) -> Iterator[tuple[str, Any]]:
     urls = shard_urls(dataset, "test", read_index(dataset))
     for s in read_samples(urls):
         if "jpg" in s:
-            yield s["__key__"], io.BytesIO(s["jpg"]).getvalue()
+            yield s["__key__"], s["jpg"]
 
 
 # ---- predictions as a table ------------------------------------------------------------------------------
