@@ -5,7 +5,6 @@ the label matrix worked out by hand, then masks, shards and a training run on ea
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mlrpl_data.csvlabels import CsvConfig, build_csv
