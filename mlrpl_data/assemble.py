@@ -4,6 +4,7 @@ and make the validated Manifest."""
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,15 @@ def assemble(*, name: str, version: str, classes: list[str], source_ids: list[st
                  extra={**(extra or {}), "missing": missing})
     validate(m, str(root))
     return m
+
+
+_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def file_key(prefix: str, name: str) -> str:
+    """An image key from a file name: the prefix, then the name with every character WebDataset or
+    a path would split on (dots, slashes, ...) made '_'."""
+    return f"{prefix}_{_KEY_CHARS.sub('_', name)}"
 
 
 def source_record(path: Path, root: Path) -> dict[str, Any]:

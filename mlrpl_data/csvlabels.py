@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from .errors import BadInputError
 from .manifest import is_safe_relative
 from .options import allow_missing_field, check_ranges, opt, progress_field
 
-KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 VALUES = {"1": 1, "-1": -1, "0": 0, "": 0}
 
 
@@ -62,7 +60,7 @@ def _split(path: str, fraction: float) -> str:
 
 
 def build_csv(cfg: CsvConfig):
-    from .assemble import assemble, source_record
+    from .assemble import assemble, file_key, source_record
 
     header, body = _read(cfg.labels)
     where = str(cfg.labels)
@@ -106,7 +104,7 @@ def build_csv(cfg: CsvConfig):
                 if v not in VALUES:
                     raise BadInputError(f"{where}: line {line}, column {c!r}: {v!r} must be 1, -1, 0 or empty")
                 labels[i, j] = VALUES[v]
-    keys = [f"{cfg.name}_{KEY_CHARS.sub('_', p.rsplit('.', 1)[0])}" for p in paths]
+    keys = [file_key(cfg.name, p.rsplit(".", 1)[0]) for p in paths]
     rows = pd.DataFrame({"key": keys, "split": splits, "path": paths})
     dup = rows["key"][rows["key"].duplicated()]
     if len(dup):

@@ -18,11 +18,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def temp_name(path: Path) -> Path:
+    """The temporary sibling a write goes to before its rename (swept when its process is gone)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
     """Write to a temporary sibling, fsync (unless told the caller verifies later), then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_name(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)

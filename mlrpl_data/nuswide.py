@@ -11,7 +11,6 @@ dead) are refused, or dropped with --allow-missing and listed in dataset.json.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from .options import allow_missing_field, check_ranges, opt, progress_field
 SPLITS = {"train": "Train", "test": "Test"}
 LABELS = "Groundtruth/TrainTestLabels/Labels_{concept}_{split}.txt"
 LISTS = {"train": "ImageList/TrainImagelist.txt", "test": "ImageList/TestImagelist.txt"}
-KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
 @dataclass
@@ -59,7 +57,7 @@ def concepts(root: Path) -> list[str]:
 
 
 def build_nuswide(cfg: NuswideConfig):
-    from .assemble import assemble, source_record
+    from .assemble import assemble, file_key, source_record
 
     root = Path(cfg.root)
     names = concepts(root)
@@ -79,7 +77,7 @@ def build_nuswide(cfg: NuswideConfig):
                 raise BadInputError(f"{path}: line {bad[0] + 1} is {values[bad[0]]!r}: must be 0 or 1")
             labels[:, j] = np.where(np.array(values) == "1", 1, -1)
             sources.append(source_record(path, root))
-        keys = [f"{cfg.name}_{KEY_CHARS.sub('_', Path(p).stem)}" for p in paths]
+        keys = [file_key(cfg.name, Path(p).stem) for p in paths]
         frames.append(pd.DataFrame({"key": keys, "split": split, "path": [f"Flickr/{p}" for p in paths]}))
         blocks.append(labels)
     rows = pd.concat(frames, ignore_index=True)

@@ -72,20 +72,14 @@ def read_descriptions(path: Path) -> dict[str, str]:
 def vocabulary(cfg: OpenImagesConfig) -> tuple[list[str], dict[str, str], list[Path]]:
     """(LabelNames in order, LabelName -> display name, the files read)."""
     root = Path(cfg.root)
-    names: dict[str, str] = {}
-    read = []
-    for fname in (BOXABLE, ALL_CLASSES):
-        if (root / fname).is_file():
-            names.update(read_descriptions(root / fname))
-            read.append(root / fname)
-    if cfg.classes == "boxable":
-        if not (root / BOXABLE).is_file():
-            raise BadInputError(f"{root / BOXABLE}: not found (needed by --classes boxable)")
-        ids = list(read_descriptions(root / BOXABLE))
-    elif cfg.classes == "all":
-        if not (root / ALL_CLASSES).is_file():
-            raise BadInputError(f"{root / ALL_CLASSES}: not found (needed by --classes all)")
-        ids = list(read_descriptions(root / ALL_CLASSES))
+    files = {f: read_descriptions(root / f) for f in (BOXABLE, ALL_CLASSES) if (root / f).is_file()}
+    names = {k: v for d in files.values() for k, v in d.items()}
+    read = [root / f for f in files]
+    if cfg.classes in ("boxable", "all"):
+        fname = BOXABLE if cfg.classes == "boxable" else ALL_CLASSES
+        if fname not in files:
+            raise BadInputError(f"{root / fname}: not found (needed by --classes {cfg.classes})")
+        ids = list(files[fname])
     else:
         path = Path(cfg.classes)
         if not path.is_file():

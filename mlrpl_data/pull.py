@@ -23,13 +23,13 @@ from typing import Any
 from . import retry
 from .card import FILES
 from .errors import BadInputError, MlrplError
+from .fsutil import CHUNK, atomic_write_bytes, sha256_file, temp_name
 from .manifest import DATASET_JSON, DERIVED_ENTRIES, DATASET_ENTRIES
 from .options import check_ranges, opt, progress_field
 from .progress import progress_bar
 from .readers import MissingFileError, file_size, join, open_binary, read_bytes
 from .shards import INDEX, SHARDS_DIR, ShardSplit
 
-CHUNK = 1 << 20
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -104,7 +104,7 @@ def pull(url: str, out: Path, cfg: PullConfig) -> PullResult:
         for stage in (0, 1, 2):
             _fetch_all(url, out, [w for w in todo if last.get(w.path, 0) == stage], cfg.jobs, bar)
             if stage == 1:
-                _write(out / FILES, listing_bytes)
+                atomic_write_bytes(out / FILES, listing_bytes)
     return PullResult(fetched=[w.path for w in todo], kept=kept, bytes_fetched=sum(w.bytes for w in todo))
 
 
@@ -164,26 +164,15 @@ def _shards(url: str, index_entry: Wanted, split: str) -> list[Wanted]:
 
 
 def _checked(data: bytes, w: Wanted, where: str) -> bytes:
-    if len(data) != w.bytes or hashlib.sha256(data).hexdigest() != w.sha256:
-        raise retry.Corrupted(f"{where}: arrived with {len(data):,} bytes / sha256 {hashlib.sha256(data).hexdigest()[:12]}…, "
+    got = hashlib.sha256(data).hexdigest()
+    if len(data) != w.bytes or got != w.sha256:
+        raise retry.Corrupted(f"{where}: arrived with {len(data):,} bytes / sha256 {got[:12]}…, "
                               f"the listing says {w.bytes:,} / {w.sha256[:12]}…")
     return data
 
 
 def _matches(path: Path, w: Wanted) -> bool:
-    if not path.is_file() or path.stat().st_size != w.bytes:
-        return False
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest() == w.sha256
-
-
-def _write(path: Path, data: bytes) -> None:
-    from .fsutil import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
+    return path.is_file() and path.stat().st_size == w.bytes and sha256_file(path) == w.sha256
 
 
 def _fetch_all(url: str, out: Path, todo: list[Wanted], jobs: int, bar) -> None:
@@ -192,7 +181,7 @@ def _fetch_all(url: str, out: Path, todo: list[Wanted], jobs: int, bar) -> None:
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
         futures = [pool.submit(_fetch, join(url, *w.path.split("/")), out / w.path, w, bar, stop) for w in todo]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in futures if f.done() and f.exception() is not None]
         if failed:
             stop.set()
@@ -207,7 +196,7 @@ def _fetch(src: str, dest: Path, w: Wanted, bar, stop: threading.Event) -> None:
     if stop.is_set():
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    tmp = temp_name(dest)
     counted = [0]
 
     def once() -> None:

@@ -12,6 +12,8 @@ import os
 import time
 from typing import Callable, TypeVar
 
+from .errors import MlrplError
+
 T = TypeVar("T")
 
 # names of the transient exception types of aiohttp (http) and botocore (s3), which are not OSErrors
@@ -49,6 +51,12 @@ def is_transient(e: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def read_again(e: BaseException, attempt: int, tries: int, cut_short: bool = False) -> bool:
+    """Whether a failed read of a remote file is worth another try: tries left, not mlrpl's own
+    verdict on the data, and a transient failure or a stream that ended before the file did."""
+    return attempt < tries - 1 and not isinstance(e, MlrplError) and (cut_short or is_transient(e))
 
 
 def with_retries(read: Callable[[], T], on_retry: Callable[[int, BaseException], None] | None = None) -> T:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import retry
-from .errors import BadInputError, MlrplError
+from .errors import BadInputError
 from .manifest import SPLITS, Manifest, read_manifest
 from .masks import MASKS_DIR, read_mask
 from .progress import progress_bar
@@ -111,7 +111,7 @@ def check_shard(shard_url: str, entry: dict[str, Any], chain: _Chain, on_read=la
             break
         except Exception as e:
             cut_short = isinstance(e, (tarfile.TarError, EOFError)) and reader is not None and reader.n < size
-            if attempt < tries - 1 and not isinstance(e, MlrplError) and (retry.is_transient(e) or cut_short):
+            if retry.read_again(e, attempt, tries, cut_short):
                 time.sleep(retry.delay(attempt))
                 continue
             if not isinstance(e, (tarfile.TarError, OSError, EOFError)) and not retry.is_transient(e):

@@ -41,7 +41,7 @@ def autocast(device: torch.device, enabled: bool | None = None):
 
 
 @functools.lru_cache(maxsize=8)
-def _normalisation(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def normalisation(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(x / 255 - mean) / std as x * scale + shift; made once per device, not per batch."""
     std = torch.tensor(IMAGENET_STD, dtype=torch.float64)
     scale = (1 / (255 * std)).to(device=device, dtype=dtype).view(1, 3, 1, 1)
@@ -55,7 +55,7 @@ def to_device(images: torch.Tensor, device: torch.device, dtype=torch.float32,
     fast path (the permuted uint8 batch already is; `contiguous` keeps it so after the arithmetic)."""
     device = torch.device(device)
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).to(dtype)
-    scale, shift = _normalisation(device, dtype)
+    scale, shift = normalisation(device, dtype)
     x = torch.addcmul(shift, x, scale)
     if uses_fast_path(device) if channels_last is None else channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

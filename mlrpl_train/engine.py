@@ -135,20 +135,45 @@ CHECKPOINT_FIELDS = {"model": dict, "config": dict, "fingerprint": str, "epoch":
                      "best_score": float, "selection": str, "class_names": list}
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint mlrpl wrote (weights only: no code runs), its fields checked."""
-    from mlrpl_data.readers import check_fields, file_size
+def read_weights_file(path: Path) -> Any:
+    """torch.load with weights_only (no code runs) of a regular file, with one-line errors."""
+    from mlrpl_data.readers import file_size
 
     file_size(str(path))  # a regular file (else a clear error), before torch opens it
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise BadInputError(f"{path}: checkpoint not found") from None
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for a damaged file
         raise BadInputError(f"{path}: not a readable mlrpl checkpoint ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:200]}); use the run's other checkpoint or retrain") from None
+
+
+def check_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
+    from mlrpl_data.readers import check_fields
+
     check_fields(ckpt, CHECKPOINT_FIELDS, str(path))
     return ckpt
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint mlrpl wrote (weights only: no code runs), its fields checked."""
+    return check_checkpoint(read_weights_file(path), path)
+
+
+def checkpoint_file(run_or_file: Path, checkpoint: str = "last") -> Path:
+    """A run directory's last.pt (best.pt with checkpoint="best"), or the file itself."""
+    p = Path(run_or_file)
+    if not p.exists():
+        raise BadInputError(f"{p}: no such run directory or checkpoint")
+    name = CHECKPOINT_BEST if checkpoint == "best" else CHECKPOINT_LAST
+    ckpt_path = p if p.is_file() else p / name
+    if not ckpt_path.exists():
+        if checkpoint == "best" and (p / CHECKPOINT_LAST).exists():
+            raise BadInputError(f"{p}: has no {CHECKPOINT_BEST} (trained without a validation split, --val-fraction 0): "
+                                f"its result is the last epoch; evaluate {CHECKPOINT_LAST}")
+        raise BadInputError(f"{p}: holds no {name}: not a run directory")
+    return ckpt_path
 
 
 # ---- one step, one epoch ------------------------------------------------------------------------------------------
@@ -264,9 +289,9 @@ def predict(core, cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, device, pr
     core.eval()
     keys, scores, labels = [], [], []
     n = spec.test_samples if role == "test" else len(spec.val_keys)
+    fast = uses_fast_path(device, str(cfg.precision))
     with progress_bar(math.ceil(n / max(1, info.world * cfg.batch_size)), role, "batch", progress and info.main) as bar:
         for batch in make_loader(stream_config(cfg, spec, info, role), cfg.workers):
-            fast = uses_fast_path(device, str(cfg.precision))
             x = to_device(batch["images"], device, channels_last=fast)
             with autocast(device, fast):
                 logits = core(x)
@@ -492,19 +517,10 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
     """Evaluate a run's last.pt (or best.pt with checkpoint="best", or a checkpoint file) on DATASET's
     test split; write the reports; the result says which checkpoint, how it was selected, both mAPs,
     and, on the paper's datasets, the published number and the difference."""
-    p = Path(run_or_ckpt)
     for target, what in ((out, "--out"), (scores, "--scores")):
         if target is not None and Path(target).is_dir() == (what == "--scores") and Path(target).exists():
             raise BadInputError(f"{what} {target}: is a {'folder' if what == '--scores' else 'file'}")
-    if not p.exists():
-        raise BadInputError(f"{p}: no such run directory or checkpoint")
-    name = CHECKPOINT_BEST if checkpoint == "best" else CHECKPOINT_LAST
-    ckpt_path = p if p.is_file() else p / name
-    if not ckpt_path.exists():
-        if checkpoint == "best" and (p / CHECKPOINT_LAST).exists():
-            raise BadInputError(f"{p}: has no {CHECKPOINT_BEST} (trained without a validation split, --val-fraction 0): "
-                                f"its result is the last epoch; evaluate {CHECKPOINT_LAST}")
-        raise BadInputError(f"{p}: holds no {name}: not a run directory")
+    ckpt_path = checkpoint_file(run_or_ckpt, checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     cfg = config_from_json(ckpt["config"], str(ckpt_path))
     cfg.dataset, cfg.workers, cfg.progress = dataset, workers, progress

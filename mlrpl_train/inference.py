@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import torch
 from mlrpl_data.errors import BadInputError
 from mlrpl_data.images import decode_rgb
 
-from .device import IMAGENET_MEAN, IMAGENET_STD, autocast, pick_device, to_device, uses_fast_path
+from .device import IMAGENET_MEAN, IMAGENET_STD, autocast, normalisation, pick_device, to_device, uses_fast_path
 from .loader import augment_image
 
 EXPORT_FORMAT = "mlrpl-export"
@@ -83,7 +84,9 @@ class Predictor:
 def load_predictor(path: str | Path, checkpoint: str = "last", device: str = "auto", batch_size: int = 32) -> Predictor:
     """A run folder (its last.pt, or best.pt with checkpoint="best"), a training checkpoint, a
     weights-only export, or a torchscript / exported graph written by `export_run`."""
-    p = model_file(path, checkpoint, "no such run, checkpoint or exported model")
+    from .engine import checkpoint_file
+
+    p = checkpoint_file(path, checkpoint)
     dev = pick_device(device)
     kind = _archive_kind(p)
     if kind in ("torchscript", "exported"):
@@ -96,18 +99,6 @@ def load_predictor(path: str | Path, checkpoint: str = "last", device: str = "au
                      batch_size=batch_size)
 
 
-def model_file(path: str | Path, checkpoint: str, what: str) -> Path:
-    """A run folder's last.pt (best.pt with checkpoint="best"), or the file itself."""
-    from .engine import CHECKPOINT_BEST, CHECKPOINT_LAST
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / (CHECKPOINT_BEST if checkpoint == "best" else CHECKPOINT_LAST)
-    if not p.is_file():
-        raise BadInputError(f"{p}: {what}")
-    return p
-
-
 def _archive_kind(p: Path) -> str:
     """'torchscript', 'exported' or 'weights' (torch.save's archive), from the names inside the zip."""
     try:
@@ -115,23 +106,19 @@ def _archive_kind(p: Path) -> str:
             names = z.namelist()
     except zipfile.BadZipFile:
         raise BadInputError(f"{p}: not a model file mlrpl wrote (not a torch archive)") from None
-    if any(n.endswith(f"extra/{META_NAME}") for n in names) and any("/code/" in n for n in names):
-        return "torchscript"
-    if any(n.endswith("/archive_format") for n in names) and any(n.endswith(f"extra/{META_NAME}") for n in names):
-        return "exported"
-    return "weights"
+    if not any(n.endswith(f"extra/{META_NAME}") for n in names):
+        return "weights"
+    return "torchscript" if any("/code/" in n for n in names) else "exported"
 
 
 def _load_weights(p: Path) -> dict[str, Any]:
-    from .engine import load_checkpoint
+    """A weights-only export, or a training checkpoint (its fields checked): read once."""
+    from .engine import check_checkpoint, read_weights_file
 
-    try:
-        doc = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BadInputError(f"{p}: cannot be read as an mlrpl checkpoint or export ({type(e).__name__}: {e})") from None
+    doc = read_weights_file(p)
     if isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT:
         return doc
-    return load_checkpoint(p)  # a training checkpoint, its fields checked
+    return check_checkpoint(doc, p)
 
 
 def _model_from(doc: dict[str, Any], where: str):
@@ -149,14 +136,13 @@ def _model_from(doc: dict[str, Any], where: str):
 
 
 def _load_graph(p: Path, kind: str, dev: torch.device):
+    extra = {META_NAME: ""}  # filled by the loader from the archive
     if kind == "torchscript":
-        extra = {META_NAME: ""}
         with _quiet_jit():
             model = torch.jit.load(str(p), map_location=dev, _extra_files=extra)
-        return json.loads(extra[META_NAME]), model
-    extra = {META_NAME: ""}
-    program = torch.export.load(str(p), extra_files=extra)
-    return json.loads(extra[META_NAME]), program.module().to(dev)
+    else:
+        model = torch.export.load(str(p), extra_files=extra).module().to(dev)
+    return json.loads(extra[META_NAME]), model
 
 
 # ---- export -------------------------------------------------------------------------------------------
@@ -167,9 +153,9 @@ class _Graph(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
-        std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
-        self.register_buffer("scale", (1 / (255 * std)).view(1, 3, 1, 1))
-        self.register_buffer("shift", (-torch.tensor(IMAGENET_MEAN, dtype=torch.float32) / std).view(1, 3, 1, 1))
+        scale, shift = normalisation(torch.device("cpu"), torch.float32)  # the ones to_device applies
+        self.register_buffer("scale", scale.clone())
+        self.register_buffer("shift", shift.clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float() * self.scale + self.shift
@@ -187,7 +173,9 @@ def _quiet_jit():
 
 def export_run(run: str | Path, out: str | Path, fmt: str = "weights", checkpoint: str = "last") -> dict[str, Any]:
     """Write the model of a run (or checkpoint) for use elsewhere; returns the metadata written."""
-    p = model_file(run, checkpoint, "no such run or checkpoint")
+    from .engine import checkpoint_file
+
+    p = checkpoint_file(run, checkpoint)
     doc = _load_weights(p)
     model, cfg = _model_from(doc, str(p))
     model.eval()
@@ -196,26 +184,36 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "weights", checkpoin
                            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "input": "uint8 (B, size, size, 3)"},
             "fingerprint": doc.get("fingerprint", ""), "mask": doc.get("mask", ""), "epoch": doc.get("epoch"),
             "source": p.name}
+    if fmt not in ("weights", "torchscript", "exported"):
+        raise BadInputError(f"--format {fmt!r}: use weights, torchscript or exported")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")  # same suffix: torch.export checks it
+    try:
+        _write_model(model, doc, meta, int(cfg.image_size), fmt, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return meta
+
+
+def _write_model(model, doc: dict[str, Any], meta: dict[str, Any], size: int, fmt: str, path: Path) -> None:
     if fmt == "weights":
-        torch.save({**meta, "model": model.state_dict(), "config": doc["config"]}, out)
-        return meta
+        torch.save({**meta, "model": model.state_dict(), "config": doc["config"]}, path)
+        return
     graph = _Graph(model).eval()
-    example = torch.zeros(2, cfg.image_size, cfg.image_size, 3, dtype=torch.uint8)
+    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     blob = json.dumps(meta)
     with torch.no_grad():
         if fmt == "torchscript":
             with _quiet_jit():
-                traced = torch.jit.trace(graph, example, check_trace=False)
-                torch.jit.save(traced, str(out), _extra_files={META_NAME: blob})
-        elif fmt == "exported":
+                torch.jit.save(torch.jit.trace(graph, example, check_trace=False), str(path),
+                               _extra_files={META_NAME: blob})
+        else:
             batch = torch.export.Dim("batch", min=1, max=4096)
             program = torch.export.export(graph, (example,), dynamic_shapes={"images": {0: batch}})
-            torch.export.save(program, str(out), extra_files={META_NAME: blob})
-        else:
-            raise BadInputError(f"--format {fmt!r}: use weights, torchscript or exported")
-    return meta
+            torch.export.save(program, str(path), extra_files={META_NAME: blob})
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------

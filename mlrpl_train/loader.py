@@ -110,7 +110,7 @@ def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
                 break
             except Exception as e:
                 cut_short = isinstance(e, (tarfile.TarError, EOFError))  # a body that ended early, remotely
-                if isinstance(e, MlrplError) or attempt == tries - 1 or not (retry.is_transient(e) or cut_short):
+                if not retry.read_again(e, attempt, tries, cut_short):
                     raise ShardReadError(f"{url}: cannot read shard ({type(e).__name__}: {e})"
                                          + (f" after {tries} tries" if tries > 1 else "")) from None
                 time.sleep(retry.delay(attempt))
