@@ -31,6 +31,7 @@ from . import dist as D
 from .data import DataSpec, resolve_data
 from .device import autocast, pick_device, to_device, uses_fast_path
 from .loader import StreamConfig, batches_per_epoch, make_loader
+from .memory import process_peak_mb
 from .metrics import evaluate_scores
 from .model.factory import build_model
 from .options import TrainConfig, config_from_json
@@ -198,9 +199,9 @@ def train_step(model, batch, optimizer, device, epoch: int, global_step: int, pr
     y = batch["partial"].to(device)
     core = getattr(model, "module", model)
     extra = {"keys": batch["keys"]} if getattr(core, "wants_keys", False) else {}  # LL-Cp's per-image corrections
+    optimizer.zero_grad(set_to_none=True)  # before the forward pass: the old gradients never share the peak
     with autocast(device, fast):
         loss, logs = model(x, partial=y, epoch=epoch, step=global_step, progress=progress, **extra)
-    optimizer.zero_grad(set_to_none=True)
     if torch.isfinite(loss):
         loss.backward()
         optimizer.step()
@@ -466,22 +467,13 @@ METRIC_COLUMNS = ["epoch", "train_loss", "lr", "mAP", "mAP_voc", "OF1", "CF1", "
                   "val_mAP_voc", "best", "selection", "bad_samples", "images_per_s", "seconds", "peak_memory_mb"]
 
 
-def peak_memory_mb() -> float:
-    """The accelerator's peak allocated memory (torch.cuda.max_memory_allocated), else the process's peak RSS."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
 def log_epoch(run: Path, writer, epoch, loss, lr, bad, rate, seconds, metrics, val=None, selection="",
               best=False) -> None:
     """One row of metrics.csv (test mAP = plain AP, mAP_voc = the published VOC-interpolated AP; val_*
     on the held-out training images; best = 1 where best.pt was taken; selection = how)."""
     row = {"epoch": epoch, "train_loss": loss, "lr": lr, "bad_samples": bad, "images_per_s": rate, "seconds": seconds,
            "best": int(best), "selection": selection or "none: the last epoch is the result",
-           "peak_memory_mb": peak_memory_mb()}
+           "peak_memory_mb": process_peak_mb()}
     if metrics:
         row.update({k: metrics[k] for k in ("mAP", "mAP_voc", "OF1", "CF1", "OF1_top3", "CF1_top3")})
         (run / "metrics_last.json").write_text(json.dumps(metrics, indent=1))
