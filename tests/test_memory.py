@@ -20,7 +20,7 @@ def test_peak_allocated_counts_live_tensors_once_and_frees():
         c = torch.ones(MIB)  # +4 -> 6: the peak
         del b, c  # -> 0
 
-    kept, first = peak_allocated(lambda: torch.ones(MIB // 4), torch.device("cpu"))  # allocated while profiling
+    kept, first = peak_allocated(lambda: torch.ones(MIB // 4), torch.device("cpu"))  # stays alive: in the running total
     _, peak = peak_allocated(work, torch.device("cpu"), live=[x, x[:10], x.view(2, -1)])  # views: one storage
     assert first == MIB
     # 1 live + 6; without the frees it would read 8, with every view counted 10, with the tensor
@@ -50,10 +50,10 @@ def blended_step(save_memory: bool, classes: int = 60) -> tuple[int, int, float,
     y = torch.randint(-1, 2, (8, classes), generator=torch.Generator().manual_seed(1)).to(torch.int8)
     cpu = torch.device("cpu")
     (loss, _), forward_peak = peak_allocated(lambda: model(x, partial=y, epoch=3, step=5), cpu)
-    del loss
+    value = float(loss.detach())
+    del loss  # its graph would sit under the step's peak
     _, step_peak = peak_allocated(lambda: model(x, partial=y, epoch=3, step=5)[0].backward(), cpu)
-    loss = float(model(x, partial=y, epoch=3, step=5)[0].detach())
-    return forward_peak, step_peak, loss, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return forward_peak, step_peak, value, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_save_memory_lowers_the_peak_of_a_blended_step_and_changes_nothing_else():

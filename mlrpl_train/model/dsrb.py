@@ -93,10 +93,10 @@ class GGNN(nn.Module):
         self.u_zr = nn.Linear(dim, 2 * dim, bias=False)
         self.u_h = nn.Linear(dim, dim, bias=False)
 
-    def first_linear(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The part of step 1 that is linear in h: (W_a [A_in h, A_out h] without bias, U_zr h)."""
+    def first_linear(self, h: torch.Tensor, bias: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The part of step 1 that is linear in h: (W_a [A_in h, A_out h] (+ its bias), U_zr h)."""
         a = torch.cat([self.adj_in @ h, self.adj_out @ h], dim=-1)
-        return F.linear(a, self.w_a.weight), self.u_zr(h)
+        return F.linear(a, self.w_a.weight, self.w_a.bias if bias else None), self.u_zr(h)
 
     def first_linear_rows(self, delta: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """first_linear(delta) for a delta that is zero outside `rows` (B, C): the projections run on
@@ -118,8 +118,10 @@ class GGNN(nn.Module):
     def _step(self, h: torch.Tensor, wa: torch.Tensor | None = None, uzr: torch.Tensor | None = None) -> torch.Tensor:
         """One propagation step; `wa`, `uzr` = first_linear(h) (W_a's product without its bias) when given."""
         if wa is None:
-            wa, uzr = self.first_linear(h)
-        wa_z, wa_r, wa_h = (wa + self.w_a.bias).chunk(3, dim=-1)
+            wa, uzr = self.first_linear(h, bias=True)  # the bias fused into the product
+        else:
+            wa = wa + self.w_a.bias
+        wa_z, wa_r, wa_h = wa.chunk(3, dim=-1)
         uz, ur = uzr.chunk(2, dim=-1)
         z, r = torch.sigmoid(wa_z + uz), torch.sigmoid(wa_r + ur)
         cand = torch.tanh(wa_h + self.u_h(r * h))
