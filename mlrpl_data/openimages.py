@@ -163,6 +163,11 @@ def build_openimages(cfg: OpenImagesConfig):
         frames.append(pd.DataFrame({"key": [f"{name}_{i}" for i in images], "split": split,
                                     "path": [f"{release}/{i}.jpg" for i in images]}))
         blocks.append(label_matrix(len(images), len(ids), r, c, v))
+    both = set(frames[0]["key"]).intersection(frames[1]["key"])
+    if both:  # one image trained on and tested on
+        key = min(both)
+        raise BadInputError(f"{sources[-1]['file']}: image {key.removeprefix(name + '_')} is also in "
+                            f"{sources[-2]['file']}; the released splits are disjoint (a file copied over another?)")
     labels = np.concatenate(blocks)
     rows = pd.concat(frames, ignore_index=True)
     keep = np.ones(len(ids), bool)

@@ -316,3 +316,12 @@ def test_build_warns_on_stderr_and_records_it(tmp_path):
     assert card["warnings"] == [r.stderr.strip().removeprefix("warning: ")]
     assert r.stderr.strip() in CliRunner().invoke(app, ["stats", str(out)]).output
     assert "Warning: no label is a known negative" in (out / "README.md").read_text()
+
+
+def test_open_images_image_in_both_splits_is_refused(tmp_path):
+    root = open_images(tmp_path / "oi")
+    (root / "test-annotations-human-imagelabels-boxable.csv").write_text(
+        "ImageID,Source,LabelName,Confidence\n000b1,verification,/m/0k4j,1\n000a2,verification,/m/07jdr,0\n")
+    with pytest.raises(BadInputError, match=r"test-annotations-human-imagelabels-boxable\.csv: image 000a2 is also in "
+                                            r"train-annotations-human-imagelabels-boxable\.csv"):
+        build_openimages(OpenImagesConfig(root=root, progress=False))
