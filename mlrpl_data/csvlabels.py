@@ -45,6 +45,9 @@ class CsvConfig:
 def _read(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     header, rows = read_csv(path, "label CSV", header_required=True)
     if header is None or "path" not in header:
+        sep = next((c for c in (";", "\t") if header and c in header[0]), None)
+        if sep:  # a spreadsheet's export in a locale whose list separator is not ','
+            raise BadInputError(f"{path}: fields are separated by {sep!r}, not ','; export it as comma-separated")
         raise BadInputError(f"{path}: the first row must be a header with a 'path' column")
     return header, rows
 

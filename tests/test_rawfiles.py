@@ -325,3 +325,9 @@ def test_open_images_image_in_both_splits_is_refused(tmp_path):
     with pytest.raises(BadInputError, match=r"test-annotations-human-imagelabels-boxable\.csv: image 000a2 is also in "
                                             r"train-annotations-human-imagelabels-boxable\.csv"):
         build_openimages(OpenImagesConfig(root=root, progress=False))
+
+
+def test_csv_with_another_separator_says_so(tmp_path):
+    f = lab_csv(tmp_path, "path;split;cat\nimg/a0.jpg;train;1\n")
+    with pytest.raises(BadInputError, match=r"labels\.csv: fields are separated by ';', not ','; export it as comma-separated"):
+        build_csv(CsvConfig(labels=f, images=tmp_path, progress=False))
