@@ -232,6 +232,8 @@ def _report_build(m, out: Path, force: bool) -> None:
     typer.echo(f"{out}: {m.name} {m.version}, {m.num_classes} classes, {counts}; fingerprint {m.fingerprint[:16]} ({state})")
     if missing:
         typer.echo(f"dropped {len(missing):,} missing image(s) (listed in {out}/dataset.json)")
+    for w in m.warnings():  # also kept in dataset.json, and shown by `mlrpl stats` and the card
+        typer.echo(f"warning: {w}", err=True)
 
 
 OUT = typer.Option(..., "--out", help="Dataset folder to write (one dataset version)")

@@ -28,7 +28,7 @@ def assemble(*, name: str, version: str, classes: list[str], source_ids: list[st
     missing = [{"key": k, "split": s, "path": p} for k, s, p, ok in
                zip(rows["key"], rows["split"], rows["path"], exists) if not ok]
     if missing and not allow_missing:
-        refuse_missing(missing, root, "image(s) of the annotations missing on disk")
+        refuse_missing(missing, root, "image(s) of the annotations missing on disk", root=root)
     rows, labels = rows[exists].reset_index(drop=True), labels[exists]
     if not len(rows):
         raise BadInputError(f"{root}: no image of the annotations is on disk")
@@ -59,7 +59,10 @@ def file_key(prefix: str, name: str) -> str:
 
 
 def source_record(path: Path, root: Path) -> dict[str, Any]:
-    """A raw file as dataset.json records it: its path relative to the root, sha256 and size."""
+    """A raw file as dataset.json records it: its path relative to the root (its name when it lies
+    elsewhere, e.g. a --classes file: no local path in a shared card), sha256 and size."""
     from .fsutil import sha256_file
 
-    return {"file": str(Path(path).relative_to(root)), "sha256": sha256_file(path), "bytes": Path(path).stat().st_size}
+    path = Path(path)
+    name = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+    return {"file": name.as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}

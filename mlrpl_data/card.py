@@ -112,6 +112,7 @@ def dataset_card(folder: Path) -> str:
             "- `shards/<split>-NNNNNN.tar`: WebDataset shards (`<key>.jpg` + `<key>.json`), listed with their sha256 in "
             "`shards/index.json` and `shards/SHA256SUMS`",
             "- `files.json`: every other file with its sha256 (`mlrpl pull` checks them; `mlrpl verify` checks it all)", "",
+            *[line for w in card.get("warnings", []) for line in (f"Warning: {w}", "")],
             "## Source archives", ""]
     body += [f"- `{s['file']}`: sha256 `{s['sha256']}`, {s['bytes']:,} bytes" for s in card.get("sources", [])] or ["- (none recorded)"]
     body += ["", "## Masks", ""]

@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 
 from .errors import BadInputError
-from .jsonio import parse_json
+from .jsonio import check_records, parse_json
 from .manifest import Manifest, validate
 from .options import allow_missing_field, check_ranges, opt, progress_field
 from .progress import progress_bar
-from .missing import check_missing, listdir_names
+from .missing import check_missing
+from .rawfiles import present_files, raw_path, refuse_duplicates
 from .specs import load_spec
 
 SOURCE_SPLITS = {"train": "train", "val": "test"}
@@ -71,9 +72,9 @@ def _load(path: Path):
     data.setdefault("annotations", [])
     if not isinstance(data["annotations"], list):
         raise BadInputError(f"{path}: 'annotations' must be a list")
-    _check_records(path, "images", data["images"], {"id": int, "file_name": str, "width": int, "height": int})
-    _check_records(path, "annotations", data["annotations"], {"image_id": int, "category_id": int})
-    _check_records(path, "categories", data["categories"], {"id": int, "name": str})
+    check_records(path, "images", data["images"], {"id": int, "file_name": str, "width": int, "height": int})
+    check_records(path, "annotations", data["annotations"], {"image_id": int, "category_id": int})
+    check_records(path, "categories", data["categories"], {"id": int, "name": str})
     ids = [im["id"] for im in data["images"]]
     if len(set(ids)) != len(ids):
         seen: set = set()
@@ -84,17 +85,6 @@ def _load(path: Path):
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
     return coco, hashlib.sha256(raw).hexdigest(), len(raw)
-
-
-def _check_records(path: Path, what: str, records: list, fields: dict[str, type]) -> None:
-    """Every record a JSON object with these fields of these types (the first bad one is named)."""
-    for k, rec in enumerate(records):
-        if type(rec) is not dict or any(type(rec.get(f)) is not t for f, t in fields.items()):
-            if not isinstance(rec, dict):
-                raise BadInputError(f"{path}: {what}[{k}] is {type(rec).__name__}, not an object")
-            f, t = next((f, t) for f, t in fields.items() if type(rec.get(f)) is not t)
-            got = "missing" if f not in rec else f"{type(rec[f]).__name__} {str(rec[f])[:30]!r}"
-            raise BadInputError(f"{path}: {what}[{k}] field {f!r} must be {t.__name__}, got {got}")
 
 
 def _categories(coco, path: Path) -> tuple[list[str], list[str]]:
@@ -141,11 +131,15 @@ def _split_rows(coco, path: Path, split: str, year: str, prefix: str, col_of: di
         except KeyError:
             raise BadInputError(f"{path}: annotation {ann.get('id')} has unknown category id {ann.get('category_id')}") from None
     labels[np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)] = 1
+    # file_name may hold sub-folders, './' or Windows '\\': one rule (rawfiles.raw_path) for every builder
+    names = [raw_path(im["file_name"], f"{path}: images[{k}] (id {im['id']})") for k, im in enumerate(images)]
+    refuse_duplicates(((n, f"{path}: images[{k}] (id {images[k]['id']})") for k, n in enumerate(names)),
+                      f"file under {split}{year}/")
     frame = pd.DataFrame(  # the records' fields and types were checked in _load
         {
             "key": [f"{prefix}_{split}_{im['id']:012d}" for im in images],
             "split": SOURCE_SPLITS[split],
-            "path": [f"{split}{year}/{im['file_name']}" for im in images],
+            "path": [f"{split}{year}/{n}" for n in names],
             "width": [im["width"] for im in images],
             "height": [im["height"] for im in images],
         }
@@ -174,7 +168,7 @@ def build_coco(cfg: CocoConfig) -> Manifest:
         col_of = {int(i): k for k, i in enumerate(ids)}
         frame, labels = _split_rows(coco, path, split, cfg.year, prefix, col_of, cfg.include_crowd)
         folder = root / f"{split}{cfg.year}"
-        present = listdir_names(folder)
+        present = present_files(folder, (p.split("/", 1)[1] for p in frame["path"]))
         keep, missing = check_missing(frame, present, folder, cfg.allow_missing, lambda p: p.split("/", 1)[1])
         missing_all += missing
         frames.append(frame[keep])

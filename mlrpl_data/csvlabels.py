@@ -8,7 +8,6 @@ column of ;-joined class names, which are present, every other class absent.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +16,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import BadInputError
-from .manifest import is_safe_relative
-from .options import allow_missing_field, check_ranges, opt, progress_field
+from .options import allow_missing_field, check_ranges, choices, opt, progress_field
+from .rawfiles import raw_path, read_csv, refuse_duplicates
 
 VALUES = {"1": 1, "-1": -1, "0": 0, "": 0}
+ZeroMeans = choices("ZeroMeans", "absent unknown", __name__)
 
 
 @dataclass
@@ -32,6 +32,9 @@ class CsvConfig:
     test_fraction: float = field(default=0.2, metadata=opt(
         "Without a split column: this fraction of the images (by a hash of the path) is the test split",
         min=0, max=1))
+    zero_means: ZeroMeans | None = field(default=None, metadata=opt(
+        "What 0 in a class column means: unknown (the format's rule; -1 is absent) or absent (a 0/1 export). "
+        "Required when the columns hold 0 and 1 but never -1"))
     allow_missing: bool = allow_missing_field()
     progress: bool = progress_field()
 
@@ -39,19 +42,14 @@ class CsvConfig:
         check_ranges(self)
 
 
-def _read(path: Path) -> tuple[list[str], list[list[str]]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: not found") from None
-    except UnicodeDecodeError as e:
-        raise BadInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except csv.Error as e:
-        raise BadInputError(f"{path}: malformed CSV ({e})") from None
-    if not rows or "path" not in [h.strip() for h in rows[0]]:
+def _read(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    header, rows = read_csv(path, "label CSV", header_required=True)
+    if header is None or "path" not in header:
+        sep = next((c for c in (";", "\t") if header and c in header[0]), None)
+        if sep:  # a spreadsheet's export in a locale whose list separator is not ','
+            raise BadInputError(f"{path}: fields are separated by {sep!r}, not ','; export it as comma-separated")
         raise BadInputError(f"{path}: the first row must be a header with a 'path' column")
-    return [h.strip() for h in rows[0]], [r for r in rows[1:] if any(x.strip() for x in r)]
+    return header, rows
 
 
 def _split(path: str, fraction: float) -> str:
@@ -75,21 +73,21 @@ def build_csv(cfg: CsvConfig):
         if classes:
             raise BadInputError(f"{where}: use either a labels column or one column per class, not both "
                                 f"(also found {', '.join(classes[:3])})")
-        classes = sorted({n.strip() for r in body for n in r[col["labels"]].split(";") if n.strip()})
+        classes = sorted({n.strip() for _, r in body for n in r[col["labels"]].split(";") if n.strip()})
+    if "" in classes:
+        raise BadInputError(f"{where}: column {header.index('') + 1} has no name in the header; name it or remove it")
     if not classes:
         raise BadInputError(f"{where}: no class (a column per class, or a labels column of ;-joined names)")
     index = {c: j for j, c in enumerate(classes)}
     labels = np.zeros((len(body), len(classes)), np.int8)
-    paths, splits = [], []
-    for i, r in enumerate(body):
-        line = i + 2
+    paths, splits, lines = [], [], []
+    for i, (line, r) in enumerate(body):
         if len(r) != len(header):
             raise BadInputError(f"{where}: line {line} has {len(r)} fields, the header {len(header)}")
-        p = r[col["path"]].strip().replace("\\", "/")
-        if not is_safe_relative(p):
-            raise BadInputError(f"{where}: line {line}: path {p!r} must be relative to --images, without '..'")
+        p = raw_path(r[col["path"]], f"{where}: line {line}", "--images")  # ./a.jpg is a.jpg: one key
         paths.append(p)
-        s = r[col["split"]].strip().lower() if "split" in col else _split(p, cfg.test_fraction)
+        lines.append(f"{where}: line {line}")
+        s = r[col["split"]].lower() if "split" in col else _split(p, cfg.test_fraction)
         if s not in ("train", "test"):
             raise BadInputError(f"{where}: line {line}: split {s!r} must be train or test")
         splits.append(s)
@@ -100,19 +98,27 @@ def build_csv(cfg: CsvConfig):
                     labels[i, index[n.strip()]] = 1
         else:
             for j, c in enumerate(classes):
-                v = r[col[c]].strip()
+                v = r[col[c]]
                 if v not in VALUES:
                     raise BadInputError(f"{where}: line {line}, column {c!r}: {v!r} must be 1, -1, 0 or empty")
                 labels[i, j] = VALUES[v]
+    if not named:
+        zeros = any(r[col[c]] == "0" for _, r in body for c in classes)
+        if cfg.zero_means is None and zeros and not (labels == -1).any():
+            raise BadInputError(f"{where}: the class columns hold 0 and 1 but never -1, so 0 may mean absent (a 0/1 "
+                                f"export) or unknown; say which: --zero-means absent or --zero-means unknown")
+        if cfg.zero_means == "absent":
+            zero = np.array([[r[col[c]] == "0" for c in classes] for _, r in body], bool).reshape(labels.shape)
+            labels[zero] = -1
+    refuse_duplicates(zip(paths, lines), "image")  # one file in two rows (or two splits)
     keys = [file_key(cfg.name, p.rsplit(".", 1)[0]) for p in paths]
+    refuse_duplicates(zip(keys, lines), "image key (paths differing only in '.', '/' or the extension)")
     rows = pd.DataFrame({"key": keys, "split": splits, "path": paths})
-    dup = rows["key"][rows["key"].duplicated()]
-    if len(dup):
-        raise BadInputError(f"{where}: two paths give the key {dup.iloc[0]!r} (the same image twice?)")
     for s in ("train", "test"):
         if s not in splits:
             raise BadInputError(f"{where}: no {s} image (set a split column or --test-fraction)")
     src = source_record(cfg.labels, Path(cfg.labels).parent)
     return assemble(name=cfg.name, version=cfg.version, classes=classes, source_ids=classes, rows=rows, labels=labels,
                     root=Path(cfg.images), sources=[src], allow_missing=cfg.allow_missing, progress=cfg.progress,
-                    options={"format": "csv", "test_fraction": cfg.test_fraction if "split" not in col else None})
+                    options={"format": "csv", "test_fraction": cfg.test_fraction if "split" not in col else None,
+                             **({"zero_means": str(cfg.zero_means)} if cfg.zero_means is not None else {})})

@@ -11,6 +11,7 @@ lvis_v1_train becomes split train, lvis_v1_val split test.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import BadInputError
-from .jsonio import parse_json
+from .jsonio import check_records, parse_json
 from .manifest import Manifest, validate
 from .missing import refuse_missing
 from .options import allow_missing_field, check_ranges, opt, progress_field
@@ -56,6 +57,20 @@ def read_lvis(path: Path) -> tuple[dict, str, int]:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise BadInputError(f"{path}: not an LVIS file (needs top-level 'images', 'annotations', 'categories')")
+    # every field the builder reads, checked per record before any is used (as build-coco does)
+    check_records(path, "images", data["images"], {"id": int, "width": int, "height": int, "coco_url": str},
+                  optional={"neg_category_ids": list, "not_exhaustive_category_ids": list})
+    for k, im in enumerate(data["images"]):
+        for f in ("neg_category_ids", "not_exhaustive_category_ids"):
+            bad = next((c for c in im.get(f, []) if type(c) is not int), None)
+            if bad is not None:
+                raise BadInputError(f"{path}: images[{k}] (id {im['id']}) field {f!r} holds {bad!r}, not a category id")
+    check_records(path, "annotations", data["annotations"], {"image_id": int, "category_id": int})
+    check_records(path, "categories", data["categories"], {"id": int, "name": str})
+    ids = [im["id"] for im in data["images"]]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, c in Counter(ids).items() if c > 1)
+        raise BadInputError(f"{path}: image id {dup} appears twice in 'images'")
     return data, hashlib.sha256(raw).hexdigest(), len(raw)
 
 
@@ -64,6 +79,11 @@ def build_lvis(cfg: LvisConfig) -> Manifest:
     loaded = {split: read_lvis(root / f) for split, f in FILES.items()}
     cats = sorted(loaded["train"][0]["categories"], key=lambda c: c["id"])
     col = {c["id"]: i for i, c in enumerate(cats)}
+    if len(col) != len(cats):
+        raise BadInputError(f"{root / FILES['train']}: a category id appears twice in 'categories'")
+    if sorted((c["id"], c["name"]) for c in loaded["test"][0]["categories"]) != [(c["id"], c["name"]) for c in cats]:
+        raise BadInputError(f"{root / FILES['test']}: its categories differ from those of {FILES['train']}")
+    seen_at: dict[str, str] = {}
     rows, blocks, not_exhaustive, missing, sources = [], [], {}, [], []
     for split, (data, sha, size) in loaded.items():
         where = str(root / FILES[split])
@@ -84,6 +104,10 @@ def build_lvis(cfg: LvisConfig) -> Manifest:
         for r, im in enumerate(data["images"]):
             key = f"{cfg.name}_{split}_{im['id']}"
             path = _folder(im, where)
+            if path in seen_at:  # one COCO image in both files: trained on and tested on
+                raise BadInputError(f"{seen_at[path]} and {where}: images[{r}] (id {im['id']}) are the same image "
+                                    f"{path}; keep one of them")
+            seen_at[path] = f"{where}: images[{r}] (id {im['id']})"
             if not (root / path).is_file():
                 missing.append({"key": key, "split": split, "path": path})
                 on_disk[r] = False
@@ -93,7 +117,7 @@ def build_lvis(cfg: LvisConfig) -> Manifest:
                 not_exhaustive[key] = sorted(col[c] for c in im["not_exhaustive_category_ids"] if c in col)
         blocks.append(labels[on_disk])
     if missing and not cfg.allow_missing:
-        refuse_missing(missing, root, "image(s) of the LVIS files missing on disk")
+        refuse_missing(missing, root, "image(s) of the LVIS files missing on disk", root=root)
     m = Manifest(name=cfg.name, version="v1", category_names=[c["name"] for c in cats],
                  category_source_ids=[str(c["id"]) for c in cats],
                  images=pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"]),

@@ -91,7 +91,14 @@ class Manifest:
             "options": self.options,
             "mlrpl_version": __version__,
             **self.extra,
+            "warnings": self.warnings(),
         }
+
+    def warnings(self) -> list[str]:
+        """The builder's warnings and what the labels themselves warn of (stats.label_warnings)."""
+        from .stats import label_warnings
+
+        return list(dict.fromkeys([*self.extra.get("warnings", []), *label_warnings(self)]))
 
 
 def check_fingerprint(found: str | None, expected: str, what: str, fix: str) -> None:

@@ -48,36 +48,63 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
+MAX_PROPORTIONS = 1000  # masks one --proportion may ask for (a 0.001 step over (0, 1])
+DECIMALS = 6  # a mask name spells the proportion exactly, to this many decimals
+
+
 def parse_proportions(text: str) -> list[float]:
-    """'0.3', '0.1,0.5,0.9' or 'start:stop:step' (stop included) -> proportions in (0, 1]."""
+    """'0.3', '0.1,0.5,0.9' or 'start:stop:step' (stop included) -> proportions in (0, 1], each with at
+    most 6 decimals (so its name, e.g. p0.000001, is its value), at most MAX_PROPORTIONS of them."""
     text = text.strip()
+    usage = f"--proportion {text!r}: use 0.3, 0.1,0.5,0.9 or 0.1:0.9:0.1"
     try:
         if ":" in text:
-            start, stop, step = (float(x) for x in text.split(":"))
+            start, stop, step = (_exact(x) for x in text.split(":"))
             if step <= 0:
                 raise ValueError
-            n = int(math.floor((stop - start) / step + 1e-9)) + 1
-            values = [round(start + i * step, 6) for i in range(n)]
+            n = math.floor((stop - start) / step + 1e-9) + 1
+            if n < 1:
+                raise BadInputError(f"--proportion {text!r}: the start is above the stop")
+            if n > MAX_PROPORTIONS:  # counted before any value is made
+                raise BadInputError(f"--proportion {text!r}: {n:,} proportions; at most {MAX_PROPORTIONS:,} masks at "
+                                    f"once (use a larger step)")
+            values = [round(start + i * step, DECIMALS) for i in range(n)]
         else:
-            values = [float(x) for x in text.split(",") if x.strip()]
+            values = [_exact(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise BadInputError(f"--proportion {text!r}: use 0.3, 0.1,0.5,0.9 or 0.1:0.9:0.1") from None
+        raise BadInputError(usage) from None
+    if len(values) > MAX_PROPORTIONS:
+        raise BadInputError(f"--proportion: {len(values):,} proportions; at most {MAX_PROPORTIONS:,} masks at once")
     for p in values:
         if not 0 < p <= 1:
-            raise BadInputError(f"--proportion {p}: a proportion of known labels must be in (0, 1]")
+            raise BadInputError(f"--proportion {p:g}: a proportion of known labels must be in (0, 1]")
     if not values:
         raise BadInputError("--proportion: no value given")
-    names = [proportion_text(p) for p in values]
-    dup = next((n for n in names if names.count(n) > 1), None)
-    if dup:
-        raise BadInputError(f"--proportion {text!r}: {dup} is given twice")
+    seen: set[str] = set()
+    for name in map(proportion_text, values):  # linear: a set, not a count per value
+        if name in seen:
+            raise BadInputError(f"--proportion {text!r}: {name} is given twice")
+        seen.add(name)
     return values
+
+
+def _exact(text: str) -> float:
+    """A finite number with at most DECIMALS decimals (1e-12 would be named p0.00: refused, not rounded)."""
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError
+    if round(v, DECIMALS) != v:
+        raise BadInputError(f"--proportion {text.strip()}: at most {DECIMALS} decimals (a mask's name spells its "
+                            f"proportion: p0.000001 is the finest)")
+    return v
 
 
 def proportion_text(p: float) -> str:
     """0.3 -> '0.30', 0.304 -> '0.304': two decimals at least, as many as the value needs (up to 6),
     so two proportions never share a mask name."""
-    text = f"{p:.6f}".rstrip("0")
+    text = f"{p:.{DECIMALS}f}".rstrip("0")
+    if float(text) != p:  # a value parse_proportions would refuse (a library caller's): never a false name
+        raise BadInputError(f"proportion {p!r}: at most {DECIMALS} decimals, so that its mask name says its value")
     return text if len(text.split(".")[1]) >= 2 else f"{p:.2f}"
 
 

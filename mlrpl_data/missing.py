@@ -37,13 +37,18 @@ def check_missing(
     gone = frame[~keep]
     records = [{"key": k, "split": s, "path": p} for k, s, p in zip(gone["key"], gone["split"], gone["path"])]
     if not allow_missing:
-        refuse_missing(records, folder, "referenced image(s) missing on disk")
+        refuse_missing(records, folder, "referenced image(s) missing on disk", root=folder.parent)
     return keep, records
 
 
-def refuse_missing(records: list[dict], where, what: str) -> None:
-    """The one error every builder gives for missing files: how many, the first few, the way out."""
+def refuse_missing(records: list[dict], where, what: str, root: Path | None = None) -> None:
+    """The one error every builder gives for missing files: how many, the first few, the way out;
+    with `root` (what the paths are relative to), a file whose name differs only in case is named."""
+    from .rawfiles import near_miss
+
     shown = ", ".join(r["path"] for r in records[:SHOWN])
     more = f" and {len(records) - SHOWN:,} more" if len(records) > SHOWN else ""
-    raise BadInputError(f"{where}: {len(records):,} {what}: {shown}{more}; "
+    near = next((f"{r['path']} is not there but {n} is (the name differs in case: rename one to match); "
+                 for r in records[:SHOWN] if (n := near_miss(root, r["path"]))), "") if root is not None else ""
+    raise BadInputError(f"{where}: {len(records):,} {what}: {shown}{more}; {near}"
                         f"pass --allow-missing to drop them (they are listed in dataset.json)")

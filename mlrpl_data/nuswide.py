@@ -19,6 +19,7 @@ import pandas as pd
 
 from .errors import BadInputError
 from .options import allow_missing_field, check_ranges, opt, progress_field
+from .rawfiles import raw_path, read_lines, refuse_duplicates
 
 SPLITS = {"train": "Train", "test": "Test"}
 LABELS = "Groundtruth/TrainTestLabels/Labels_{concept}_{split}.txt"
@@ -36,19 +37,18 @@ class NuswideConfig:
         check_ranges(self)
 
 
-def _lines(path: Path) -> list[str]:
-    try:
-        return [x.strip() for x in path.read_text(encoding="utf-8", errors="strict").splitlines() if x.strip()]
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: not found (the NUS-WIDE ground truth layout: see mlrpl build-nuswide --help)") from None
-    except UnicodeDecodeError as e:
-        raise BadInputError(f"{path}: not text ({e.reason} at byte {e.start})") from None
+def _lines(path: Path) -> list[tuple[int, str]]:
+    if not path.is_file():
+        raise BadInputError(f"{path}: not found (the NUS-WIDE ground truth layout: see mlrpl build-nuswide --help)")
+    return read_lines(path, "NUS-WIDE list")
 
 
 def concepts(root: Path) -> list[str]:
     listed = root / "ConceptsList" / "Concepts81.txt"
     if listed.is_file():
-        return _lines(listed)
+        lines = _lines(listed)
+        refuse_duplicates(((c, f"{listed}:{n}") for n, c in lines), "concept")
+        return [c for _, c in lines]
     found = sorted(p.name[len("Labels_"):-len("_Train.txt")]
                    for p in (root / "Groundtruth" / "TrainTestLabels").glob("Labels_*_Train.txt"))
     if not found:
@@ -61,15 +61,16 @@ def build_nuswide(cfg: NuswideConfig):
 
     root = Path(cfg.root)
     names = concepts(root)
-    frames, blocks, sources = [], [], []
+    frames, blocks, sources, where_all, keyed = [], [], [], [], []
     for split, tag in SPLITS.items():
         list_path = root / LISTS[split]
-        paths = [p.replace("\\", "/") for p in _lines(list_path)]
+        listed = [(raw_path(p, f"{list_path}:{n}"), f"{list_path}:{n}") for n, p in _lines(list_path)]
+        paths = [p for p, _ in listed]
         sources.append(source_record(list_path, root))
         labels = np.empty((len(paths), len(names)), np.int8)
         for j, concept in enumerate(names):
             path = root / LABELS.format(concept=concept, split=tag)
-            values = _lines(path)
+            values = [v for _, v in _lines(path)]
             if len(values) != len(paths):
                 raise BadInputError(f"{path}: {len(values):,} lines, {list_path.name} lists {len(paths):,} images")
             bad = [i for i, v in enumerate(values) if v not in ("0", "1")]
@@ -80,10 +81,11 @@ def build_nuswide(cfg: NuswideConfig):
         keys = [file_key(cfg.name, Path(p).stem) for p in paths]
         frames.append(pd.DataFrame({"key": keys, "split": split, "path": [f"Flickr/{p}" for p in paths]}))
         blocks.append(labels)
+        where_all += [(p, w) for p, w in listed]
+        keyed += [(k, w) for k, (_, w) in zip(keys, listed)]
+    refuse_duplicates(where_all, "image")  # within a list or across the two
+    refuse_duplicates(keyed, "image key (the same file name in two folders)")
     rows = pd.concat(frames, ignore_index=True)
-    dup = rows["key"][rows["key"].duplicated()]
-    if len(dup):
-        raise BadInputError(f"{root / 'ImageList'}: two images give the key {dup.iloc[0]!r} (the same file name twice)")
     return assemble(name=cfg.name, version="81", classes=names, source_ids=names, rows=rows,
                     labels=np.concatenate(blocks), root=root, sources=sources, allow_missing=cfg.allow_missing,
                     progress=cfg.progress, options={"format": "nuswide"})

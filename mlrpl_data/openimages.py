@@ -14,7 +14,6 @@ with `train --val-fraction`).
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pandas as pd
 
 from .errors import BadInputError
 from .options import allow_missing_field, check_ranges, choices, opt, progress_field
+from .rawfiles import read_csv
 
 LABELS_CSV = "{split}-annotations-human-imagelabels-boxable.csv"
 BOXABLE = "class-descriptions-boxable.csv"
@@ -50,20 +50,15 @@ class OpenImagesConfig:
 
 
 def read_descriptions(path: Path) -> dict[str, str]:
-    """LabelName -> DisplayName from a class-descriptions CSV (with or without its header row)."""
+    """LabelName -> DisplayName from a class-descriptions CSV (oidv6's has a header row, boxable's not)."""
     out: dict[str, str] = {}
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            for i, row in enumerate(csv.reader(f)):
-                if i == 0 and row[:1] == ["LabelName"]:
-                    continue
-                if len(row) < 2 or not row[0]:
-                    raise BadInputError(f"{path}: line {i + 1}: expected LabelName,DisplayName")
-                out[row[0]] = row[1]
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: not found") from None
-    except UnicodeDecodeError as e:
-        raise BadInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    _, rows = read_csv(path, "class descriptions", header=["LabelName", "DisplayName"])
+    for n, row in rows:
+        if len(row) < 2 or not row[0]:
+            raise BadInputError(f"{path}: line {n}: expected LabelName,DisplayName")
+        if row[0] in out:
+            raise BadInputError(f"{path}: line {n}: LabelName {row[0]} is described twice")
+        out[row[0]] = row[1]
     if not out:
         raise BadInputError(f"{path}: no class")
     return out
@@ -84,8 +79,7 @@ def vocabulary(cfg: OpenImagesConfig) -> tuple[list[str], dict[str, str], list[P
         path = Path(cfg.classes)
         if not path.is_file():
             raise BadInputError(f"--classes {cfg.classes}: use boxable, all, or a file of LabelNames (not found)")
-        ids = [line.split(",")[0].strip() for line in path.read_text(encoding="utf-8").splitlines()
-               if line.strip() and not line.startswith("LabelName")]
+        ids = [row[0] for _, row in read_csv(path, "class file", header=["LabelName"])[1]]
         read.append(path)
         unknown = [i for i in ids if names and i not in names]
         if unknown:
@@ -120,7 +114,8 @@ def read_image_labels(path: Path, class_ids: list[str], block_size: int = 1 << 2
     try:
         for batch in reader:
             names = batch.column(1)
-            per_name = np.asarray(pc.index_in(names.dictionary, value_set=value_set).fill_null(-1), dtype=np.int32)
+            per_name = np.asarray(pc.index_in(pc.utf8_trim_whitespace(names.dictionary), value_set=value_set)
+                                  .fill_null(-1), dtype=np.int32)
             cls = per_name[names.indices.to_numpy(zero_copy_only=False)]
             keep = cls >= 0
             ids.append(batch.column(0).filter(pa.array(keep)))
@@ -168,6 +163,11 @@ def build_openimages(cfg: OpenImagesConfig):
         frames.append(pd.DataFrame({"key": [f"{name}_{i}" for i in images], "split": split,
                                     "path": [f"{release}/{i}.jpg" for i in images]}))
         blocks.append(label_matrix(len(images), len(ids), r, c, v))
+    both = set(frames[0]["key"]).intersection(frames[1]["key"])
+    if both:  # one image trained on and tested on
+        key = min(both)
+        raise BadInputError(f"{sources[-1]['file']}: image {key.removeprefix(name + '_')} is also in "
+                            f"{sources[-2]['file']}; the released splits are disjoint (a file copied over another?)")
     labels = np.concatenate(blocks)
     rows = pd.concat(frames, ignore_index=True)
     keep = np.ones(len(ids), bool)

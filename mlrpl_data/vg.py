@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import BadInputError
-from .jsonio import load_json, read_text
+from .jsonio import check_records, load_json
 from .manifest import Manifest, validate
 from .options import allow_missing_field, check_ranges, opt, progress_field
 from .progress import progress_bar
+from .rawfiles import raw_path, read_lines, refuse_duplicates
 from .missing import listdir_names, refuse_missing
 from .fsutil import sha256_file
 
@@ -64,7 +65,7 @@ def normalise_name(name: str) -> str:
 def read_aliases(path: Path) -> dict[str, str]:
     """object_alias.txt: each line `canonical,alias,...`; every term maps to the line's first."""
     out: dict[str, str] = {}
-    for line in read_text(Path(path), "alias file").splitlines():
+    for _, line in read_lines(Path(path), "alias file"):
         terms = [normalise_name(t) for t in line.split(",") if t.strip()]
         if not terms:
             continue
@@ -109,6 +110,9 @@ def _resolve_paths(root: Path, file_names: list[str], hinted: list[str | None]) 
     listing[""] = listdir_names(root)
     out = []
     for name, hint in zip(file_names, hinted):
+        if "/" in name:  # a list naming the folder itself (VG_100K/1.jpg)
+            out.append(name if (root / name).is_file() else None)
+            continue
         order = ([hint] if hint in listing else []) + [f for f in (*IMAGE_FOLDERS, "") if f != hint]
         found = next((f for f in order if name in listing[f]), None)
         out.append(None if found is None else (f"{found}/{name}" if found else name))
@@ -121,7 +125,7 @@ def _drop_missing(frame: pd.DataFrame, labels: np.ndarray, paths: list, root: Pa
         return frame, labels, []
     records = [{"key": frame["key"].iat[i], "split": frame["split"].iat[i], "path": frame["path"].iat[i]} for i in gone]
     if not allow:
-        refuse_missing(records, root, f"image(s) missing from {'/, '.join(IMAGE_FOLDERS)}/")
+        refuse_missing(records, root, f"image(s) missing from {'/, '.join(IMAGE_FOLDERS)}/", root=root)
     keep = np.array([p is not None for p in paths])
     return frame[keep], labels[keep], records
 
@@ -138,6 +142,7 @@ def build_vg200(cfg: VgConfig) -> Manifest:
     aliases = read_aliases(alias_path) if Path(alias_path).exists() else {}
 
     ids = [_image_id(r, str(img_path)) for r in image_data]
+    check_records(img_path, "image_data", image_data, {"width": int, "height": int})
     if len(set(ids)) != len(ids):
         dup = next(i for i, c in Counter(ids).items() if c > 1)
         raise BadInputError(f"{img_path}: duplicate image_id {dup}")
@@ -184,18 +189,15 @@ def build_vg200(cfg: VgConfig) -> Manifest:
     test_ids = split_test_ids(ids, cfg.test_size, cfg.seed)
     urls = [str(rec.get("url") or rec.get("image_url") or "") for rec in image_data]
     hints = [next((f for f in IMAGE_FOLDERS if f"/{f}/" in u), None) for u in urls]
-    try:
-        frame = pd.DataFrame(
-            {
-                "key": [f"vg_{i}" for i in ids],
-                "split": ["test" if i in test_ids else "train" for i in ids],
-                "path": [f"{h or IMAGE_FOLDERS[0]}/{i}.jpg" for i, h in zip(ids, hints)],
-                "width": [int(rec["width"]) for rec in image_data],
-                "height": [int(rec["height"]) for rec in image_data],
-            }
-        )
-    except (KeyError, TypeError, ValueError):
-        raise BadInputError(f"{img_path}: an image record lacks an integer width/height") from None
+    frame = pd.DataFrame(
+        {
+            "key": [f"vg_{i}" for i in ids],
+            "split": ["test" if i in test_ids else "train" for i in ids],
+            "path": [f"{h or IMAGE_FOLDERS[0]}/{i}.jpg" for i, h in zip(ids, hints)],
+            "width": [rec["width"] for rec in image_data],
+            "height": [rec["height"] for rec in image_data],
+        }
+    )
     paths = _resolve_paths(root, [f"{i}.jpg" for i in ids], hints)
     frame, labels, missing = _drop_missing(frame, labels, paths, root, cfg.allow_missing)
     frame["path"] = [p for p in paths if p is not None] if missing else paths
@@ -218,29 +220,31 @@ def build_vg200(cfg: VgConfig) -> Manifest:
     return m
 
 
-def read_name_list(path: Path) -> list[str]:
-    names = [ln.strip() for ln in read_text(Path(path), "list file").splitlines() if ln.strip()]
+def read_name_list(path: Path) -> list[tuple[str, str]]:
+    """(image file name, where it is listed) of each line of an SSGRL list."""
+    names = [(raw_path(line, f"{path}:{n}"), f"{path}:{n}") for n, line in read_lines(Path(path), "list file")]
     if not names:
         raise BadInputError(f"{path}: the split is empty")
-    dup = next((n for n, c in Counter(names).items() if c > 1), None)
-    if dup:
-        raise BadInputError(f"{path}: {dup} listed twice")
+    refuse_duplicates(names, "image")
     return names
 
 
 def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
     """VG-200 as the papers' benchmark: SSGRL's lists + labels JSON, classes 0..num_classes-1 of VG-500."""
     root = Path(cfg.root)
-    train, test = read_name_list(cfg.train_list), read_name_list(cfg.test_list)
-    overlap = set(train) & set(test)
-    if overlap:
-        raise BadInputError(f"{cfg.test_list}: {sorted(overlap)[0]} is also in {cfg.train_list}")
+    train_at, test_at = read_name_list(cfg.train_list), read_name_list(cfg.test_list)
+    refuse_duplicates([*train_at, *test_at], "image")
+    train, test = [n for n, _ in train_at], [n for n, _ in test_at]
     labels_map = load_json(Path(cfg.labels))
     if not isinstance(labels_map, dict):
         raise BadInputError(f"{cfg.labels}: expected an object mapping image name -> class indices")
     sizes = {}
     if (root / "image_data.json").exists():
-        sizes = {_image_id(r, "image_data.json"): (int(r["width"]), int(r["height"])) for r in load_json(root / "image_data.json")}
+        records = load_json(root / "image_data.json")
+        if not isinstance(records, list):
+            raise BadInputError(f"{root / 'image_data.json'}: must hold a list of image records")
+        check_records(root / "image_data.json", "image_data", records, {"width": int, "height": int})
+        sizes = {_image_id(r, "image_data.json"): (r["width"], r["height"]) for r in records}
     c = cfg.num_classes
     rows, label_rows = [], []
     for split, names, src in (("train", train, cfg.train_list), ("test", test, cfg.test_list)):
@@ -252,7 +256,7 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
                 raise BadInputError(f"{cfg.labels}: {name}: labels must be class indices 0..499, got {str(idx)[:60]}")
             lab = np.full(c, -1, dtype=np.int8)
             lab[[k for k in idx if k < c]] = 1
-            stem = name.rsplit(".", 1)[0]
+            stem = name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
             rows.append([f"vg_{stem}", split, name, *sizes.get(int(stem) if stem.isdigit() else -1, (-1, -1))])
             label_rows.append(lab)
     frame = pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"])

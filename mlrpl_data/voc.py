@@ -7,7 +7,6 @@ Labels come from Annotations/*.xml parsed with defusedxml (entity bombs are refu
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +17,11 @@ from defusedxml import ElementTree as SafeET
 from xml.etree.ElementTree import ParseError
 
 from .errors import BadInputError
-from .jsonio import read_text
+from .fsutil import sha256_file
 from .manifest import Manifest, validate
 from .options import allow_missing_field, choices, check_ranges, opt, progress_field
 from .progress import progress_bar
+from .rawfiles import read_lines
 from .missing import refuse_missing
 from .specs import load_spec, voc20_names
 
@@ -55,24 +55,20 @@ def find_voc2007(root: Path) -> Path:
 
 
 def read_image_set(path: Path) -> tuple[list[str], str]:
-    """Ids of a main split list (one id per line); returns (ids, sha256)."""
-    text = read_text(path, "split list")
-    ids = []
-    for n, line in enumerate(text.splitlines(), 1):
+    """Ids of a main split list (one id per line; BOM, CRLF, blank lines and spaces accepted);
+    returns (ids, sha256 of the file)."""
+    ids, line_of = [], {}
+    for n, line in read_lines(path, "split list"):
         parts = line.split()
-        if not parts:
-            continue
         if len(parts) != 1:
-            raise BadInputError(f"{path}:{n}: {line.strip()!r} is not an image id (a per-class list, not a split?)")
+            raise BadInputError(f"{path}:{n}: {line!r} is not an image id (a per-class list, not a split?)")
+        if parts[0] in line_of:
+            raise BadInputError(f"{path}: image id {parts[0]} listed twice (lines {line_of[parts[0]]} and {n})")
+        line_of[parts[0]] = n
         ids.append(parts[0])
     if not ids:
         raise BadInputError(f"{path}: the split is empty")
-    seen: set[str] = set()
-    for i in ids:
-        if i in seen:
-            raise BadInputError(f"{path}: image id {i} listed twice")
-        seen.add(i)
-    return ids, hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return ids, sha256_file(path)
 
 
 def parse_annotation(path: Path, class_index: dict[str, int], difficult: str) -> tuple[np.ndarray, int, int]:
@@ -113,11 +109,16 @@ def build_voc07(cfg: VocConfig) -> Manifest:
     class_index = {n: i for i, n in enumerate(names)}
     spec = load_spec("voc20")
     jpegs = {p.name for p in (voc / "JPEGImages").glob("*")} if (voc / "JPEGImages").is_dir() else set()
-    rows, label_rows, missing, sources, checks = [], [], [], [], {}
+    rows, label_rows, missing, sources, checks, listed_in = [], [], [], [], {}, {}
     bar = progress_bar(None, "build-voc07", "xml", cfg.progress)
     for split, fname in SPLIT_FILES.items():
         list_path = voc / "ImageSets" / "Main" / fname
         ids, sha = read_image_set(list_path)
+        clash = next((i for i in ids if i in listed_in), None)
+        if clash is not None:  # one image in both splits would be trained on and tested on
+            raise BadInputError(f"{list_path}: image id {clash} is also in {listed_in[clash]}; an image belongs to "
+                                f"one split")
+        listed_in.update((i, fname) for i in ids)
         sources.append({"file": f"ImageSets/Main/{fname}", "sha256": sha, "bytes": list_path.stat().st_size})
         want = spec["expected_counts"][SOURCE_NAMES[split]]
         if len(ids) != want and not cfg.subset:
@@ -138,7 +139,7 @@ def build_voc07(cfg: VocConfig) -> Manifest:
             bar.update(1)
     bar.close()
     if missing and not cfg.allow_missing:
-        refuse_missing(missing, voc, "listed image(s) lack their JPEG or XML")
+        refuse_missing(missing, voc, "listed image(s) lack their JPEG or XML", root=voc)
     if not rows:
         raise BadInputError(f"{voc}: no image has both its XML and JPEG")
     for split in SPLIT_FILES:

@@ -417,6 +417,64 @@ def cases(w: dict[str, Path], outs: Path) -> list[Case]:
     add("unknown-command", "frobnicate")
     add("unknown-option", "stats", d, "--colour")
     add("stats-json-missing", "stats", f / "nope", "--json")
+    # raw files (mlrpl_data/rawfiles.py): paths, duplicates, records, header rows, 0/1 CSVs, proportions
+    from conftest import make_coco, make_voc, write_jpeg
+
+    rf = raw / "rawfiles"
+    if not rf.exists():
+        def coco_names(name: str, names: dict[int, str]) -> Path:
+            r = make_coco(rf / name)
+            p = r / "annotations" / "instances_train2014.json"
+            doc = json.loads(p.read_text())
+            for im in doc["images"]:
+                im["file_name"] = names.get(im["id"], im["file_name"])
+            p.write_text(json.dumps(doc))
+            return r
+
+        coco_names("coco-backslash-up", {10: "..\\..\\x.jpg"})
+        coco_names("coco-drive", {10: "C:\\x.jpg"})
+        coco_names("coco-same-file", {11: "./COCO_train2014_000000000010.jpg"})
+        r = make_coco(rf / "coco-case")
+        (r / "train2014" / "COCO_train2014_000000000010.jpg").rename(r / "train2014" / "COCO_train2014_000000000010.JPG")
+        r = make_voc(rf / "voc-both-splits")
+        (r / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "test.txt").write_bytes(b"\xef\xbb\xbf000001\r\n000007\r\n")
+        r = make_voc(rf / "voc-twice")
+        (r / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "test.txt").write_bytes(b"000001\r\n\r\n 000001\r\n")
+        (rf / "lab").mkdir(parents=True)
+        for i in range(3):
+            write_jpeg(rf / "lab" / "img" / f"a{i}.jpg")
+        csvs = {"csv-same-file": "path,split,cat\nimg/a0.jpg,train,1\nimg/a1.jpg,train,-1\n./img/a0.jpg,test,-1\n",
+                "csv-backslash-same": "path,split,cat\nimg\\a0.jpg,train,1\nimg/a1.jpg,test,-1\nimg/a0.jpg,test,1\n",
+                "csv-zero-one": "path,split,cat\nimg/a0.jpg,train,1\nimg/a1.jpg,test,0\n",
+                "csv-unnamed-column": "path,split,cat,\nimg/a0.jpg,train,1,x\nimg/a1.jpg,test,-1,\n",
+                "csv-header-again": "path,split,cat\nimg/a0.jpg,train,1\npath,split,cat\nimg/a1.jpg,test,-1\n",
+                "csv-drive": "path,split,cat\nC:\\img\\a0.jpg,train,1\nimg/a1.jpg,test,-1\n"}
+        for name, text in csvs.items():
+            (rf / "lab" / f"{name}.csv").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+        (rf / "oi").mkdir()
+        (rf / "oi" / "class-descriptions-boxable.csv").write_text("/m/1,Person\nLabelName,DisplayName\n/m/2,Car\n")
+        lv = rf / "lvis"
+        lv.mkdir()
+        cats = [{"id": 1, "name": "can"}]
+        for split, fname in (("train2017", "lvis_v1_train.json"), ("val2017", "lvis_v1_val.json")):
+            write_jpeg(lv / split / "000000000001.jpg")
+            (lv / fname).write_text(json.dumps({"images": [{"id": 1, "height": 24, "coco_url": f"http://x/{split}/000000000001.jpg"}],
+                                                "annotations": [], "categories": cats}))
+    for p in sorted(rf.glob("coco-*")):
+        add(f"rawfiles-build-{p.name}", "build-coco", "--root", p, "--out", o, "--subset", "--no-progress")
+    for p in sorted(rf.glob("voc-*")):
+        add(f"rawfiles-build-{p.name}", "build-voc07", "--root", p, "--out", o, "--subset", "--no-progress")
+    for p in sorted((rf / "lab").glob("*.csv")):
+        add(f"rawfiles-build-{p.stem}", "build-csv", "--labels", p, "--images", rf / "lab", "--out", o, "--no-progress")
+    add("rawfiles-build-csv-zero-means-foo", "build-csv", "--labels", rf / "lab" / "csv-zero-one.csv", "--images",
+        rf / "lab", "--out", o, "--zero-means", "maybe")
+    add("rawfiles-build-openimages-header-again", "build-openimages", "--root", rf / "oi", "--out", o, "--no-progress")
+    add("rawfiles-build-lvis-no-width", "build-lvis", "--root", rf / "lvis", "--out", o, "--no-progress")
+    add("rawfiles-build-vg-ssgrl-list-up", "build-vg200", "--root", w["raw_vg"], "--out", o,
+        "--ssgrl-lists", f / "afile.txt", rf / "lab" / "csv-drive.csv", "--ssgrl-labels", f / "vocab-dict.json")
+    for k, prop in {"tiny-step": "0.000001:1:0.000001", "1e-12": "1e-12", "7-decimals": "0.1234567",
+                    "backwards": "0.5:0.1:0.1", "inf-stop": "0.1:inf:0.1", "over-limit": "0.0005:1:0.0005"}.items():
+        add(f"rawfiles-make-masks-{k}", "make-masks", d, "--proportion", prop)
     return c
 
 

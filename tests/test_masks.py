@@ -192,3 +192,28 @@ def test_a_mask_holding_other_values_is_refused(tmp_path):
     side.write_text(json.dumps(meta))
     with pytest.raises(BadInputError, match="holds 7, not -1, 0 or 1"):
         read_mask(tmp_path / "d", "uniform-p0.50-s0")
+
+
+def test_proportions_are_named_exactly_and_bounded():
+    from mlrpl_data.masks import MAX_PROPORTIONS, mask_name, parse_proportions, proportion_text
+
+    # every value a range may give reads back from its name: no two values share one, no name lies
+    values = parse_proportions("0.001:1:0.001")
+    assert len(values) == MAX_PROPORTIONS == 1000 and values[0] == 0.001 and values[-1] == 1.0
+    assert all(float(proportion_text(p)) == p for p in values)
+    assert len({proportion_text(p) for p in values}) == 1000
+    assert mask_name("uniform", parse_proportions("0.000001")[0], 0) == "uniform-p0.000001-s0"
+    # 1e-12 was accepted and named p0.00; a million masks ran a quadratic check for ever
+    with pytest.raises(BadInputError, match=r"--proportion 1e-12: at most 6 decimals"):
+        parse_proportions("1e-12")
+    with pytest.raises(BadInputError, match=r"1,000,000 proportions; at most 1,000 masks at once"):
+        parse_proportions("0.000001:1:0.000001")
+    with pytest.raises(BadInputError, match=r"1,001 proportions; at most 1,000"):
+        parse_proportions(",".join(f"{i / 1001:.6f}" for i in range(1, 1002)))
+    with pytest.raises(BadInputError, match="the start is above the stop"):
+        parse_proportions("0.5:0.1:0.1")
+    for bad in ("inf", "nan", "0.1:inf:0.1", "0.1:0.9:nan"):
+        with pytest.raises(BadInputError, match="use 0.3"):
+            parse_proportions(bad)
+    with pytest.raises(BadInputError, match="at most 6 decimals"):
+        proportion_text(0.1 + 0.2)  # 0.30000000000000004 would be named p0.30, 0.3's name
