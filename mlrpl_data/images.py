@@ -1,5 +1,9 @@
 """Image decoding policy: sniff the real format, refuse corrupt files and decompression bombs,
-normalise what the wild holds (CMYK, grayscale, 16-bit, EXIF rotation, PNG named .jpg) to RGB.
+normalise what the wild holds (CMYK, grayscale, palette, alpha, 16-bit, PNG named .jpg) to RGB.
+
+EXIF orientation is NOT applied, on every path (manifest sizes, shard JSON, --resize, training,
+predict): pixels are used as stored, as the authors' loader (PIL `Image.open(...).convert('RGB')`)
+did for the published numbers. Sizes are the stored ones, read from the header.
 
 Works with Pillow and pillow-simd alike (only the common API is used).
 """
@@ -9,7 +13,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .errors import BadInputError
 
@@ -90,17 +94,17 @@ def probe(data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> tuple[str, i
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: keep the top 8 bits (Pillow's convert("L") would clip instead)
-        arr = np.asarray(im, dtype=np.uint32)
-        shift = 8 if arr.max(initial=0) > 255 else 0
-        im = Image.fromarray((arr >> shift).astype(np.uint8), "L")
+        # 16-bit grayscale: always the top 8 bits, as Pillow reads 16-bit RGB (convert("L") would clip;
+        # a shift chosen by the image's maximum would make a dark image bright)
+        arr = np.asarray(im, dtype=np.int64)
+        im = Image.fromarray(np.clip(arr >> 8, 0, 255).astype(np.uint8), "L")
     if im.mode != "RGB":
         im = im.convert("RGB")
     return im
 
 
 def decode_rgb(data: bytes, where: str, max_pixels: int = MAX_PIXELS, draft: tuple[int, int] | None = None) -> Image.Image:
-    """Fully decode to an upright RGB image (EXIF orientation applied); BadImageError otherwise.
+    """Fully decode to RGB, pixels as stored (EXIF orientation not applied); BadImageError otherwise.
 
     `draft` lets a JPEG decode at a reduced DCT scale when the caller only needs at least that size.
     """
@@ -112,8 +116,6 @@ def decode_rgb(data: bytes, where: str, max_pixels: int = MAX_PIXELS, draft: tup
         if draft is not None and im.format == "JPEG":
             im.draft("RGB", draft)
         im.load()
-        if im.getexif().get(0x0112, 1) != 1:  # only rotate when needed: exif_transpose copies otherwise
-            im = ImageOps.exif_transpose(im)
         return _to_rgb(im)
     except BadImageError:
         raise
@@ -131,6 +133,7 @@ def resize_shorter_side(im: Image.Image, size: int) -> Image.Image:
 
 
 def encode_jpeg(im: Image.Image, quality: int = 95) -> bytes:
+    """Baseline JPEG without EXIF (no orientation tag: the pixels are already as every path reads them)."""
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()

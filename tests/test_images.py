@@ -63,9 +63,16 @@ def test_sixteen_bit_keeps_top_bits():
     assert np.asarray(im)[0, 0, 0] == 40000 >> 8
 
 
-def test_exif_rotation_applied():
-    im = decode_rgb(jpeg(size=(40, 30), exif_orientation=6), "r")
-    assert im.size == (30, 40)
+def test_sixteen_bit_dark_image_stays_dark():
+    im = Image.fromarray(np.full((3, 4), 200, dtype=np.uint16))  # every value <= 255: still 16-bit
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    assert np.asarray(decode_rgb(buf.getvalue(), "dark"))[0, 0, 0] == 0  # 200 / 256, not 200
+
+
+def test_exif_orientation_not_applied():
+    im = decode_rgb(jpeg(size=(40, 30), exif_orientation=6), "r")  # pixels as stored, as the authors' loader
+    assert im.size == (40, 30)
 
 
 def test_reencode_resizes_shorter_side_only_down():
