@@ -66,6 +66,45 @@ def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
     return None
 
 
+def _jpeg_scan(data: bytes) -> int:
+    """Where the first scan (SOS) starts, walking the segments (an EXIF thumbnail's own SOS and EOI
+    sit inside APP1 and are skipped); -1 if none."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return -1
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker == 0xDA:
+            return i
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return -1
+
+
+def _png_ends(data: bytes) -> bool:
+    """An IEND chunk, walking the chunks (bytes after it, as some tools append, are allowed)."""
+    i, n = 8, len(data)
+    while i + 8 <= n:
+        if data[i + 4:i + 8] == b"IEND":
+            return True
+        i += 12 + int.from_bytes(data[i:i + 4], "big")
+    return False
+
+
+def check_complete(data: bytes, fmt: str | None, where: str) -> None:
+    """Refuse a truncated JPEG or PNG (the common damage of an interrupted copy) with the same line on
+    every path (write-shards, training, predict). Zero padding and bytes after the end (camera
+    trailers) are accepted, as decoders do."""
+    if fmt == "JPEG" and data[-64:].rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        scan = _jpeg_scan(data)  # entropy-coded data cannot hold FF D9: one after the scan ends the image
+        if scan < 0 or data.rfind(b"\xff\xd9", scan) < 0:
+            raise BadImageError(f"{where}: truncated JPEG (no end-of-image marker): copy or download it again")
+    if fmt == "PNG" and b"IEND" not in data[-16:] and not _png_ends(data):
+        raise BadImageError(f"{where}: truncated PNG (no IEND chunk): copy or download it again")
+
+
 def probe(data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> tuple[str, int, int]:
     """Cheap validity check without decoding pixels: (format, width, height) or BadImageError.
 
@@ -75,10 +114,7 @@ def probe(data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> tuple[str, i
     fmt = sniff_format(data)
     if fmt is None:
         raise BadImageError(f"{where}: not an image (unknown format, first bytes {data[:8].hex()})")
-    if fmt == "JPEG" and data[-64:].rstrip(b"\x00")[-2:] != b"\xff\xd9":
-        raise BadImageError(f"{where}: truncated JPEG (no end-of-image marker)")
-    if fmt == "PNG" and b"IEND" not in data[-16:]:
-        raise BadImageError(f"{where}: truncated PNG (no IEND chunk)")
+    check_complete(data, fmt, where)
     size = _header_size(data, fmt)
     if size is None or min(size) <= 0:
         try:
@@ -108,6 +144,7 @@ def decode_rgb(data: bytes, where: str, max_pixels: int = MAX_PIXELS, draft: tup
 
     `draft` lets a JPEG decode at a reduced DCT scale when the caller only needs at least that size.
     """
+    check_complete(data, sniff_format(data), where)
     try:
         im = Image.open(io.BytesIO(data))
         w, h = im.size

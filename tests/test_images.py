@@ -80,3 +80,20 @@ def test_reencode_resizes_shorter_side_only_down():
     assert fmt == "JPEG"
     assert (w, h) == (200, 150) and probe(data, "a")[0] == "JPEG"
     assert resize_shorter_side(Image.new("RGB", (100, 80)), 150).size == (100, 80)
+
+
+def with_thumbnail(data: bytes) -> bytes:
+    """An APP1 segment holding a thumbnail's own SOS and EOI markers, right after SOI."""
+    payload = b"Exif\x00\x00" + b"\xff\xd8\xff\xda\x00\x02xx\xff\xd9"
+    return data[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + data[2:]
+
+
+@pytest.mark.parametrize("data, name", [(jpeg(), "a.jpg"), (with_thumbnail(jpeg()), "thumb.jpg"), (png(), "b.png")])
+def test_truncated_is_one_line_on_every_path(data, name):
+    kind = "JPEG" if name.endswith(".jpg") else "PNG"
+    assert probe(data + b"TRAILER" * 20, name)[0] == kind  # bytes after the end (camera trailers): accepted
+    assert decode_rgb(data + b"\x00" * 30, name).size == (40, 30)  # zero padding: accepted
+    cut = data[: len(data) - 40]
+    for read in (probe, decode_rgb, lambda d, w: reencode(d, w, 10)):  # write-shards, training/predict, --resize
+        with pytest.raises(BadImageError, match=rf"^{name}: truncated {kind} \(no .*\): copy or download it again$"):
+            read(cut, name)
