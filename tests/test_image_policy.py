@@ -124,3 +124,28 @@ def test_every_path_reads_an_image_as_stored(built):
     # byte-reproducible: back to no --resize gives the same shards, sha256 for sha256
     write_shards(d, ShardConfig(shard_size=None, max_samples=4, progress=False))
     assert {t.name: sha256_file(t) for t in (d / "shards").glob("*.tar")} == sums
+
+
+def test_a_size_the_annotations_disagree_with_is_reported_not_guessed(tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import make_coco
+    from mlrpl.cli import app
+    from mlrpl_data.coco import CocoConfig, build_coco
+
+    raw = make_coco(tmp_path / "raw")  # every annotation says 32 x 24
+    odd = raw / "train2014" / "COCO_train2014_000000000011.jpg"
+    Image.new("RGB", (W, H), (9, 9, 9)).save(odd)
+    d = tmp_path / "dataset"
+    write_manifest(build_coco(CocoConfig(root=raw)), d)
+    m = read_manifest(d)
+    assert set(zip(m.images["width"], m.images["height"])) == {(32, 24)}  # the manifest keeps the annotations' size
+    r = CliRunner().invoke(app, ["write-shards", str(d), "--resize", "16", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "warning: 1 image(s) differ in size from their annotations" in r.output
+    assert "train2014/COCO_train2014_000000000011.jpg: 60x20 on disk, 32x24 in the manifest" in r.output
+    index = json.loads((d / "shards" / "index.json").read_text())
+    assert index["size_differs"] == [{"key": "coco2014_train_000000000011", "path": "train2014/COCO_train2014_000000000011.jpg",
+                                      "manifest": [32, 24], "file": [60, 20]}]
+    meta = shard_samples(d)["train2014/COCO_train2014_000000000011.jpg"][0]
+    assert (meta["width"], meta["height"]) == (48, 16)  # the sample's own size: 60 x 20 with its shorter side at 16
