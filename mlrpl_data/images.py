@@ -25,11 +25,19 @@ _MAGIC = (
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
     (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
 )
 
 
 class BadImageError(BadInputError):
     """An image that cannot be used: corrupt, truncated, unknown format or too large."""
+
+
+def not_an_image(data: bytes, where: str) -> BadImageError:
+    """The one line for bytes of no format mlrpl reads (an HTML error page saved as .jpg, ...)."""
+    return BadImageError(f"{where}: not an image (unknown format, first bytes {data[:8].hex()}); "
+                         f"mlrpl reads JPEG, PNG, GIF, BMP, WebP and TIFF")
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -113,7 +121,7 @@ def probe(data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> tuple[str, i
     """
     fmt = sniff_format(data)
     if fmt is None:
-        raise BadImageError(f"{where}: not an image (unknown format, first bytes {data[:8].hex()})")
+        raise not_an_image(data, where)
     check_complete(data, fmt, where)
     size = _header_size(data, fmt)
     if size is None or min(size) <= 0:
@@ -144,7 +152,10 @@ def decode_rgb(data: bytes, where: str, max_pixels: int = MAX_PIXELS, draft: tup
 
     `draft` lets a JPEG decode at a reduced DCT scale when the caller only needs at least that size.
     """
-    check_complete(data, sniff_format(data), where)
+    fmt = sniff_format(data)
+    if fmt is None:  # the formats every path accepts are the ones write-shards accepts
+        raise not_an_image(data, where)
+    check_complete(data, fmt, where)
     try:
         im = Image.open(io.BytesIO(data))
         w, h = im.size
@@ -194,7 +205,9 @@ def header_size(path, where: str | None = None) -> tuple[int, int]:
     except OSError as e:
         raise BadImageError(f"{where}: cannot be read ({e.strerror or e})") from None
     fmt = sniff_format(head)
-    size = _header_size(head, fmt) if fmt else None
+    if fmt is None:
+        raise not_an_image(head, where)
+    size = _header_size(head, fmt)
     if size and size[0] > 0 and size[1] > 0:
         return size
     try:

@@ -97,3 +97,17 @@ def test_truncated_is_one_line_on_every_path(data, name):
     for read in (probe, decode_rgb, lambda d, w: reencode(d, w, 10)):  # write-shards, training/predict, --resize
         with pytest.raises(BadImageError, match=rf"^{name}: truncated {kind} \(no .*\): copy or download it again$"):
             read(cut, name)
+
+
+def test_not_an_image_is_the_same_line_on_every_path(tmp_path):
+    from mlrpl_data.images import header_size
+
+    page = b"<html>404 Not Found</html>"
+    (tmp_path / "p.jpg").write_bytes(page)
+    want = r"^p.jpg: not an image \(unknown format, first bytes 3c68746d6c3e3430\); mlrpl reads JPEG, PNG, GIF, BMP, WebP and TIFF$"
+    for read in (probe, decode_rgb, lambda d, w: header_size(tmp_path / "p.jpg", w)):  # shards, decode, build
+        with pytest.raises(BadImageError, match=want):
+            read(page, "p.jpg")
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(buf, "TIFF")  # a format every path reads, write-shards included
+    assert probe(buf.getvalue(), "t.tif") == ("TIFF", 40, 30) and decode_rgb(buf.getvalue(), "t.tif").size == (40, 30)

@@ -48,7 +48,7 @@ def test_whole_flow_in_a_folder_named_with_url_characters(tmp_path):
        "--batch-size", "4", "--image-size", "16", "--workers", "0", "--out", run, "--no-progress")
     e = json.loads(ok("evaluate", run, d, "--workers", "0", "--json"))
     assert e["keys_evaluated"] == 4
-    ok("predict", run, d, "--out", base / "on-dataset.parquet", "--no-progress")
+    ok("predict", run, f"file://{d}", "--out", base / "on-dataset.parquet", "--no-progress")
     ok("predict", run, raw / "val2014", "--out", base / "on-files.parquet", "--no-progress")
     on_dataset = pq.read_table(base / "on-dataset.parquet").to_pydict()
     on_files = pq.read_table(base / "on-files.parquet").to_pydict()
