@@ -149,3 +149,27 @@ def test_a_size_the_annotations_disagree_with_is_reported_not_guessed(tmp_path):
                                       "manifest": [32, 24], "file": [60, 20]}]
     meta = shard_samples(d)["train2014/COCO_train2014_000000000011.jpg"][0]
     assert (meta["width"], meta["height"]) == (48, 16)  # the sample's own size: 60 x 20 with its shorter side at 16
+
+
+def test_vg_ssgrl_sizes_come_from_the_header_with_its_one_line(tmp_path):
+    from conftest import write_jpeg
+    from mlrpl_data.images import BadImageError
+    from mlrpl_data.vg import SsgrlConfig, build_vg200_ssgrl
+
+    raw = tmp_path / "vg"
+    names = ["1.jpg", "2.jpg", "3.jpg"]
+    rot = Image.Exif()
+    rot[0x0112] = 6
+    write_jpeg(raw / "VG_100K" / "1.jpg", size=(W, H))
+    Image.new("RGB", (W, H)).save(raw / "VG_100K" / "2.jpg", exif=rot.tobytes())  # stored 60 x 20, shown 20 x 60
+    (raw / "VG_100K" / "3.jpg").write_text("<html>404</html>")
+    (tmp_path / "train.txt").write_text("1.jpg\n2.jpg\n")
+    (tmp_path / "test.txt").write_text("3.jpg\n")
+    (tmp_path / "labels.json").write_text(json.dumps({n: [0] for n in names}))
+    cfg = SsgrlConfig(root=raw, train_list=tmp_path / "train.txt", test_list=tmp_path / "test.txt",
+                      labels=tmp_path / "labels.json")
+    with pytest.raises(BadImageError, match=r"VG_100K/3.jpg: not an image \(unknown format"):
+        build_vg200_ssgrl(cfg)
+    write_jpeg(raw / "VG_100K" / "3.jpg", size=(30, 10))
+    m = build_vg200_ssgrl(cfg)
+    assert list(zip(m.images["width"], m.images["height"])) == [(W, H), (W, H), (30, 10)]
