@@ -373,6 +373,12 @@ def write_shards(dataset: Path = DATASET_DIR, as_json: bool = JSON, cfg=None):
         splits = ", ".join(f"{k} {v:,}" for k, v in r.index["splits"].items())
         typer.echo(f"index.json and SHA256SUMS: {len(r.index['shards'])} shards ({splits} samples)"
                    + (f"; {len(skipped)} bad image(s) skipped (listed in index.json)" if skipped else ""))
+        differs = r.index["size_differs"]
+        if differs:
+            e = differs[0]
+            typer.echo(f"warning: {len(differs)} image(s) differ in size from their annotations (listed in index.json "
+                       f"size_differs), e.g. {e['path']}: {e['file'][0]}x{e['file'][1]} on disk, "
+                       f"{e['manifest'][0]}x{e['manifest'][1]} in the manifest; the shard JSON gives the file's size", err=True)
     else:
         typer.echo("not all shards exist yet (other --part runs?): index.json is written when the last one is done; "
                    "re-run without --part to finish")

@@ -98,13 +98,14 @@ def embed_labels(dataset: Path, source: Path | None = None) -> dict[str, Any]:
 
 def read_embeddings(dataset: str, path: str | None, num_classes: int) -> np.ndarray | None:
     """The embeddings to use: an explicit path, else DATASET/label_embeddings.npy, else None."""
-    import fsspec
+    import io
+
+    from .readers import MissingFileError, read_bytes
 
     url = path or f"{str(dataset).rstrip('/')}/{NPY}"
     try:
-        with fsspec.open(url, "rb") as f:
-            emb = np.load(f, allow_pickle=False)
-    except FileNotFoundError:
+        emb = np.load(io.BytesIO(read_bytes(url, 2**30)), allow_pickle=False)
+    except MissingFileError:
         if path:
             raise BadInputError(f"{path}: embeddings file not found") from None
         return None

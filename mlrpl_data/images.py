@@ -1,5 +1,9 @@
 """Image decoding policy: sniff the real format, refuse corrupt files and decompression bombs,
-normalise what the wild holds (CMYK, grayscale, 16-bit, EXIF rotation, PNG named .jpg) to RGB.
+normalise what the wild holds (CMYK, grayscale, palette, alpha, 16-bit, PNG named .jpg) to RGB.
+
+EXIF orientation is NOT applied, on every path (manifest sizes, shard JSON, --resize, training,
+predict): pixels are used as stored, as the authors' loader (PIL `Image.open(...).convert('RGB')`)
+did for the published numbers. Sizes are the stored ones, read from the header.
 
 Works with Pillow and pillow-simd alike (only the common API is used).
 """
@@ -9,7 +13,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .errors import BadInputError
 
@@ -21,11 +25,19 @@ _MAGIC = (
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
     (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
 )
 
 
 class BadImageError(BadInputError):
     """An image that cannot be used: corrupt, truncated, unknown format or too large."""
+
+
+def not_an_image(data: bytes, where: str) -> BadImageError:
+    """The one line for bytes of no format mlrpl reads (an HTML error page saved as .jpg, ...)."""
+    return BadImageError(f"{where}: not an image (unknown format, first bytes {data[:8].hex()}); "
+                         f"mlrpl reads JPEG, PNG, GIF, BMP, WebP and TIFF")
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -62,6 +74,45 @@ def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
     return None
 
 
+def _jpeg_scan(data: bytes) -> int:
+    """Where the first scan (SOS) starts, walking the segments (an EXIF thumbnail's own SOS and EOI
+    sit inside APP1 and are skipped); -1 if none."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return -1
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker == 0xDA:
+            return i
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return -1
+
+
+def _png_ends(data: bytes) -> bool:
+    """An IEND chunk, walking the chunks (bytes after it, as some tools append, are allowed)."""
+    i, n = 8, len(data)
+    while i + 8 <= n:
+        if data[i + 4:i + 8] == b"IEND":
+            return True
+        i += 12 + int.from_bytes(data[i:i + 4], "big")
+    return False
+
+
+def check_complete(data: bytes, fmt: str | None, where: str) -> None:
+    """Refuse a truncated JPEG or PNG (the common damage of an interrupted copy) with the same line on
+    every path (write-shards, training, predict). Zero padding and bytes after the end (camera
+    trailers) are accepted, as decoders do."""
+    if fmt == "JPEG" and data[-64:].rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        scan = _jpeg_scan(data)  # entropy-coded data cannot hold FF D9: one after the scan ends the image
+        if scan < 0 or data.rfind(b"\xff\xd9", scan) < 0:
+            raise BadImageError(f"{where}: truncated JPEG (no end-of-image marker): copy or download it again")
+    if fmt == "PNG" and b"IEND" not in data[-16:] and not _png_ends(data):
+        raise BadImageError(f"{where}: truncated PNG (no IEND chunk): copy or download it again")
+
+
 def probe(data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> tuple[str, int, int]:
     """Cheap validity check without decoding pixels: (format, width, height) or BadImageError.
 
@@ -70,11 +121,8 @@ def probe(data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> tuple[str, i
     """
     fmt = sniff_format(data)
     if fmt is None:
-        raise BadImageError(f"{where}: not an image (unknown format, first bytes {data[:8].hex()})")
-    if fmt == "JPEG" and data[-64:].rstrip(b"\x00")[-2:] != b"\xff\xd9":
-        raise BadImageError(f"{where}: truncated JPEG (no end-of-image marker)")
-    if fmt == "PNG" and b"IEND" not in data[-16:]:
-        raise BadImageError(f"{where}: truncated PNG (no IEND chunk)")
+        raise not_an_image(data, where)
+    check_complete(data, fmt, where)
     size = _header_size(data, fmt)
     if size is None or min(size) <= 0:
         try:
@@ -90,20 +138,24 @@ def probe(data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> tuple[str, i
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: keep the top 8 bits (Pillow's convert("L") would clip instead)
-        arr = np.asarray(im, dtype=np.uint32)
-        shift = 8 if arr.max(initial=0) > 255 else 0
-        im = Image.fromarray((arr >> shift).astype(np.uint8), "L")
+        # 16-bit grayscale: always the top 8 bits, as Pillow reads 16-bit RGB (convert("L") would clip;
+        # a shift chosen by the image's maximum would make a dark image bright)
+        arr = np.asarray(im, dtype=np.int64)
+        im = Image.fromarray(np.clip(arr >> 8, 0, 255).astype(np.uint8), "L")
     if im.mode != "RGB":
         im = im.convert("RGB")
     return im
 
 
 def decode_rgb(data: bytes, where: str, max_pixels: int = MAX_PIXELS, draft: tuple[int, int] | None = None) -> Image.Image:
-    """Fully decode to an upright RGB image (EXIF orientation applied); BadImageError otherwise.
+    """Fully decode to RGB, pixels as stored (EXIF orientation not applied); BadImageError otherwise.
 
     `draft` lets a JPEG decode at a reduced DCT scale when the caller only needs at least that size.
     """
+    fmt = sniff_format(data)
+    if fmt is None:  # the formats every path accepts are the ones write-shards accepts
+        raise not_an_image(data, where)
+    check_complete(data, fmt, where)
     try:
         im = Image.open(io.BytesIO(data))
         w, h = im.size
@@ -112,8 +164,6 @@ def decode_rgb(data: bytes, where: str, max_pixels: int = MAX_PIXELS, draft: tup
         if draft is not None and im.format == "JPEG":
             im.draft("RGB", draft)
         im.load()
-        if im.getexif().get(0x0112, 1) != 1:  # only rotate when needed: exif_transpose copies otherwise
-            im = ImageOps.exif_transpose(im)
         return _to_rgb(im)
     except BadImageError:
         raise
@@ -131,6 +181,7 @@ def resize_shorter_side(im: Image.Image, size: int) -> Image.Image:
 
 
 def encode_jpeg(im: Image.Image, quality: int = 95) -> bytes:
+    """Baseline JPEG without EXIF (no orientation tag: the pixels are already as every path reads them)."""
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -154,7 +205,9 @@ def header_size(path, where: str | None = None) -> tuple[int, int]:
     except OSError as e:
         raise BadImageError(f"{where}: cannot be read ({e.strerror or e})") from None
     fmt = sniff_format(head)
-    size = _header_size(head, fmt) if fmt else None
+    if fmt is None:
+        raise not_an_image(head, where)
+    size = _header_size(head, fmt)
     if size and size[0] > 0 and size[1] > 0:
         return size
     try:

@@ -241,7 +241,9 @@ def write_local_root(folder: Path, root: str) -> None:
 
 def local_root(url: str) -> str:
     """The raw root recorded on this machine, else "" (a pulled or remote dataset has none)."""
-    if "://" in str(url):
+    from .readers import is_remote
+
+    if is_remote(url):
         return ""
     try:
         return str(json.loads((Path(url) / LOCAL).read_text()).get("root", ""))

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from .errors import AlreadyExistsError, BadInputError
+from .readers import is_remote
 
 MARKER = ".mlrpl-owner.json"
 _TEMP = re.compile(r"^\..+\.(?:tmp|building|old)-(\d+)$")
@@ -75,7 +76,7 @@ def refuse_overlap(out: Path, inputs: dict[str, str | Path | None], flag: str) -
     """An output equal to, inside, or holding an input (local folders) would overwrite or delete it."""
     o = Path(out).resolve()
     for name, inp in inputs.items():
-        if not inp or "://" in str(inp):
+        if not inp or is_remote(str(inp)):
             continue
         i = Path(inp).resolve()
         if o == i or i in o.parents or o in i.parents:

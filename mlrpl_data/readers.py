@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from typing import Any
 
@@ -34,8 +35,19 @@ def join(url: str, *parts: str) -> str:
     return "/".join([str(url).rstrip("/"), *parts])
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
 def is_remote(url: str) -> bool:
-    return "://" in str(url) and not str(url).startswith("file://")
+    """The one rule of "local or URL": a URL starts with an explicit scheme `xxx://` (file:// is local).
+    Anything else is a local path, opened as one, never through fsspec: `a::b`, `#`, `?`, `%`,
+    `[`, `*` or `s3:` in a folder name are just characters."""
+    return bool(_SCHEME.match(str(url))) and not str(url).startswith("file://")
+
+
+def local_path(url: str) -> str:
+    """The file system path of a local location (`file://` stripped)."""
+    return str(url).removeprefix("file://")
 
 
 def _fs(url: str):
@@ -48,7 +60,7 @@ def file_size(url: str) -> int:
     """Size in bytes of a regular file (local) or an object (remote); MissingFileError when absent."""
     url = str(url)
     if not is_remote(url):
-        path = url.removeprefix("file://")
+        path = local_path(url)
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -93,7 +105,7 @@ def open_binary(url: str):
         import fsspec
 
         return fsspec.open(url, "rb").open()
-    return open(str(url).removeprefix("file://"), "rb")
+    return open(local_path(url), "rb")
 
 
 def read_bytes(url: str, limit: int) -> bytes:
@@ -102,7 +114,7 @@ def read_bytes(url: str, limit: int) -> bytes:
     if size > limit:
         raise BadInputError(f"{url}: {size:,} bytes, more than the {limit:,} such a file may hold")
     if not is_remote(url):
-        with open(str(url).removeprefix("file://"), "rb") as f:
+        with open(local_path(url), "rb") as f:
             data = f.read(limit + 1)
     else:
         fs, path = _fs(url)

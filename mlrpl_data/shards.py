@@ -178,17 +178,18 @@ def sample_json(key: str, labels: list[int], width: int, height: int, source: st
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _sample_bytes(s: dict[str, Any], job: ShardJob) -> tuple[bytes, bytes]:
+def _sample_bytes(s: dict[str, Any], job: ShardJob) -> tuple[bytes, bytes, tuple[int, int]]:
+    """(image member, json member, the file's own stored size)."""
     path = Path(job.root) / s["path"]
     try:
         data = path.read_bytes()
     except OSError as e:
         raise BadImageError(f"{path}: cannot read ({e.strerror})") from None
+    fmt, w, h = probe(data, str(path))
+    stored = (w, h)
     if job.resize:
         data, w, h, fmt = reencode(data, str(path), job.resize, job.quality)
-    else:
-        fmt, w, h = probe(data, str(path))
-    return data, sample_json(s["key"], s["labels"], w, h, s["path"], fmt, bool(job.resize))
+    return data, sample_json(s["key"], s["labels"], w, h, s["path"], fmt, bool(job.resize)), stored
 
 
 def write_shard(job: ShardJob) -> dict[str, Any]:
@@ -198,18 +199,20 @@ def write_shard(job: ShardJob) -> dict[str, Any]:
     """
     out_dir = Path(job.out_dir)
     tmp = out_dir / f".{job.name}.tmp-{os.getpid()}"
-    skipped, keys, tar = [], [], None
+    skipped, differs, keys, tar = [], [], [], None
     try:
         with open(tmp, "wb", buffering=1 << 20) as f:
             tar = TarWriter(f)
             for s in job.samples:
                 try:
-                    data, meta = _sample_bytes(s, job)
+                    data, meta, stored = _sample_bytes(s, job)
                 except BadImageError as e:
                     if job.on_bad_image == "fail":
                         raise
                     skipped.append({"key": s["key"], "split": job.name.split("-")[0], "path": s["path"], "reason": str(e)})
                     continue
+                if "size" in s and list(stored) != s["size"]:  # the annotations' size is not the file's: say so
+                    differs.append({"key": s["key"], "path": s["path"], "manifest": s["size"], "file": list(stored)})
                 tar.add(f"{s['key']}.jpg", data)  # members sorted within a sample: .jpg < .json
                 tar.add(f"{s['key']}.json", meta)
                 keys.append(s["key"])
@@ -222,16 +225,19 @@ def write_shard(job: ShardJob) -> dict[str, Any]:
         raise
     record = {"name": job.name, "split": job.name.split("-")[0], "samples": len(keys), "bytes": tar.n,
               "sha256": tar.h.hexdigest(), "first_key": keys[0] if keys else None, "last_key": keys[-1] if keys else None,
-              "fingerprint": job.fingerprint, "plan_hash": job.plan_hash, "resize": job.resize, "skipped": skipped}
+              "fingerprint": job.fingerprint, "plan_hash": job.plan_hash, "resize": job.resize, "skipped": skipped,
+              "size_differs": differs}
     atomic_write_bytes(out_dir / RECORDS_DIR / f"{job.name}.json", json.dumps(record, indent=1).encode(), fsync=False)
     return record
 
 
 def _job(m: Manifest, keys: np.ndarray, paths: np.ndarray, fingerprint: str, plan: ShardPlan, out_dir: Path,
          cfg: ShardConfig) -> ShardJob:
+    widths, heights = m.images["width"].to_numpy(), m.images["height"].to_numpy()
     return ShardJob(out_dir=str(out_dir), name=plan.name, plan_hash=plan.plan_hash, fingerprint=fingerprint,
                     root=m.root, resize=cfg.resize, quality=cfg.quality, on_bad_image=cfg.on_bad_image,
-                    samples=[{"key": keys[r], "path": paths[r], "labels": m.labels[r].tolist()} for r in plan.rows])
+                    samples=[{"key": keys[r], "path": paths[r], "labels": m.labels[r].tolist(),
+                              "size": [int(widths[r]), int(heights[r])]} for r in plan.rows])
 
 
 def _matching_record(out_dir: Path, plan: ShardPlan, check_bytes: bool = True) -> dict[str, Any] | None:
@@ -341,6 +347,9 @@ def assemble_index(m: Manifest, out_dir: Path, plans: list[ShardPlan]) -> dict[s
         "shards": [{k: r[k] for k in ("name", "split", "samples", "bytes", "sha256", "first_key", "last_key",
                                       "fingerprint", "resize")} for r in records],
         "skipped": [s for r in records for s in r["skipped"]],
+        # images whose stored size is not the one the annotations give (the manifest keeps theirs, the
+        # sample's JSON the file's): never silently one or the other
+        "size_differs": [s for r in records for s in r.get("size_differs", [])],
     }
     atomic_write_bytes(out_dir / SUMS, "".join(f"{r['sha256']}  {r['name']}\n" for r in records).encode())
     atomic_write_bytes(out_dir / INDEX, (json.dumps(index, indent=1) + "\n").encode())

@@ -25,7 +25,7 @@ from .errors import BadInputError
 from .manifest import SPLITS, Manifest, read_manifest
 from .masks import MASKS_DIR, read_mask
 from .progress import progress_bar
-from .readers import MissingFileError, file_size, is_remote, join, open_binary
+from .readers import MissingFileError, file_size, is_remote, join, local_path, open_binary
 from .shards import INDEX, SHARDS_DIR, read_index
 
 JSON_MEMBER_LIMIT = 1 << 20
@@ -188,6 +188,10 @@ def _mask_names(url: str) -> list[str]:
     """Mask names from the masks/ listing (local, s3, ...); a store that cannot list (plain http) has none."""
     import fsspec
 
+    if not is_remote(url):
+        from pathlib import Path
+
+        return sorted(p.name[: -len(".json")] for p in Path(local_path(url), MASKS_DIR).glob("*.json"))
     try:
         fs, path = fsspec.core.url_to_fs(join(url, MASKS_DIR))
         found = fs.glob(f"{path}/*.json")

@@ -265,12 +265,12 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
     frame, labels, missing = _drop_missing(frame, labels, paths, root, cfg.allow_missing)
     frame["path"] = [p for p in paths if p is not None]
     unknown = frame["width"].to_numpy() < 0
-    if unknown.any():  # no image_data.json: read the sizes from the image headers
-        from PIL import Image
+    if unknown.any():  # no image_data.json: read the sizes from the image headers (as the other builders)
+        from .images import header_size
 
         for r in np.flatnonzero(unknown):
-            with Image.open(root / frame["path"].iat[r]) as im:
-                frame.iloc[r, frame.columns.get_loc("width")], frame.iloc[r, frame.columns.get_loc("height")] = im.size
+            size = header_size(root / frame["path"].iat[r])
+            frame.iloc[r, frame.columns.get_loc("width")], frame.iloc[r, frame.columns.get_loc("height")] = size
     names = [f"vg500_class_{k:03d}" for k in range(c)]
     m = Manifest(
         name="vg200",

@@ -23,6 +23,7 @@ import torch
 
 from mlrpl_data.errors import BadInputError
 from mlrpl_data.images import decode_rgb
+from mlrpl_data.readers import is_remote, local_path
 
 from .device import IMAGENET_MEAN, IMAGENET_STD, autocast, normalisation, pick_device, to_device, uses_fast_path
 from .loader import augment_image
@@ -222,8 +223,8 @@ def image_inputs(inputs: list[str]) -> Iterator[tuple[str, Any]]:
     """(key, image) of each input: an image file, a folder (its images, recursively, sorted), or a
     dataset (folder with dataset.json, or URL): its test shards."""
     for item in inputs:
-        p = Path(item)
-        if "://" in item or (p.is_dir() and (p / "dataset.json").is_file()):
+        p = Path(local_path(item))
+        if is_remote(item) or (p.is_dir() and (p / "dataset.json").is_file()):
             yield from _dataset_images(item)
         elif p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())

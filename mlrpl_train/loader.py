@@ -117,10 +117,10 @@ def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
 
 
 def _shard_samples(url: str) -> Iterator[dict[str, Any]]:
-    import fsspec
+    from mlrpl_data.readers import open_binary
 
     current: dict[str, Any] | None = None
-    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+    with open_binary(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for member in tar:
             if not member.isfile() or "." not in member.name:
                 continue

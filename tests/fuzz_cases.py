@@ -475,7 +475,43 @@ def cases(w: dict[str, Path], outs: Path) -> list[Case]:
     for k, prop in {"tiny-step": "0.000001:1:0.000001", "1e-12": "1e-12", "7-decimals": "0.1234567",
                     "backwards": "0.5:0.1:0.1", "inf-stop": "0.1:inf:0.1", "over-limit": "0.0005:1:0.0005"}.items():
         add(f"rawfiles-make-masks-{k}", "make-masks", d, "--proportion", prop)
+    # images and local paths: damaged images get the same one line on every path; a local path with
+    # URL characters ('::', '#', 's3:') is a local path
+    img = _image_files(f.parent / "images-area")
+    add("images-predict-truncated-jpeg", "predict", run, img / "cut.jpg", "--no-progress", "--device", "cpu")
+    add("images-predict-truncated-png", "predict", run, img / "cut.png", "--no-progress", "--device", "cpu")
+    add("images-predict-folder-one-truncated", "predict", run, img, "--no-progress", "--device", "cpu")
+    add("images-predict-html-named-jpg", "predict", run, img / "page" / "404.jpg", "--no-progress", "--device", "cpu")
+    add("images-build-csv-html-named-jpg", "build-csv", "--labels", img / "page" / "labels.csv", "--images",
+        img / "page", "--out", o, "--no-progress")
+    add("paths-train-missing-colons", *train[:2], f / "no::such #1", *train[3:], *tiny)
+    add("paths-verify-missing-colons", "verify", f / "no::such #1")
+    add("paths-evaluate-run-hash-missing", "evaluate", f / "run #1", d, "--workers", "0")
+    add("paths-predict-dataset-colons-broken", "predict", run, img / "ds::x #1", "--no-progress", "--device", "cpu")
+    add("paths-stats-s3-colon-folder", "stats", f / "s3:")
+    add("paths-pull-colons-missing", "pull", f / "a::b", o, "--no-progress")
     return c
+
+
+def _image_files(folder: Path) -> Path:
+    """Damaged images (cut JPEG and PNG, an HTML page named .jpg) and a broken dataset under a name
+    with '::' and '#'."""
+    from PIL import Image
+
+    if folder.is_dir():
+        return folder
+    (folder / "page").mkdir(parents=True)
+    (folder / "ds::x #1").mkdir()
+    Image.new("RGB", (20, 12), (40, 90, 10)).save(folder / "good.jpg")
+    for name, fmt in (("cut.jpg", "JPEG"), ("cut.png", "PNG")):
+        Image.new("RGB", (20, 12), (40, 90, 10)).save(folder / name, fmt)
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) * 2 // 3])
+    (folder / "page" / "404.jpg").write_text("<html><body>404 Not Found</body></html>\n")
+    Image.new("RGB", (20, 12), (40, 90, 10)).save(folder / "page" / "good.jpg")
+    (folder / "page" / "labels.csv").write_text("path,split,cat\ngood.jpg,test,1\n404.jpg,train,1\n")
+    (folder / "ds::x #1" / "dataset.json").write_text("{not json")
+    return folder
 
 
 # ---- running one ---------------------------------------------------------------------------------------------------

@@ -63,9 +63,16 @@ def test_sixteen_bit_keeps_top_bits():
     assert np.asarray(im)[0, 0, 0] == 40000 >> 8
 
 
-def test_exif_rotation_applied():
-    im = decode_rgb(jpeg(size=(40, 30), exif_orientation=6), "r")
-    assert im.size == (30, 40)
+def test_sixteen_bit_dark_image_stays_dark():
+    im = Image.fromarray(np.full((3, 4), 200, dtype=np.uint16))  # every value <= 255: still 16-bit
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    assert np.asarray(decode_rgb(buf.getvalue(), "dark"))[0, 0, 0] == 0  # 200 / 256, not 200
+
+
+def test_exif_orientation_not_applied():
+    im = decode_rgb(jpeg(size=(40, 30), exif_orientation=6), "r")  # pixels as stored, as the authors' loader
+    assert im.size == (40, 30)
 
 
 def test_reencode_resizes_shorter_side_only_down():
@@ -73,3 +80,34 @@ def test_reencode_resizes_shorter_side_only_down():
     assert fmt == "JPEG"
     assert (w, h) == (200, 150) and probe(data, "a")[0] == "JPEG"
     assert resize_shorter_side(Image.new("RGB", (100, 80)), 150).size == (100, 80)
+
+
+def with_thumbnail(data: bytes) -> bytes:
+    """An APP1 segment holding a thumbnail's own SOS and EOI markers, right after SOI."""
+    payload = b"Exif\x00\x00" + b"\xff\xd8\xff\xda\x00\x02xx\xff\xd9"
+    return data[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + data[2:]
+
+
+@pytest.mark.parametrize("data, name", [(jpeg(), "a.jpg"), (with_thumbnail(jpeg()), "thumb.jpg"), (png(), "b.png")])
+def test_truncated_is_one_line_on_every_path(data, name):
+    kind = "JPEG" if name.endswith(".jpg") else "PNG"
+    assert probe(data + b"TRAILER" * 20, name)[0] == kind  # bytes after the end (camera trailers): accepted
+    assert decode_rgb(data + b"\x00" * 30, name).size == (40, 30)  # zero padding: accepted
+    cut = data[: len(data) - 40]
+    for read in (probe, decode_rgb, lambda d, w: reencode(d, w, 10)):  # write-shards, training/predict, --resize
+        with pytest.raises(BadImageError, match=rf"^{name}: truncated {kind} \(no .*\): copy or download it again$"):
+            read(cut, name)
+
+
+def test_not_an_image_is_the_same_line_on_every_path(tmp_path):
+    from mlrpl_data.images import header_size
+
+    page = b"<html>404 Not Found</html>"
+    (tmp_path / "p.jpg").write_bytes(page)
+    want = r"^p.jpg: not an image \(unknown format, first bytes 3c68746d6c3e3430\); mlrpl reads JPEG, PNG, GIF, BMP, WebP and TIFF$"
+    for read in (probe, decode_rgb, lambda d, w: header_size(tmp_path / "p.jpg", w)):  # shards, decode, build
+        with pytest.raises(BadImageError, match=want):
+            read(page, "p.jpg")
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(buf, "TIFF")  # a format every path reads, write-shards included
+    assert probe(buf.getvalue(), "t.tif") == ("TIFF", 40, 30) and decode_rgb(buf.getvalue(), "t.tif").size == (40, 30)
