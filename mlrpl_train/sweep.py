@@ -67,19 +67,39 @@ def run_sweep(base: TrainConfig, proportions: list[float], seeds: list[int], out
 METRICS = ("mAP", "mAP_voc", "OF1", "CF1")
 
 
-def final_metrics(run: Path) -> dict[str, float] | None:
-    """The last epoch's test metrics (no selection on the test set), plus, named as such, the best test
-    mAPs over the epochs: the test-selected best epoch the published numbers were obtained with."""
+def _evaluated_rows(run: Path) -> list[dict[str, str]]:
     path = run / "metrics.csv"
     if not path.exists():
-        return None
+        return []
     with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("mAP")]
-    if not rows:
+        return [r for r in csv.DictReader(f) if r.get("OF1")]  # the epochs with a test evaluation
+
+
+def final_metrics(run: Path) -> dict[str, float] | None:
+    """The last evaluated epoch's test metrics (no selection on the test set), plus, named as such, the
+    best test mAPs over the epochs: the test-selected best epoch the published numbers were obtained
+    with. None when that epoch has no mAP (no class with a known positive and negative)."""
+    rows = _evaluated_rows(run)
+    if not rows or not rows[-1].get("mAP"):
         return None
     out = {k: float(rows[-1][k]) for k in METRICS}
-    out.update({f"{k}_best_on_test": max(float(r[k]) for r in rows) for k in ("mAP", "mAP_voc")})
+    out.update({f"{k}_best_on_test": max(float(r[k]) for r in rows if r.get(k)) for k in ("mAP", "mAP_voc")})
     return out
+
+
+def scope_notes(out: Path) -> list[str]:
+    """A line per run whose last mAP is over fewer than all classes, or undefined (from metrics.csv)."""
+    notes = []
+    for run in sorted(Path(out).iterdir()):
+        rows = _evaluated_rows(run) if RUN_NAME.match(run.name) and run.is_dir() else []
+        k, _, c = (rows[-1].get("mAP_classes") or "").partition("/") if rows else ("", "", "")
+        if not (k.isdigit() and c.isdigit()) or k == c:
+            continue
+        notes.append(f"{run.name}: mAP over {k} of {c} classes (the others have no known positive or no known "
+                     f"negative test label: AP undefined or trivially 1; {run.name}/metrics_last.json names them)"
+                     if rows[-1].get("mAP") else
+                     f"{run.name}: no mAP (no class has both a known positive and a known negative test label)")
+    return notes
 
 
 def collect(out: Path) -> dict[str, dict[float, list[dict[str, float]]]]:
@@ -160,6 +180,7 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
     if dataset:
         notes.append("Published: arXiv 2205.13092, Table 1 (VOC-interpolated mAP, best epoch on the test set); its "
                      "average here is over the proportions shown, and OF1/CF1 are the paper's over all nine.")
+    notes += scope_notes(out)
     if best_on_test:
         notes.append("'best epoch on test' picks, per run, the epoch with the best TEST mAP: a selection on the test "
                      "set, shown only because the published numbers were obtained so.")
