@@ -253,3 +253,35 @@ def test_a_loader_worker_with_no_image_is_an_error_not_a_shorter_epoch(data):
     sc = StreamConfig(urls=urls[:1], num_classes=3, train=True, image_size=16, batch_size=2, exclude=every_key)
     with pytest.raises(BadInputError, match="worker 0 of rank 0 has no image to train on"):
         next(iter(ShardStream(sc)))
+
+
+def test_evaluate_on_a_lab_csv_exported_as_0_1_prints_no_map(tmp_path):
+    """0 meant absent, so no test entry is a known negative: evaluate printed mAP 100.00 for any model."""
+    from conftest import write_jpeg
+    from mlrpl_data.csvlabels import CsvConfig, build_csv
+    from mlrpl_data.manifest import write_manifest
+    from mlrpl_data.masks import MaskConfig, make_masks
+    from mlrpl_data.shards import ShardConfig, write_shards
+
+    lab = tmp_path / "lab"
+    rows = ["path,split,cat,dog"] + [f"img/a{i}.jpg,{'test' if i >= 6 else 'train'},{i % 2},{(i + 1) % 2 if i % 3 else 1}"
+                                     for i in range(9)]
+    for i in range(9):
+        write_jpeg(lab / "img" / f"a{i}.jpg", color=(20 * i, 200 - 20 * i, 90))
+    (lab / "labels.csv").write_text("\n".join(rows) + "\n")
+    d = tmp_path / "dataset"
+    write_manifest(build_csv(CsvConfig(labels=lab / "labels.csv", images=lab, progress=False)), d)
+    [(mask, _)] = make_masks(d, MaskConfig(proportions=[0.9]))
+    write_shards(d, ShardConfig(max_samples=3, shard_size=None, progress=False))
+    run = train(TrainConfig(method="pbce", dataset=str(d), masks=mask.name, out=str(tmp_path / "run"), backbone="tiny",
+                            weights="none", epochs=1, batch_size=2, image_size=16, workers=0, progress=False,
+                            val_fraction=0.0))
+    r = runner.invoke(app, ["evaluate", str(run), str(d), "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    assert "mAP, plain AP" not in r.output and "mAP, VOC" not in r.output
+    assert ("no mAP: none of the 2 classes has both a known positive and a known negative test label; left out: "
+            "2 without a known negative (AP trivially 1) (cat, dog)") in r.output
+    m = json.loads((run / "eval_metrics.json").read_text())
+    assert m["mAP"] is None and m["classes_evaluated"] == 0 and m["per_class_ap"] == {"cat": None, "dog": None}
+    row = list(csv.DictReader(open(run / "metrics.csv")))[0]
+    assert row["mAP"] == "" and row["mAP_classes"] == "0/2"
