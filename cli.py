@@ -507,7 +507,7 @@ def sweep(ctx: typer.Context,
                     metric="mAP" if metric == "map" else "mAP_voc",
                     dataset=paper_dataset(name, read_class_names(dataset)), best_on_test=preset == "paper")
     typer.echo(t["markdown"])
-    typer.echo(f"{out}: table.md, table.csv, map_vs_proportion.png")
+    typer.echo(f"{out}: {', '.join(t['files'])}")  # what write_table wrote (no table.csv without a mAP)
 
 
 @command("embed-labels", "mlrpl embed-labels /data/mlrpl/coco2014 --from glove.840B.300d.txt")

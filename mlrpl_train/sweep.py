@@ -186,15 +186,18 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
                      "set, shown only because the published numbers were obtained so.")
     text = (f"{title}\n\n" if title else "") + "\n".join(md) + "\n\n" + "\n".join(notes) + "\n"
     (Path(out) / "table.md").write_text(text)
+    files = ["table.md"] + (["table.csv"] if rows_csv else []) + ["map_vs_proportion.png", "table.json"]
     if rows_csv:
         with open(Path(out) / "table.csv", "w", newline="") as f:
             fields = list(dict.fromkeys(k for r in rows_csv for k in r))
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(rows_csv)
+    else:
+        (Path(out) / "table.csv").unlink(missing_ok=True)  # an earlier sweep's table would contradict table.md
     _plot(table, props, Path(out) / "map_vs_proportion.png", metric)
     (Path(out) / "table.json").write_text(json.dumps({m: {str(p): v for p, v in per.items()} for m, per in table.items()}, indent=1))
-    return {"markdown": text, "methods": list(table), "proportions": props}
+    return {"markdown": text, "methods": list(table), "proportions": props, "files": files}
 
 
 def _plot(table, props, path: Path, metric: str = "mAP") -> None:

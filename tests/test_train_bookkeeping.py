@@ -213,7 +213,9 @@ def test_sweep_table_says_over_how_many_classes(tmp_path):
             w.writeheader()
             w.writerow({k: "" for k in cols} | {"epoch": 1, "mAP": mAP, "mAP_voc": mAP, "OF1": 0.4, "CF1": 0.3,
                                                  "mAP_classes": scope})
-    text = write_table(tmp_path)["markdown"]
+    t = write_table(tmp_path)
+    text = t["markdown"]
+    assert t["files"] == ["table.md", "table.csv", "map_vs_proportion.png", "table.json"]
     assert "| pbce | 50.0 | 50.0 | 40.0 | 30.0 |" in text and "50%" not in text  # the run without a mAP: a note
     assert "pbce-p0.30-s0: mAP over 2 of 3 classes" in text
     assert "pbce-p0.50-s0: no mAP (no class has both a known positive and a known negative test label)" in text
