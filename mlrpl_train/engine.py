@@ -650,11 +650,15 @@ def log_epoch(run: Path, writer, epoch, loss, lr, bad, rate, seconds, metrics, v
         row.update({"val_mAP": val["mAP"], "val_mAP_voc": val["mAP_voc"]})
     path = run / "metrics.csv"
     new = not path.exists()
+    columns = METRIC_COLUMNS
+    if not new:  # a run begun by an older mlrpl keeps its columns: a row never shifts under another header
+        with open(path, newline="") as f:
+            columns = next(csv.reader(f), None) or METRIC_COLUMNS
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         if new:
             w.writeheader()
-        w.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+        w.writerow({k: row.get(k, "") for k in columns})
     if writer:
         for k, v in row.items():
             if k not in ("selection", "mAP_classes") and v != "" and v is not None:

@@ -287,3 +287,12 @@ def test_evaluate_on_a_lab_csv_exported_as_0_1_prints_no_map(tmp_path):
     assert m["mAP"] is None and m["classes_evaluated"] == 0 and m["per_class_ap"] == {"cat": None, "dog": None}
     row = list(csv.DictReader(open(run / "metrics.csv")))[0]
     assert row["mAP"] == "" and row["mAP_classes"] == "0/2"
+
+
+def test_a_run_begun_by_an_older_mlrpl_keeps_its_metrics_columns(tmp_path):
+    old = [c for c in engine.METRIC_COLUMNS if c != "mAP_classes"]
+    (tmp_path / "metrics.csv").write_text(",".join(old) + "\n")
+    m = evaluate_scores(np.array([[0.9], [0.2]]), np.array([[1], [-1]]), ["a"])
+    engine.log_epoch(tmp_path, None, 2, 0.5, 1e-3, 0, 1.0, 1.0, m)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert list(rows[0]) == old and rows[0]["epoch"] == "2" and rows[0]["mAP"] == "1.0" and rows[0]["selection"]
