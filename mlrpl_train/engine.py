@@ -372,7 +372,9 @@ def predict(core, cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, device, pr
     n = spec.test_samples if role == "test" else len(spec.val_keys)
     fast = uses_fast_path(device, str(cfg.precision))
     with progress_bar(math.ceil(n / max(1, info.world * cfg.batch_size)), role, "batch", progress and info.main) as bar:
-        for batch in make_loader(stream_config(cfg, spec, info, role), cfg.workers):
+        # at most one loader process per batch: --workers 64 on 12 test images starts 2, not 64
+        workers = min(int(cfg.workers), math.ceil(n / max(1, info.world * cfg.batch_size)))
+        for batch in make_loader(stream_config(cfg, spec, info, role), workers):
             x = to_device(batch["images"], device, channels_last=fast)
             with autocast(device, fast):
                 logits = core(x)

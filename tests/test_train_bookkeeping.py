@@ -232,9 +232,17 @@ def test_more_workers_than_batches_are_capped_and_every_batch_is_full(tmp_path, 
         sizes.append(len(batch["keys"]))
         return real_step(model, batch, *a, **k)
 
+    real_loader, started = engine.make_loader, []
+
+    def loader(sc, workers):
+        started.append(("train" if sc.train else "test", workers))
+        return real_loader(sc, workers)
+
     monkeypatch.setattr(engine, "train_step", recording)
+    monkeypatch.setattr(engine, "make_loader", loader)
     train(config(d, tmp_path / "run", epochs=1, workers=64, checkpoint_every=0))
     assert sizes == [4, 4, 4]  # 14 images: 3 batches of 4, never a short one
+    assert started == [("train", 3), ("test", 1)]  # one process per batch: 4 test images are one batch
     assert "note: --workers 64 lowered to 3 for training" in capsys.readouterr().err
 
 
