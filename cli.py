@@ -454,7 +454,7 @@ def train(ctx: typer.Context,
           nproc: int = typer.Option(1, min=1, help="GPUs/processes: more than 1 launches torchrun itself"),
           cfg=None):
     """Train a model on a dataset's shards and a mask (one GPU, CPU, or many with --nproc)."""
-    from mlrpl_train.engine import resume_config, train as run_training
+    from mlrpl_train.engine import missing_best_reason, resume_config, run_files, train as run_training
 
     if nproc > 1:
         _launch_torchrun(nproc)
@@ -463,7 +463,8 @@ def train(ctx: typer.Context,
         for line in changed:
             typer.echo(f"resume: {line}", err=True)
     run = run_training(cfg, resume=resume is not None, force=force)
-    typer.echo(f"{run}: config.json, metrics.csv, tb/, last.pt, best.pt")
+    files = run_files(run)  # what was written, never a list of what might have been
+    typer.echo(f"{run}: {', '.join(files)}" + ("" if "best.pt" in files else f" (no best.pt: {missing_best_reason(run)})"))
 
 
 Metric = choices("Metric", "map map_voc", __name__)
@@ -514,7 +515,7 @@ def sweep(ctx: typer.Context,
                     metric="mAP" if metric == "map" else "mAP_voc",
                     dataset=paper_dataset(name, read_class_names(dataset)), best_on_test=preset == "paper")
     typer.echo(t["markdown"])
-    typer.echo(f"{out}: table.md, table.csv, map_vs_proportion.png")
+    typer.echo(f"{out}: {', '.join(t['files'])}")  # what write_table wrote (no table.csv without a mAP)
 
 
 @command("embed-labels", "mlrpl embed-labels /data/mlrpl/coco2014 --from glove.840B.300d.txt")

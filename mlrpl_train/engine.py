@@ -8,6 +8,7 @@ train: resolve data (fingerprints checked) -> run directory -> model -> Adam + s
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -76,34 +77,82 @@ def record_config(run: Path, cfg: TrainConfig, spec: DataSpec) -> None:
     atomic_write_text(Path(run) / CONFIG_JSON, json.dumps(doc, indent=2) + "\n")
 
 
-# options a resumed run may change: how long it trains and where and how it runs, never what it learns
+# options a resumed run may change: how long it trains and where and how it runs, never what it learns.
+# The one list: the command line of --resume, an edited config.json and a sweep's re-run are held to it.
 RESUME_CHANGEABLE = ("epochs", "workers", "device", "progress", "checkpoint_every", "eval_every", "dataset")
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _holder(cfg: TrainConfig, name: str) -> Any:
+    """The dataclass holding option `name`: the config itself or one of its groups (dsrb, baselines)."""
+    for obj in (cfg, cfg.dsrb, cfg.baselines):
+        if name in {f.name for f in dataclasses.fields(obj)} and not dataclasses.is_dataclass(getattr(obj, name)):
+            return obj
+    return None
+
+
+def _flat(cfg: TrainConfig) -> dict[str, Any]:
+    """Every option by name (the groups' options beside the top-level ones), as config.json writes them."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.to_json().items():
+        out.update(v if isinstance(v, dict) else {k: v})
+    return out
+
+
+def fixed_differences(trained: TrainConfig, asked: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(option, asked value, trained value) for every option outside RESUME_CHANGEABLE that differs."""
+    a, b = _flat(trained), _flat(asked)
+    return [(k, b.get(k), a.get(k)) for k in a if k not in RESUME_CHANGEABLE and k != "out" and a.get(k) != b.get(k)]
+
+
+def _changeable() -> str:
+    return ", ".join(_flag(n) for n in RESUME_CHANGEABLE)
+
+
+def check_resumable(ckpt_config: dict, cfg: TrainConfig, where: str) -> None:
+    """A resume trains on what its checkpoint was trained with: any other value of a fixed option is refused."""
+    diffs = fixed_differences(config_from_json(ckpt_config, where), cfg)
+    if diffs:
+        raise BadInputError(f"{where}: was trained with other options than this resume asks for: "
+                            f"{'; '.join(f'{_flag(k)} {new} (the checkpoint has {old})' for k, new, old in diffs)}; "
+                            f"drop them, or start a new run with another --out (only {_changeable()} may change)")
+
+
 def resume_config(run: Path, requested: TrainConfig, given: set[str]) -> tuple[TrainConfig, list[str]]:
-    """The stored config of `run`, with the options the user typed (`given`) applied where they may
-    change (RESUME_CHANGEABLE); any other typed option that differs is an error listing them all.
+    """The config `run` was trained with, with the options the user typed (`given`) applied where they
+    may change (RESUME_CHANGEABLE); any other typed option that differs is an error listing them all.
+    config.json is checked against the copy last.pt carries: a hand edit of a fixed option is refused.
     Returns the config and a line per applied change."""
     stored = load_run_config(run)
+    last = Path(run) / CHECKPOINT_LAST
+    if last.exists():
+        trained = config_from_json(load_checkpoint(last)["config"], str(last))
+        edited = fixed_differences(trained, stored)
+        if edited:
+            raise BadInputError(f"{Path(run) / CONFIG_JSON}: differs from the config {last} was trained with: "
+                                f"{'; '.join(f'{k} {new} (the checkpoint has {old})' for k, new, old in edited)}: "
+                                f"config.json was edited; restore those values (only {_changeable()} may change "
+                                f"on resume, on the command line) or start a new run with another --out")
     conflicts, changed = [], []
     for name in sorted(given):
-        holder = "dsrb" if hasattr(stored.dsrb, name) and not hasattr(stored, name) else None
-        old_obj, new_obj = (stored.dsrb, requested.dsrb) if holder else (stored, requested)
-        if not hasattr(new_obj, name) or name == "out":
-            continue
+        old_obj, new_obj = _holder(stored, name), _holder(requested, name)
+        if old_obj is None or new_obj is None or name == "out":
+            continue  # not a training option (--resume, --force, --nproc)
         old, new = getattr(old_obj, name), getattr(new_obj, name)
         if old == new:
             continue
-        flag = "--" + name.replace("_", "-")
         if name in RESUME_CHANGEABLE:
             setattr(old_obj, name, new)
-            changed.append(f"{flag} {new} (was {old})")
+            changed.append(f"{_flag(name)} {new} (was {old})")
         else:
-            conflicts.append(f"{flag} {new} (the run has {old})")
+            conflicts.append(f"{_flag(name)} {new} (the run has {old})")
     if conflicts:
         raise BadInputError(f"{run}: --resume continues the stored run, and these options conflict with it: "
                             f"{'; '.join(conflicts)}. Drop them, or start a new run with another --out "
-                            f"(only {', '.join('--' + n.replace('_', '-') for n in RESUME_CHANGEABLE)} may change)")
+                            f"(only {_changeable()} may change)")
     stored.out = str(run)
     return stored, changed
 
@@ -171,10 +220,33 @@ def checkpoint_file(run_or_file: Path, checkpoint: str = "last") -> Path:
     ckpt_path = p if p.is_file() else p / name
     if not ckpt_path.exists():
         if checkpoint == "best" and (p / CHECKPOINT_LAST).exists():
-            raise BadInputError(f"{p}: has no {CHECKPOINT_BEST} (trained without a validation split, --val-fraction 0): "
-                                f"its result is the last epoch; evaluate {CHECKPOINT_LAST}")
+            raise BadInputError(f"{p}: has no {CHECKPOINT_BEST} ({missing_best_reason(p)}): its result is the last "
+                                f"epoch; evaluate {CHECKPOINT_LAST}")
         raise BadInputError(f"{p}: holds no {name}: not a run directory")
     return ckpt_path
+
+
+def run_files(run: Path) -> list[str]:
+    """The files of a run directory that exist, in the order a report names them."""
+    return [n + ("/" if n == "tb" else "") for n in (CONFIG_JSON, "metrics.csv", "tb", CHECKPOINT_LAST, CHECKPOINT_BEST)
+            if (Path(run) / n).exists()]
+
+
+def missing_best_reason(run: Path) -> str:
+    """Why a run has no best.pt, read from what its last.pt was trained with."""
+    try:
+        ckpt = load_checkpoint(Path(run) / CHECKPOINT_LAST)
+        cfg = config_from_json(ckpt["config"], str(Path(run) / CHECKPOINT_LAST))
+    except MlrplError:
+        return "its last.pt is unreadable"
+    if cfg.select == "test-as-published":
+        return "no epoch had a defined test mAP"
+    if cfg.val_fraction == 0:
+        return "trained without a validation split, --val-fraction 0"
+    if not ckpt["selection"]:
+        return f"--val-fraction {cfg.val_fraction:g} held out no image of mask {cfg.masks}"
+    return (f"--val-fraction {cfg.val_fraction:g}: no evaluated epoch had a defined validation mAP, since no class "
+            f"had both a known positive and a known negative among the held-out images (metrics.csv, val_mAP)")
 
 
 # ---- one step, one epoch ------------------------------------------------------------------------------------------
@@ -230,6 +302,9 @@ class RunState:
     global_step: int = 0
     best_score: float = -1.0  # the selection score of best.pt so far
     selection: str = ""  # how best.pt is chosen, in words ("" when there is no best.pt)
+    workers: int = 0  # training loader processes (cfg.workers, at most one per batch of an epoch)
+    epoch_losses: list = field(default_factory=list)  # the losses of the epoch so far: a mid-epoch resume goes on
+    epoch_bad: int = 0  # bad samples skipped in the epoch so far
 
     def checkpoint(self, epoch: int, step: int, best: bool = False) -> None:
         if not self.info.main:
@@ -238,7 +313,8 @@ class RunState:
                    "scheduler": self.scheduler.state_dict(), "epoch": epoch, "step": step,
                    "global_step": self.global_step, "best_score": self.best_score, "selection": self.selection,
                    "config": self.cfg.to_json(), "fingerprint": self.spec.fingerprint,
-                   "mask": self.spec.mask_name or "", "class_names": self.spec.class_names}
+                   "mask": self.spec.mask_name or "", "class_names": self.spec.class_names,
+                   "epoch_losses": [float(x) for x in self.epoch_losses], "epoch_bad": int(self.epoch_bad)}
         save_checkpoint(self.run / CHECKPOINT_LAST, payload)
         if best:
             shutil.copyfile(self.run / CHECKPOINT_LAST, self.run / CHECKPOINT_BEST)
@@ -248,9 +324,11 @@ def train_one_epoch(st: RunState, epoch: int, start_step: int) -> tuple[float, i
     """Batches start_step..batches-1 of `epoch`: (mean loss, bad samples skipped, images/s)."""
     cfg, info = st.cfg, st.info
     st.model.train()
-    loader = make_loader(stream_config(cfg, st.spec, info, "train", epoch=epoch, skip=start_step), cfg.workers)
+    loader = make_loader(stream_config(cfg, st.spec, info, "train", epoch=epoch, skip=start_step), st.workers)
     bar = progress_bar(st.batches, f"epoch {epoch + 1}/{cfg.epochs}", "batch", cfg.progress and info.main, start_step)
-    losses, bad, t0, seen = [], 0, time.perf_counter(), 0
+    if start_step == 0:
+        st.epoch_losses, st.epoch_bad = [], 0
+    losses, t0, seen = st.epoch_losses, time.perf_counter(), 0
     for step, batch in zip(range(start_step, st.batches), loader):
         loss, logs = train_step(st.model, batch, st.optimizer, st.device, epoch, st.global_step, step / st.batches,
                                 uses_fast_path(st.device, str(cfg.precision)))
@@ -260,7 +338,7 @@ def train_one_epoch(st: RunState, epoch: int, start_step: int) -> tuple[float, i
                 f"{st.run / CHECKPOINT_LAST} (lower --lr, or check the data)")
         st.global_step += 1
         losses.append(loss)
-        bad += batch["bad"]
+        st.epoch_bad += batch["bad"]
         seen += len(batch["keys"])
         if info.main:
             rate = seen * info.world / max(time.perf_counter() - t0, 1e-9)
@@ -273,10 +351,12 @@ def train_one_epoch(st: RunState, epoch: int, start_step: int) -> tuple[float, i
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < st.batches:
             st.checkpoint(epoch, step + 1)
     bar.close()
+    bad = st.epoch_bad
     if not losses:
         raise MlrplError(f"epoch {epoch + 1} trained on no batch ({bad} bad sample(s) skipped): the training shards "
                          f"yielded nothing usable; run mlrpl verify {cfg.dataset}")
     mean = float(np.mean(losses))
+    st.epoch_losses, st.epoch_bad = [], 0
     return mean, bad, seen * info.world / max(time.perf_counter() - t0, 1e-9)
 
 
@@ -292,7 +372,9 @@ def predict(core, cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, device, pr
     n = spec.test_samples if role == "test" else len(spec.val_keys)
     fast = uses_fast_path(device, str(cfg.precision))
     with progress_bar(math.ceil(n / max(1, info.world * cfg.batch_size)), role, "batch", progress and info.main) as bar:
-        for batch in make_loader(stream_config(cfg, spec, info, role), cfg.workers):
+        # at most one loader process per batch: --workers 64 on 12 test images starts 2, not 64
+        workers = min(int(cfg.workers), math.ceil(n / max(1, info.world * cfg.batch_size)))
+        for batch in make_loader(stream_config(cfg, spec, info, role), workers):
             x = to_device(batch["images"], device, channels_last=fast)
             with autocast(device, fast):
                 logits = core(x)
@@ -379,6 +461,10 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     st = RunState(cfg=cfg, spec=spec, info=info, device=device, run=run, core=core, model=core, optimizer=optimizer,
                   scheduler=scheduler, batches=batches_per_epoch(spec.fit_samples, info.world, cfg.batch_size, len(spec.val_keys)),
                   selection=selection_rule(cfg, spec))
+    check_batch_of_one(core, cfg)
+    st.workers = training_workers(cfg, st.batches, info)
+    if info.main:
+        check_validation(cfg, spec)
     if resume and not (run / CHECKPOINT_LAST).exists() and (run / CONFIG_JSON).exists():
         print(f"note: {run} was stopped before its first checkpoint: starting it from the beginning", file=sys.stderr)
         resume = False
@@ -387,12 +473,20 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     if resume:
         ckpt = load_checkpoint(run / CHECKPOINT_LAST)
         check_fingerprint(ckpt["fingerprint"], spec.fingerprint, f"{run}", "train a new run on this dataset")
-        if info.main:
-            record_config(run, cfg, spec)  # with the changes --resume applied (more epochs, other workers...)
+        check_resumable(ckpt["config"], cfg, str(run / CHECKPOINT_LAST))
         core.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         st.epoch, st.step, st.global_step, st.best_score = ckpt["epoch"], ckpt["step"], ckpt["global_step"], ckpt["best_score"]
+        if st.step:  # the epoch's loss so far: its train_loss is the uninterrupted run's
+            st.epoch_losses, st.epoch_bad = list(ckpt.get("epoch_losses") or []), int(ckpt.get("epoch_bad") or 0)
+            if len(st.epoch_losses) != st.step and info.main:
+                print(f"note: {run / CHECKPOINT_LAST} holds no losses of epoch {st.epoch + 1}'s first {st.step} "
+                      f"steps (written by an older mlrpl): that epoch's train_loss is over the resumed steps only",
+                      file=sys.stderr)
+        if info.main:
+            record_config(run, cfg, spec)  # with the changes --resume applied (more epochs, other workers...)
+            drop_rows_after(run / "metrics.csv", st.epoch)  # epochs logged after the checkpoint are trained again
     if info.world > 1:
         # DSRB's alpha/beta take no gradient before blending starts (or without prototypes)
         st.model = torch.nn.parallel.DistributedDataParallel(
@@ -401,19 +495,21 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     if info.main:
         from torch.utils.tensorboard import SummaryWriter
 
-        st.writer = SummaryWriter(str(run / "tb"))
+        # resumed: TensorBoard drops every event from the first step trained again (each step once)
+        st.writer = SummaryWriter(str(run / "tb"), purge_step=st.global_step + 1 if resume else None)
     return st
 
 
 def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Path:
     st = _start(cfg, info, resume, force)
-    metrics = None  # a resumed run that had already finished trains no epoch
+    metrics, trained = None, False  # a resumed run that had already finished trains no epoch
     for epoch in range(st.epoch, cfg.epochs):
         start_step = st.step if epoch == st.epoch else 0
         if hasattr(st.core, "before_epoch") and start_step == 0:  # mid-epoch resume: the checkpoint holds its state
             st.core.before_epoch(epoch, lambda: _prototype_loader(cfg, st.spec, info, epoch), st.device, info)
         t0 = time.perf_counter()
         loss, bad, rate = train_one_epoch(st, epoch, start_step)
+        trained = True
         st.scheduler.step()
         metrics = val = None
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
@@ -426,17 +522,80 @@ def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Pat
             improved = score is not None and score > st.best_score
             if improved:
                 st.best_score = score
-            st.checkpoint(epoch + 1, 0, best=improved)
+            # the log first: a kill before the checkpoint leaves a row that the resume drops and writes again
             log_epoch(st.run, st.writer, epoch + 1, loss, st.optimizer.param_groups[0]["lr"], bad, rate,
-                      time.perf_counter() - t0, metrics, val, st.selection, improved)
+                      time.perf_counter() - t0, metrics, val, st.selection, improved, step=st.global_step)
+            st.checkpoint(epoch + 1, 0, best=improved)
         D.barrier(info)
-    if st.writer:
+    if st.writer and trained:
         st.writer.add_hparams({"method": str(cfg.method), "mask": cfg.masks, "val_fraction": cfg.val_fraction,
                                "selection": st.selection or "none: the last epoch"},
-                              {"hparam/test_mAP_last": metrics["mAP"] if metrics else float("nan"),
+                              {"hparam/test_mAP_last": _num(metrics["mAP"] if metrics else None),
                                "hparam/best_score": st.best_score}, run_name="hparams")
+    if st.writer:
         st.writer.close()
     return st.run
+
+
+def _num(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
+def check_batch_of_one(core: torch.nn.Module, cfg: TrainConfig) -> None:
+    """BatchNorm in training mode cannot take a batch of one image: refused before anything trains."""
+    core.train()
+    if cfg.batch_size == 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+                                   for m in core.modules()):
+        raise BadInputError(f"--batch-size 1: a training batch of one image, and {cfg.backbone}'s trainable BatchNorm "
+                            f"layers need more than one value per channel; use --batch-size 2 or more")
+
+
+def training_workers(cfg: TrainConfig, batches: int, info: D.DistInfo) -> int:
+    """Loader processes of the training stream: at most one per batch of an epoch, so every worker's
+    share of a rank's images fills batches (a worker with no image would change which worker makes
+    which batch, and a resumed run's order); the cap depends only on the data, so a resume keeps it."""
+    n = min(int(cfg.workers), batches)
+    if n < int(cfg.workers) and info.main:
+        print(f"note: --workers {cfg.workers} lowered to {n} for training: an epoch is {batches} batch(es) of "
+              f"{cfg.batch_size} per rank, and more workers would have too few images to share", file=sys.stderr)
+    return n
+
+
+def check_validation(cfg: TrainConfig, spec: DataSpec) -> None:
+    """Before training: can the held-out images choose best.pt? Validation mAP counts a class only with
+    a known positive AND a known negative among them; say how many classes that is, or that none is."""
+    if cfg.select != "val" or not spec.val_keys or not spec.partial:
+        return
+    from .metrics import ap_classes
+
+    rows = np.stack([spec.partial[k] for k in sorted(spec.val_keys)])
+    ok, no_pos, no_neg = ap_classes(rows)
+    n, c = len(rows), spec.num_classes
+    if not ok.any():
+        print(f"warning: --val-fraction {cfg.val_fraction:g} holds out {n} training image(s), and on mask "
+              f"{cfg.masks}'s known labels no class has both a known positive and a known negative among them "
+              f"({int(no_pos.sum())} of {c} classes have no known positive, {int(no_neg.sum())} no known negative): "
+              f"validation mAP is undefined, so no best.pt will be written and the last epoch is the result; "
+              f"use a larger --val-fraction or a mask with more known labels, or --val-fraction 0", file=sys.stderr)
+    elif not ok.all():
+        print(f"note: validation mAP is over {int(ok.sum())} of {c} classes: the others have no known positive "
+              f"({int(no_pos.sum())}) or no known negative ({int(no_neg.sum())}) among the {n} held-out image(s)",
+              file=sys.stderr)
+
+
+def drop_rows_after(path: Path, epoch: int) -> None:
+    """metrics.csv without the rows of epochs after `epoch` (the checkpoint a resume continues from)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= epoch]
+    if len(keep) != len(rows):
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf).writerows(keep)
+        atomic_write_text(path, buf.getvalue())
 
 
 def selection_rule(cfg: TrainConfig, spec: DataSpec) -> str:
@@ -451,7 +610,7 @@ def selection_rule(cfg: TrainConfig, spec: DataSpec) -> str:
 
 def selection_score(cfg: TrainConfig, test: dict | None, val: dict | None) -> float | None:
     if cfg.select == "test-as-published":
-        return test["mAP"] if test else None
+        return test["mAP"] if test else None  # None when undefined: never a best.pt
     return val["mAP"] if val else None
 
 
@@ -464,38 +623,54 @@ def _prototype_loader(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, epoch:
 
 
 METRIC_COLUMNS = ["epoch", "train_loss", "lr", "mAP", "mAP_voc", "OF1", "CF1", "OF1_top3", "CF1_top3", "val_mAP",
-                  "val_mAP_voc", "best", "selection", "bad_samples", "images_per_s", "seconds", "peak_memory_mb"]
+                  "val_mAP_voc", "best", "selection", "bad_samples", "images_per_s", "seconds", "peak_memory_mb",
+                  "mAP_classes"]
+
+
+def _map_text(m: dict) -> str:
+    """'mAP 45.00', with over how many classes when some are left out, or why there is none."""
+    c, k = m.get("classes", m["classes_evaluated"]), m["classes_evaluated"]
+    if m["mAP"] is None:
+        return f"mAP undefined (no class of {c} has a known positive and a known negative)"
+    return f"mAP {100 * m['mAP']:.2f}" + (f" (over {k} of {c} classes)" if k < c else "")
 
 
 def log_epoch(run: Path, writer, epoch, loss, lr, bad, rate, seconds, metrics, val=None, selection="",
-              best=False) -> None:
+              best=False, step: int | None = None) -> None:
     """One row of metrics.csv (test mAP = plain AP, mAP_voc = the published VOC-interpolated AP; val_*
-    on the held-out training images; best = 1 where best.pt was taken; selection = how)."""
+    on the held-out training images; best = 1 where best.pt was taken; selection = how; an undefined mAP
+    is an empty cell, and mAP_classes says over how many classes it is taken). TensorBoard gets the
+    row at the global `step`, the axis a resume purges."""
     row = {"epoch": epoch, "train_loss": loss, "lr": lr, "bad_samples": bad, "images_per_s": rate, "seconds": seconds,
            "best": int(best), "selection": selection or "none: the last epoch is the result",
            "peak_memory_mb": process_peak_mb()}
     if metrics:
         row.update({k: metrics[k] for k in ("mAP", "mAP_voc", "OF1", "CF1", "OF1_top3", "CF1_top3")})
+        row["mAP_classes"] = f"{metrics['classes_evaluated']}/{metrics.get('classes', metrics['classes_evaluated'])}"
         (run / "metrics_last.json").write_text(json.dumps(metrics, indent=1))
     if val:
         row.update({"val_mAP": val["mAP"], "val_mAP_voc": val["mAP_voc"]})
     path = run / "metrics.csv"
     new = not path.exists()
+    columns = METRIC_COLUMNS
+    if not new:  # a run begun by an older mlrpl keeps its columns: a row never shifts under another header
+        with open(path, newline="") as f:
+            columns = next(csv.reader(f), None) or METRIC_COLUMNS
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         if new:
             w.writeheader()
-        w.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+        w.writerow({k: row.get(k, "") for k in columns})
     if writer:
         for k, v in row.items():
-            if k not in ("epoch", "selection") and v != "" and v is not None:
-                writer.add_scalar(f"epoch/{k}", v, epoch)
+            if k not in ("selection", "mAP_classes") and v != "" and v is not None:
+                writer.add_scalar(f"epoch/{k}", v, epoch if step is None else step)
         writer.flush()
     msg = f"epoch {epoch}: loss {loss:.4f}"
     if metrics:
-        msg += f"  mAP {100 * metrics['mAP']:.2f}  OF1 {100 * metrics['OF1']:.2f}  CF1 {100 * metrics['CF1']:.2f}"
+        msg += f"  {_map_text(metrics)}  OF1 {100 * metrics['OF1']:.2f}  CF1 {100 * metrics['CF1']:.2f}"
     if val:
-        msg += f"  val mAP {100 * val['mAP']:.2f}{' (best)' if best else ''}"
+        msg += f"  val {_map_text(val)}{' (best)' if best else ''}"
     if bad:
         msg += f"  ({bad} bad samples skipped)"
     print(msg, file=sys.stderr)
@@ -535,7 +710,7 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
     (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "per_class_ap.json").write_text(json.dumps(metrics["per_class_ap"], indent=1))
     title = (f"{read_card(dataset)['name']} test, {cfg.method} ({metrics['checkpoint']['mask'] or 'full labels'}, "
-             f"{ckpt_path.name}): mAP {100 * metrics['mAP']:.2f}")
+             f"{ckpt_path.name}): {_map_text(metrics)}")
     plot_per_class_ap(metrics["per_class_ap"], out / "per_class_ap.png", title=title)
     metrics["report_dir"] = str(out)
     return metrics
@@ -550,7 +725,7 @@ def _published_beside(dataset: str, class_names: list[str], method: str, mask: s
 
     m = re.search(r"-p(\d\.\d+)-", mask)
     row = published(paper_dataset(read_card(dataset)["name"], class_names), method, float(m.group(1)) if m else None)
-    if row is None or row["mAP"] is None or not m:
+    if row is None or row["mAP"] is None or not m or metrics["mAP_voc"] is None:
         return None
     return {"source": f"{SOURCE}, Table {row['table']}", "method": row["method"], "dataset": row["dataset_label"],
             "proportion": row["proportion"], "mAP": row["mAP"] / 100, "delta_mAP_voc": metrics["mAP_voc"] - row["mAP"] / 100}

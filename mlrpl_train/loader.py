@@ -305,8 +305,10 @@ class ShardStream(torch.utils.data.IterableDataset):
             for s in shuffle(mine, cfg.shuffle_buffer, rng):
                 n += 1
                 yield s
-            if n == 0:  # nothing of this share is left to train on: end instead of cycling forever
-                return
+            if n == 0:  # an empty share would end this worker's batches and shift every other worker's
+                raise BadInputError(f"training loader worker {worker} of rank {cfg.rank} has no image to train on "
+                                    f"(its share of {len(urls)} shard(s), without the validation images, is empty): "
+                                    f"lower --workers")
 
 
 def collate(samples: list[dict]) -> dict[str, Any]:
@@ -331,6 +333,7 @@ def batches_per_epoch(samples: int, world: int, batch_size: int, held_out: int =
 def make_loader(cfg: StreamConfig, workers: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         ShardStream(cfg), batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate,
-        drop_last=False, persistent_workers=False, pin_memory=torch.cuda.is_available(),
+        drop_last=cfg.train, persistent_workers=False,  # never a short training batch (BatchNorm)
+        pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if workers > 0 else None,
     )

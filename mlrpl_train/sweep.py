@@ -67,19 +67,39 @@ def run_sweep(base: TrainConfig, proportions: list[float], seeds: list[int], out
 METRICS = ("mAP", "mAP_voc", "OF1", "CF1")
 
 
-def final_metrics(run: Path) -> dict[str, float] | None:
-    """The last epoch's test metrics (no selection on the test set), plus, named as such, the best test
-    mAPs over the epochs: the test-selected best epoch the published numbers were obtained with."""
+def _evaluated_rows(run: Path) -> list[dict[str, str]]:
     path = run / "metrics.csv"
     if not path.exists():
-        return None
+        return []
     with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("mAP")]
-    if not rows:
+        return [r for r in csv.DictReader(f) if r.get("OF1")]  # the epochs with a test evaluation
+
+
+def final_metrics(run: Path) -> dict[str, float] | None:
+    """The last evaluated epoch's test metrics (no selection on the test set), plus, named as such, the
+    best test mAPs over the epochs: the test-selected best epoch the published numbers were obtained
+    with. None when that epoch has no mAP (no class with a known positive and negative)."""
+    rows = _evaluated_rows(run)
+    if not rows or not rows[-1].get("mAP"):
         return None
     out = {k: float(rows[-1][k]) for k in METRICS}
-    out.update({f"{k}_best_on_test": max(float(r[k]) for r in rows) for k in ("mAP", "mAP_voc")})
+    out.update({f"{k}_best_on_test": max(float(r[k]) for r in rows if r.get(k)) for k in ("mAP", "mAP_voc")})
     return out
+
+
+def scope_notes(out: Path) -> list[str]:
+    """A line per run whose last mAP is over fewer than all classes, or undefined (from metrics.csv)."""
+    notes = []
+    for run in sorted(Path(out).iterdir()):
+        rows = _evaluated_rows(run) if RUN_NAME.match(run.name) and run.is_dir() else []
+        k, _, c = (rows[-1].get("mAP_classes") or "").partition("/") if rows else ("", "", "")
+        if not (k.isdigit() and c.isdigit()) or k == c:
+            continue
+        notes.append(f"{run.name}: mAP over {k} of {c} classes (the others have no known positive or no known "
+                     f"negative test label: AP undefined or trivially 1; {run.name}/metrics_last.json names them)"
+                     if rows[-1].get("mAP") else
+                     f"{run.name}: no mAP (no class has both a known positive and a known negative test label)")
+    return notes
 
 
 def collect(out: Path) -> dict[str, dict[float, list[dict[str, float]]]]:
@@ -160,20 +180,24 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
     if dataset:
         notes.append("Published: arXiv 2205.13092, Table 1 (VOC-interpolated mAP, best epoch on the test set); its "
                      "average here is over the proportions shown, and OF1/CF1 are the paper's over all nine.")
+    notes += scope_notes(out)
     if best_on_test:
         notes.append("'best epoch on test' picks, per run, the epoch with the best TEST mAP: a selection on the test "
                      "set, shown only because the published numbers were obtained so.")
     text = (f"{title}\n\n" if title else "") + "\n".join(md) + "\n\n" + "\n".join(notes) + "\n"
     (Path(out) / "table.md").write_text(text)
+    files = ["table.md"] + (["table.csv"] if rows_csv else []) + ["map_vs_proportion.png", "table.json"]
     if rows_csv:
         with open(Path(out) / "table.csv", "w", newline="") as f:
             fields = list(dict.fromkeys(k for r in rows_csv for k in r))
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(rows_csv)
+    else:
+        (Path(out) / "table.csv").unlink(missing_ok=True)  # an earlier sweep's table would contradict table.md
     _plot(table, props, Path(out) / "map_vs_proportion.png", metric)
     (Path(out) / "table.json").write_text(json.dumps({m: {str(p): v for p, v in per.items()} for m, per in table.items()}, indent=1))
-    return {"markdown": text, "methods": list(table), "proportions": props}
+    return {"markdown": text, "methods": list(table), "proportions": props, "files": files}
 
 
 def _plot(table, props, path: Path, metric: str = "mAP") -> None:

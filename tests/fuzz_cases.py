@@ -490,6 +490,26 @@ def cases(w: dict[str, Path], outs: Path) -> list[Case]:
     add("paths-predict-dataset-colons-broken", "predict", run, img / "ds::x #1", "--no-progress", "--device", "cpu")
     add("paths-stats-s3-colon-folder", "stats", f / "s3:")
     add("paths-pull-colons-missing", "pull", f / "a::b", o, "--no-progress")
+
+    # ---- training bookkeeping (fix-train): a resume trains on what its checkpoint was trained with; no batch of one
+    def edited_run(name: str, **changes) -> Path:
+        """A copy of the run whose config.json was edited by hand (made once, before the snapshot)."""
+        x = w["badruns"] / name
+        if not x.exists():
+            _copy(w["run"], x)
+            doc = json.loads((x / "config.json").read_text())
+            doc["config"].update(changes)
+            (x / "config.json").write_text(json.dumps(doc))
+        return x
+
+    add("train-resume-variant-changed", "train", "llr", d, "--resume", run, "--variant", "cp")
+    add("train-resume-baseline-option", "train", "pbce", d, "--resume", run, "--asl-gamma-neg", "2")
+    add("train-resume-shuffle-changed", "train", "pbce", d, "--resume", run, "--shuffle-buffer", "3")
+    add("train-resume-config-edited-lr", "train", "pbce", d, "--resume", edited_run("config-edited-lr", lr=0.5),
+        "--epochs", "2")
+    add("train-resume-config-edited-mask", "train", "pbce", d, "--resume",
+        edited_run("config-edited-mask", masks="uniform-p0.30-s0-test"))
+    add("train-batch-size-1", *train, *tiny, "--batch-size", "1")
     return c
 
 
