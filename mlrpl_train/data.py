@@ -57,14 +57,12 @@ class DataSpec:
 
 
 def read_class_names(dataset: str) -> list[str]:
-    import fsspec
-    import pyarrow.parquet as pq
+    from mlrpl_data.readers import MissingFileError, read_parquet
 
     where = f"{str(dataset).rstrip('/')}/categories.parquet"
     try:
-        with fsspec.open(where, "rb") as f:
-            return pq.read_table(f).column("name").to_pylist()
-    except FileNotFoundError:
+        return read_parquet(where, {"name": "string"}).column("name").to_pylist()
+    except (FileNotFoundError, MissingFileError):
         raise BadInputError(f"{where}: not found: an incomplete dataset") from None
 
 
