@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from mlrpl_data.errors import BadInputError
+from mlrpl_data.fsutil import atomic_write_with
 from mlrpl_data.images import decode_rgb
 
 from .device import IMAGENET_MEAN, IMAGENET_STD, autocast, normalisation, pick_device, to_device, uses_fast_path
@@ -100,7 +100,13 @@ def load_predictor(path: str | Path, checkpoint: str = "last", device: str = "au
 
 
 def _archive_kind(p: Path) -> str:
-    """'torchscript', 'exported' or 'weights' (torch.save's archive), from the names inside the zip."""
+    """'torchscript', 'exported' or 'weights' (torch.save's archive), from the names inside the zip;
+    the file is first checked against the sha256 sealed into it (or its CRCs)."""
+    from mlrpl_data.fsutil import check_sealed
+    from mlrpl_data.readers import file_size
+
+    file_size(str(p))  # a regular file, else one line
+    check_sealed(p, "model file", "export it again, or use the run's other checkpoint")
     try:
         with zipfile.ZipFile(p) as z:
             names = z.namelist()
@@ -173,9 +179,14 @@ def _quiet_jit():
 
 def export_run(run: str | Path, out: str | Path, fmt: str = "weights", checkpoint: str = "last") -> dict[str, Any]:
     """Write the model of a run (or checkpoint) for use elsewhere; returns the metadata written."""
-    from .engine import checkpoint_file
+    from mlrpl_data.fsutil import is_sealed
+    from mlrpl_data.ownership import claim_file, refuse_overlap
+
+    from .engine import checkpoint_file, run_inputs
 
     p = checkpoint_file(run, checkpoint)
+    refuse_overlap(Path(out), {**run_inputs(run), **run_inputs(p)}, "--out", file=True)
+    claim_file(Path(out), "--out", is_sealed, "a model file")
     doc = _load_weights(p)
     model, cfg = _model_from(doc, str(p))
     model.eval()
@@ -186,21 +197,15 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "weights", checkpoin
             "source": p.name}
     if fmt not in ("weights", "torchscript", "exported"):
         raise BadInputError(f"--format {fmt!r}: use weights, torchscript or exported")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")  # same suffix: torch.export checks it
-    try:
-        _write_model(model, doc, meta, int(cfg.image_size), fmt, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # through a file object: torch then reports a full disk as OSError, not as a RuntimeError or an abort
+    atomic_write_with(Path(out), lambda f: _write_model(model, doc, meta, int(cfg.image_size), fmt, f), seal=True,
+                      keep_suffix=True)
     return meta
 
 
-def _write_model(model, doc: dict[str, Any], meta: dict[str, Any], size: int, fmt: str, path: Path) -> None:
+def _write_model(model, doc: dict[str, Any], meta: dict[str, Any], size: int, fmt: str, f) -> None:
     if fmt == "weights":
-        torch.save({**meta, "model": model.state_dict(), "config": doc["config"]}, path)
+        torch.save({**meta, "model": model.state_dict(), "config": doc["config"]}, f)
         return
     graph = _Graph(model).eval()
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
@@ -208,12 +213,11 @@ def _write_model(model, doc: dict[str, Any], meta: dict[str, Any], size: int, fm
     with torch.no_grad():
         if fmt == "torchscript":
             with _quiet_jit():
-                torch.jit.save(torch.jit.trace(graph, example, check_trace=False), str(path),
-                               _extra_files={META_NAME: blob})
+                torch.jit.save(torch.jit.trace(graph, example, check_trace=False), f, _extra_files={META_NAME: blob})
         else:
             batch = torch.export.Dim("batch", min=1, max=4096)
             program = torch.export.export(graph, (example,), dynamic_shapes={"images": {0: batch}})
-            torch.export.save(program, str(path), extra_files={META_NAME: blob})
+            torch.export.save(program, f, extra_files={META_NAME: blob})
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------
@@ -275,9 +279,21 @@ class Predictions:
             "top_k": pa.array([[c for c, _ in t] for t in tops], pa.list_(pa.string())),
             "top_k_scores": pa.array([[s for _, s in t] for t in tops], pa.list_(pa.float32())),
             "above_threshold": pa.array(above, pa.list_(pa.string())),
-        }, metadata={"class_names": json.dumps(self.class_names), "threshold": str(cut)})
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
+        }, metadata={"class_names": json.dumps(self.class_names), "threshold": str(cut), "mlrpl": "predictions"})
+        atomic_write_with(Path(path), lambda f: pq.write_table(table, f))
+
+
+def check_output(out: Path, model: str | Path, inputs: list[str]) -> None:
+    """predict --out: never onto the model, its run's files or an input (file or folder), and it
+    replaces only an earlier predictions file; checked before any work."""
+    from mlrpl_data.ownership import claim_file, parquet_kind, refuse_overlap
+
+    from .engine import run_inputs
+
+    found: dict[str, Any] = {**run_inputs(model)}
+    found.update({"the input" if len(inputs) == 1 else f"input {k + 1}": item for k, item in enumerate(inputs)})
+    refuse_overlap(Path(out), found, "--out", file=True)
+    claim_file(Path(out), "--out", lambda p: parquet_kind(p) == "predictions", "a predictions file")
 
 
 def predict_inputs(predictor: Predictor, inputs: list[str], progress: bool = False) -> Predictions:
