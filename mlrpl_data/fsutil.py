@@ -42,6 +42,30 @@ def _os_error(e: BaseException) -> OSError | None:
     return None
 
 
+class _Sink:
+    """A file that remembers its first failed write and accepts (drops) the rest: a native writer
+    (torch's zip writer) that sees a write fail throws again from its destructor, which aborts the
+    process; it finishes instead, and the failure is raised after it."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        if self.error is None:
+            try:
+                return self.f.write(data)
+            except OSError as e:
+                self.error = e
+        return len(memoryview(data))
+
+    def flush(self) -> None:
+        if self.error is None:
+            self.f.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
 def atomic_write_with(path: Path, write: Callable[[BinaryIO], None], fsync: bool = True, seal: bool = False,
                       keep_suffix: bool = False) -> None:
     """`write(f)` into a temporary sibling, fsync, seal (a zip: see seal_zip), then rename over `path`.
@@ -52,7 +76,10 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], None], fsync: bool
     tmp = temp_name(path, keep_suffix)
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            sink = _Sink(f)
+            write(sink)
+            if sink.error is not None:
+                raise sink.error
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
@@ -62,7 +89,7 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], None], fsync: bool
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         cause = _os_error(e) if isinstance(e, Exception) else None
-        if cause is not None and cause is not e:
+        if cause is not None and (cause is not e or not cause.filename):  # name the file the user asked for
             raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
         raise
 
