@@ -250,7 +250,8 @@ def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
 
     A folder mlrpl did not make is never written into (ownership.claim); the raw root is never
     the output. Replacing removes only mlrpl's entries (with the old masks and shards)."""
-    from .ownership import claim, is_empty_but_temporaries, mark, refuse_overlap, remove_owned, sweep_stale, unclaim
+    from .ownership import (MARKER, claim, is_empty_but_temporaries, mark, refuse_overlap, remove_owned, sweep_stale,
+                            unclaim)
 
     out = Path(out)
     refuse_overlap(out, {"the raw root": m.root}, "--out")
