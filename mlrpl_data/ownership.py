@@ -256,15 +256,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale(folder: Path) -> list[str]:
-    """Remove temporary files and staging folders left in `folder` by processes that are gone."""
+def sweep_stale(folder: Path, of: str | None = None) -> list[str]:
+    """Remove temporary files and staging folders left in `folder` by processes that are gone; with
+    `of`, only those of that one file (an output file in a folder mlrpl does not own)."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
+    mine = (f".{of}.", f".{Path(of).stem}.tmp-") if of else None
     for p in folder.iterdir():
         m = _TEMP.match(p.name)
-        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+        if m and (mine is None or p.name.startswith(mine)) and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
             removed.append(p.name)
     return removed

@@ -154,12 +154,14 @@ CHECKPOINT_FIELDS = {"model": dict, "config": dict, "fingerprint": str, "epoch":
                      "best_score": float, "selection": str, "class_names": list}
 
 
-def read_weights_file(path: Path) -> Any:
-    """torch.load with weights_only (no code runs) of a regular file, with one-line errors."""
+def read_weights_file(path: Path, checked: bool = False) -> Any:
+    """torch.load with weights_only (no code runs) of a regular file whose seal (sha256) is checked
+    first (unless `checked` already), with one-line errors."""
     from mlrpl_data.readers import file_size
 
     file_size(str(path))  # a regular file (else a clear error), before torch opens it
-    check_sealed(path, "checkpoint", "use the run's other checkpoint (--checkpoint last|best) or retrain")
+    if not checked:
+        check_sealed(path, "checkpoint", "use the run's other checkpoint (--checkpoint last|best) or retrain")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -543,6 +545,7 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
         refuse_overlap(scores, {**inputs, **{f"the report {n}": Path(out or ckpt_path.parent) / n for n in REPORTS}},
                        "--scores", file=True)
         claim_file(scores, "--scores", lambda p: parquet_kind(p) == "scores", "a scores file")
+        sweep_stale(Path(scores).parent, of=Path(scores).name)
     ckpt = load_checkpoint(ckpt_path)
     cfg = config_from_json(ckpt["config"], str(ckpt_path))
     cfg.dataset, cfg.workers, cfg.progress = dataset, workers, progress

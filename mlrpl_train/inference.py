@@ -93,7 +93,7 @@ def load_predictor(path: str | Path, checkpoint: str = "last", device: str = "au
         meta, model = _load_graph(p, kind, dev)
         return Predictor(model, meta["class_names"], int(meta["preprocess"]["size"]), meta["method"], str(p), dev,
                          takes_uint8=True, batch_size=batch_size)
-    doc = _load_weights(p)
+    doc = _load_weights(p, checked=True)
     model, cfg = _model_from(doc, str(p))
     return Predictor(model.to(dev).eval(), list(doc["class_names"]), int(cfg.image_size), str(cfg.method), str(p), dev,
                      batch_size=batch_size)
@@ -117,11 +117,12 @@ def _archive_kind(p: Path) -> str:
     return "torchscript" if any("/code/" in n for n in names) else "exported"
 
 
-def _load_weights(p: Path) -> dict[str, Any]:
-    """A weights-only export, or a training checkpoint (its fields checked): read once."""
+def _load_weights(p: Path, checked: bool = False) -> dict[str, Any]:
+    """A weights-only export, or a training checkpoint (its fields checked): read once (`checked`:
+    its seal was checked already)."""
     from .engine import check_checkpoint, read_weights_file
 
-    doc = read_weights_file(p)
+    doc = read_weights_file(p, checked)
     if isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT:
         return doc
     return check_checkpoint(doc, p)
@@ -180,13 +181,14 @@ def _quiet_jit():
 def export_run(run: str | Path, out: str | Path, fmt: str = "weights", checkpoint: str = "last") -> dict[str, Any]:
     """Write the model of a run (or checkpoint) for use elsewhere; returns the metadata written."""
     from mlrpl_data.fsutil import is_sealed
-    from mlrpl_data.ownership import claim_file, refuse_overlap
+    from mlrpl_data.ownership import claim_file, refuse_overlap, sweep_stale
 
     from .engine import checkpoint_file, run_inputs
 
     p = checkpoint_file(run, checkpoint)
     refuse_overlap(Path(out), {**run_inputs(run), **run_inputs(p)}, "--out", file=True)
     claim_file(Path(out), "--out", is_sealed, "a model file")
+    sweep_stale(Path(out).parent, of=Path(out).name)  # a killed export's temporary
     doc = _load_weights(p)
     model, cfg = _model_from(doc, str(p))
     model.eval()
@@ -286,7 +288,7 @@ class Predictions:
 def check_output(out: Path, model: str | Path, inputs: list[str]) -> None:
     """predict --out: never onto the model, its run's files or an input (file or folder), and it
     replaces only an earlier predictions file; checked before any work."""
-    from mlrpl_data.ownership import claim_file, parquet_kind, refuse_overlap
+    from mlrpl_data.ownership import claim_file, parquet_kind, refuse_overlap, sweep_stale
 
     from .engine import run_inputs
 
@@ -294,6 +296,7 @@ def check_output(out: Path, model: str | Path, inputs: list[str]) -> None:
     found.update({"the input" if len(inputs) == 1 else f"input {k + 1}": item for k, item in enumerate(inputs)})
     refuse_overlap(Path(out), found, "--out", file=True)
     claim_file(Path(out), "--out", lambda p: parquet_kind(p) == "predictions", "a predictions file")
+    sweep_stale(Path(out).parent, of=Path(out).name)
 
 
 def predict_inputs(predictor: Predictor, inputs: list[str], progress: bool = False) -> Predictions:

@@ -175,6 +175,10 @@ def test_an_output_file_replaces_only_what_mlrpl_wrote_there(lab, tmp_path):
             f"mlrpl will not replace it; choose another --{'scores' if 'evaluate' in args else 'out'} (or remove the "
             f"file yourself)"), r.output
     assert sha(other) == kept
+    # a killed export's temporary (its process is gone) is swept by the next export there
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / f".m.tmp-{gone.pid}.ts").write_bytes(b"half an export")
     # its own earlier outputs are replaced; a new file inside the run is no input
     for _ in range(2):
         assert runner.invoke(app, ["predict", str(run), str(photo), "--out", str(run / "preds.parquet"),
@@ -182,6 +186,7 @@ def test_an_output_file_replaces_only_what_mlrpl_wrote_there(lab, tmp_path):
         assert runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "m.ts"), "--format",
                                    "torchscript"]).exit_code == 0
     (run / "preds.parquet").unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ts", "other.jpg"]
 
 
 # ---- 15: a folder is claimed atomically; the loser removes nothing ------------------------------------------
