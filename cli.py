@@ -256,6 +256,9 @@ def _builder(name: str, cfg_cls: type, module: str, func: str, doc: str, example
     def run(out: Path = OUT, force: bool = FORCE_BUILD, cfg=None):
         import importlib
 
+        from mlrpl_data.ownership import option_inputs, refuse_overlap
+
+        refuse_overlap(out, option_inputs(cfg), "--out")  # before the build reads anything
         _report_build(getattr(importlib.import_module(f"mlrpl_data.{module}"), func)(cfg), out, force)
 
     run.__doc__, run.__name__ = doc, func
@@ -294,7 +297,10 @@ def build_vg200(out: Path = OUT, force: bool = FORCE_BUILD,
                 cfg=None):
     """Build VG-200 from the raw release, or the papers' benchmark split with --ssgrl-lists."""
     from mlrpl_data import vg
+    from mlrpl_data.ownership import option_inputs, refuse_overlap
 
+    refuse_overlap(out, {**option_inputs(cfg), "--ssgrl-labels": ssgrl_labels,
+                         **dict(zip(("--ssgrl-lists TRAIN", "--ssgrl-lists TEST"), ssgrl_lists or ()))}, "--out")
     if ssgrl_lists or ssgrl_labels:
         if not (ssgrl_lists and ssgrl_labels):
             raise MlrplError("--ssgrl-lists TRAIN TEST and --ssgrl-labels JSON go together")
@@ -571,8 +577,10 @@ def predict(model: Path = typer.Argument(..., help="A run directory, a checkpoin
             as_json: bool = JSON,
             progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar (on a terminal)")):
     """Score images with a trained model: each image's most probable classes with their probabilities."""
-    from mlrpl_train.inference import load_predictor, predict_inputs
+    from mlrpl_train.inference import check_output, load_predictor, predict_inputs
 
+    if out:
+        check_output(out, model, inputs)
     predictor = load_predictor(model, str(checkpoint), device, batch_size)
     preds = predict_inputs(predictor, inputs, progress)
     tops = preds.top(top_k, threshold)

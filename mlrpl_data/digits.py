@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .options import check_ranges, opt
+from .ownership import releasing
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 YEAR = "2014"
@@ -78,6 +79,7 @@ def _compose(rng, tiles, targets, pool, cfg: DigitsConfig):
     return Image.fromarray(img).convert("RGB"), anns
 
 
+@releasing
 def write_digits(cfg: DigitsConfig) -> Path:
     """Write ROOT/annotations/instances_{train,val}2014.json and ROOT/{train,val}2014/*.jpg, into a
     new or empty folder (or one this wrote before: it is rewritten), never into someone's data."""

@@ -71,8 +71,12 @@ def from_offline_model(names: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
 def embed_labels(dataset: Path, source: Path | None = None) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
+    from .ownership import refuse_overlap
+
     dataset = Path(dataset)
     card = read_card(dataset)
+    for name in (NPY, META):
+        refuse_overlap(dataset / name, {"--from": source}, "the embeddings file", file=True)
     names = pq.read_table(dataset / "categories.parquet").column("name").to_pylist()
     if source is None:
         emb, meta = from_offline_model(names)

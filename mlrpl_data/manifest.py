@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .errors import AlreadyExistsError, BadInputError, FingerprintMismatchError
 from .fsutil import publish_dir, staging_dir
+from .ownership import releasing
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "test")
@@ -251,22 +252,25 @@ def local_root(url: str) -> str:
         return ""
 
 
+@releasing
 def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
     """Write atomically to `out`: "written", "unchanged" (the same dataset is there, intact),
     "repaired" (the same dataset, but a file was damaged: rewritten) or "replaced" (--force).
 
     A folder mlrpl did not make is never written into (ownership.claim); the raw root is never
     the output. Replacing removes only mlrpl's entries (with the old masks and shards)."""
-    from .ownership import claim, is_empty, mark, refuse_overlap, remove_owned, sweep_stale
+    from .ownership import (MARKER, claim, is_empty_but_temporaries, mark, refuse_overlap, remove_owned, sweep_stale,
+                            unclaim)
 
     out = Path(out)
     refuse_overlap(out, {"the raw root": m.root}, "--out")
     sweep_stale(out.parent)
+    # claimed (atomically, and locked) before anything is removed: a build started beside it is refused
+    made = claim(out, "dataset", "--out")
     sweep_stale(out)
     card = m.dataset_card()
     state = "written"
-    if not is_empty(out):
-        claim(out, "dataset", "--out")
+    if not made and not is_empty_but_temporaries(out, MARKER):  # only a marker: a build killed before publishing
         try:
             old_fp = read_card(out).get("fingerprint")
         except BadInputError:
@@ -304,6 +308,8 @@ def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
                 state += f" (kept {len(kept)} entr{'y' if len(kept) == 1 else 'ies'} mlrpl did not make: {', '.join(kept[:5])})"
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
+        if state == "written":
+            unclaim(out)
         raise
     from .card import refresh
 

@@ -29,6 +29,7 @@ from .options import check_ranges, opt, progress_field
 from .progress import progress_bar
 from .readers import MissingFileError, file_size, join, open_binary, read_bytes
 from .shards import INDEX, SHARDS_DIR, ShardSplit
+from .ownership import releasing
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -65,6 +66,7 @@ class PullResult:
     bytes_fetched: int
 
 
+@releasing
 def pull(url: str, out: Path, cfg: PullConfig) -> PullResult:
     from .ownership import MARKER, claim, mark, refuse_overlap, sweep_stale
 

@@ -155,6 +155,18 @@ def check_fields(doc: Any, required: dict[str, type | tuple[type, ...]], where: 
             raise BadInputError(f"{where}: field {key!r} must be {want}, got {type(value).__name__} {str(value)[:40]!r}")
 
 
+def arrow_owned(data: bytes):
+    """`data` copied into memory Arrow owns. A reader over Python bytes is released in one of Arrow's
+    threads, which then needs the GIL: at interpreter exit that thread is ended inside a C++
+    destructor and the process aborts ("terminate called without an active exception", exit 134)."""
+    import numpy as np
+    import pyarrow as pa
+
+    buf = pa.allocate_buffer(len(data))
+    np.frombuffer(buf, np.uint8)[:] = np.frombuffer(data, np.uint8)
+    return buf
+
+
 def read_parquet(url: str, columns: dict[str, str], limit: int = PARQUET_LIMIT):
     """A Parquet table with at least `columns` ({name: arrow type as text, e.g. 'string',
     'list<item: int8>'}); a truncated or foreign file names itself and the fix."""
@@ -163,7 +175,7 @@ def read_parquet(url: str, columns: dict[str, str], limit: int = PARQUET_LIMIT):
 
     data = read_bytes(url, limit)
     try:
-        table = pq.read_table(pa.BufferReader(data), use_threads=False)
+        table = pq.read_table(pa.BufferReader(arrow_owned(data)), use_threads=False)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise BadInputError(f"{url}: not a readable Parquet file (truncated or corrupt: {e}); rebuild it") from None
     for name, kind in columns.items():

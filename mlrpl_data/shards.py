@@ -35,6 +35,7 @@ from .options import check_ranges, choices, opt, progress_field
 from .progress import progress_bar
 from .ownership import MARKER
 from .tar import TarWriter
+from .ownership import releasing
 
 SHARDS_DIR = "shards"
 RECORDS_DIR = ".records"
@@ -265,6 +266,7 @@ class ShardResult:
     index: dict[str, Any] | None
 
 
+@releasing
 def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
     """Plan, then write the shards that are not already there (in parallel with cfg.workers)."""
     from .ownership import claim, mark, sweep_stale

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,9 +22,10 @@ import numpy as np
 import torch
 
 from mlrpl_data.errors import AlreadyExistsError, BadInputError, MlrplError
-from mlrpl_data.fsutil import atomic_write_text
+from mlrpl_data.fsutil import atomic_copy, atomic_write_bytes, atomic_write_text, atomic_write_with, check_sealed
 from mlrpl_data.manifest import check_fingerprint, read_card
-from mlrpl_data.ownership import MARKER, claim, is_empty, owner, refuse_overlap, remove_owned, sweep_stale
+from mlrpl_data.ownership import (MARKER, claim, claim_file, made_here, owner, parquet_kind, refuse_overlap, releasing,
+                                  remove_owned, sweep_stale, unclaim)
 from mlrpl_data.progress import progress_bar
 
 from . import dist as D
@@ -52,12 +52,35 @@ RUN_ENTRIES = (CONFIG_JSON, "metrics.csv", "metrics_last.json", "eval_metrics.js
                "per_class_ap.png", CHECKPOINT_LAST, CHECKPOINT_BEST, "tb")
 
 
+# what training wrote in a run: inputs of evaluate, predict and export (evaluate's reports may be replaced)
+RUN_INPUTS = (CONFIG_JSON, "metrics.csv", "metrics_last.json", CHECKPOINT_LAST, CHECKPOINT_BEST, "tb", MARKER)
+
+
+def run_inputs(run_or_file: str | Path) -> dict[str, Path]:
+    """The files a command reading a run (or one of its checkpoints) must never write over."""
+    p = Path(run_or_file)
+    found = {"the model": p} if p.is_file() else {}
+    run = p if p.is_dir() else p.parent
+    if (run / CONFIG_JSON).is_file() or owner(run) == "run":
+        found.update({f"the run's {name}": run / name for name in RUN_INPUTS if (run / name).exists()})
+    return found
+
+
+def train_inputs(cfg: TrainConfig) -> dict[str, str | Path | None]:
+    """A training's inputs that are local paths: the dataset, a --weights or --embeddings file."""
+    found: dict[str, str | Path | None] = {"the dataset": cfg.dataset}
+    for flag, value in (("--weights", cfg.weights), ("--embeddings", cfg.dsrb.embeddings)):
+        if value and Path(value).exists():
+            found[f"the {flag} file"] = value
+    return found
+
+
 def prepare_run_dir(cfg: TrainConfig, spec: DataSpec, force: bool, main: bool) -> Path:
     """The run directory, claimed for mlrpl (an existing folder mlrpl did not make is refused, also
     with --force); --force replaces an earlier run's files, keeping anything else in the folder."""
     run = Path(cfg.out)
     if main:
-        refuse_overlap(run, {"the dataset": spec.dataset}, "--out")
+        refuse_overlap(run, train_inputs(cfg), "--out")
         claim(run, "run", "--out")
         sweep_stale(run)
         if (run / CONFIG_JSON).exists() or (run / CHECKPOINT_LAST).exists():
@@ -171,25 +194,23 @@ def load_run_config(run: Path) -> TrainConfig:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Atomic: a kill or a full disk while saving leaves the previous checkpoint intact, no temporary."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Atomic and sealed with its sha256: a kill or a full disk while saving leaves the previous
+    checkpoint intact and no temporary; a bit flipped later is found when it is read."""
+    atomic_write_with(path, lambda f: torch.save(payload, f), seal=True)
 
 
 CHECKPOINT_FIELDS = {"model": dict, "config": dict, "fingerprint": str, "epoch": int, "step": int, "global_step": int,
                      "best_score": float, "selection": str, "class_names": list}
 
 
-def read_weights_file(path: Path) -> Any:
-    """torch.load with weights_only (no code runs) of a regular file, with one-line errors."""
+def read_weights_file(path: Path, checked: bool = False) -> Any:
+    """torch.load with weights_only (no code runs) of a regular file whose seal (sha256) is checked
+    first (unless `checked` already), with one-line errors."""
     from mlrpl_data.readers import file_size
 
     file_size(str(path))  # a regular file (else a clear error), before torch opens it
+    if not checked:
+        check_sealed(path, "checkpoint", "use the run's other checkpoint (--checkpoint last|best) or retrain")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -317,7 +338,7 @@ class RunState:
                    "epoch_losses": [float(x) for x in self.epoch_losses], "epoch_bad": int(self.epoch_bad)}
         save_checkpoint(self.run / CHECKPOINT_LAST, payload)
         if best:
-            shutil.copyfile(self.run / CHECKPOINT_LAST, self.run / CHECKPOINT_BEST)
+            atomic_copy(self.run / CHECKPOINT_LAST, self.run / CHECKPOINT_BEST)
 
 
 def train_one_epoch(st: RunState, epoch: int, start_step: int) -> tuple[float, int, float]:
@@ -417,25 +438,25 @@ def write_scores(path: Path, keys: list[str], scores: np.ndarray, labels: np.nda
     table = pa.table({"key": pa.array(keys, type=pa.string()),
                       "scores": pa.ListArray.from_arrays(offsets, pa.array(scores.astype(np.float32).reshape(-1))),
                       "labels": pa.ListArray.from_arrays(offsets, pa.array(labels.astype(np.int8).reshape(-1)))})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    table = table.replace_schema_metadata({"mlrpl": "scores"})  # claim_file replaces only a file marked so
+    atomic_write_with(Path(path), lambda f: pq.write_table(table, f))
 
 
 # ---- the whole run -------------------------------------------------------------------------------------------------------
 
+@releasing
 def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> Path:
     """Train (or resume) a run. A new run that fails before its first checkpoint leaves nothing:
-    the files it wrote go, so the retry is not blocked by a half-made run."""
+    the files it wrote go, so the retry is not blocked by a half-made run. Only the process that
+    claimed the folder removes anything (a second `train --out R` started beside it is refused)."""
     info = D.init_distributed()
     run = Path(cfg.out)
-    fresh = not resume and not (run / CONFIG_JSON).exists()
     try:
         return _train(cfg, info, resume, force)
     except BaseException:
-        if fresh and info.main and owner(run) == "run" and not (run / CHECKPOINT_LAST).exists():
-            remove_owned(run, RUN_ENTRIES + (MARKER,))
-            if is_empty(run):
-                run.rmdir()
+        if info.main and made_here(run) and not (run / CHECKPOINT_LAST).exists():
+            remove_owned(run, RUN_ENTRIES)
+            unclaim(run)
         raise
     finally:
         D.shutdown(info)
@@ -647,20 +668,20 @@ def log_epoch(run: Path, writer, epoch, loss, lr, bad, rate, seconds, metrics, v
     if metrics:
         row.update({k: metrics[k] for k in ("mAP", "mAP_voc", "OF1", "CF1", "OF1_top3", "CF1_top3")})
         row["mAP_classes"] = f"{metrics['classes_evaluated']}/{metrics.get('classes', metrics['classes_evaluated'])}"
-        (run / "metrics_last.json").write_text(json.dumps(metrics, indent=1))
+        atomic_write_text(run / "metrics_last.json", json.dumps(metrics, indent=1))
     if val:
         row.update({"val_mAP": val["mAP"], "val_mAP_voc": val["mAP_voc"]})
     path = run / "metrics.csv"
-    new = not path.exists()
+    old = path.read_bytes() if path.exists() else b""
     columns = METRIC_COLUMNS
-    if not new:  # a run begun by an older mlrpl keeps its columns: a row never shifts under another header
-        with open(path, newline="") as f:
-            columns = next(csv.reader(f), None) or METRIC_COLUMNS
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow({k: row.get(k, "") for k in columns})
+    if old:  # a run begun by an older mlrpl keeps its columns: a row never shifts under another header
+        columns = next(csv.reader(io.StringIO(old.decode("utf-8"), newline="")), None) or METRIC_COLUMNS
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    if not old:
+        w.writeheader()
+    w.writerow({k: row.get(k, "") for k in columns})
+    atomic_write_bytes(path, old + buf.getvalue().encode())  # whole rows or none (an append on a full disk cuts one)
     if writer:
         for k, v in row.items():
             if k not in ("selection", "mAP_classes") and v != "" and v is not None:
@@ -678,6 +699,9 @@ def log_epoch(run: Path, writer, epoch, loss, lr, bad, rate, seconds, metrics, v
 
 # ---- mlrpl evaluate ----------------------------------------------------------------------------------------------------------
 
+REPORTS = ("eval_metrics.json", "per_class_ap.json", "per_class_ap.png")
+
+
 def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None, workers: int = 2,
                         batch_size: int | None = None, progress: bool = False, checkpoint: str = "last",
                         scores: Path | None = None) -> dict[str, Any]:
@@ -688,6 +712,14 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
         if target is not None and Path(target).is_dir() == (what == "--scores") and Path(target).exists():
             raise BadInputError(f"{what} {target}: is a {'folder' if what == '--scores' else 'file'}")
     ckpt_path = checkpoint_file(run_or_ckpt, checkpoint)
+    inputs = {**run_inputs(run_or_ckpt), **run_inputs(ckpt_path), "the dataset": dataset}
+    for name in REPORTS:
+        refuse_overlap(Path(out or ckpt_path.parent) / name, inputs, "--out", file=True)
+    if scores is not None:
+        refuse_overlap(scores, {**inputs, **{f"the report {n}": Path(out or ckpt_path.parent) / n for n in REPORTS}},
+                       "--scores", file=True)
+        claim_file(scores, "--scores", lambda p: parquet_kind(p) == "scores", "a scores file")
+        sweep_stale(Path(scores).parent, of=Path(scores).name)
     ckpt = load_checkpoint(ckpt_path)
     cfg = config_from_json(ckpt["config"], str(ckpt_path))
     cfg.dataset, cfg.workers, cfg.progress = dataset, workers, progress
@@ -707,8 +739,8 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
         "mask": ckpt.get("mask") or "",
         "selection": (ckpt["selection"] or "unknown") if is_best else "none: the last epoch"}
     metrics["published"] = _published_beside(dataset, spec.class_names, str(cfg.method), ckpt.get("mask") or "", metrics)
-    (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
-    (out / "per_class_ap.json").write_text(json.dumps(metrics["per_class_ap"], indent=1))
+    atomic_write_text(out / "eval_metrics.json", json.dumps(metrics, indent=1))
+    atomic_write_text(out / "per_class_ap.json", json.dumps(metrics["per_class_ap"], indent=1))
     title = (f"{read_card(dataset)['name']} test, {cfg.method} ({metrics['checkpoint']['mask'] or 'full labels'}, "
              f"{ckpt_path.name}): {_map_text(metrics)}")
     plot_per_class_ap(metrics["per_class_ap"], out / "per_class_ap.png", title=title)
@@ -746,5 +778,7 @@ def plot_per_class_ap(ap: dict[str, float | None], path: Path, title: str = "") 
     ax.set_ylim(0, 100)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write_with(Path(path), lambda f: fig.savefig(f, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from mlrpl_data.errors import BadInputError
+from mlrpl_data.fsutil import atomic_write_with
 from mlrpl_data.images import decode_rgb
 from mlrpl_data.readers import is_remote, local_path
 
@@ -94,14 +94,20 @@ def load_predictor(path: str | Path, checkpoint: str = "last", device: str = "au
         meta, model = _load_graph(p, kind, dev)
         return Predictor(model, meta["class_names"], int(meta["preprocess"]["size"]), meta["method"], str(p), dev,
                          takes_uint8=True, batch_size=batch_size)
-    doc = _load_weights(p)
+    doc = _load_weights(p, checked=True)
     model, cfg = _model_from(doc, str(p))
     return Predictor(model.to(dev).eval(), list(doc["class_names"]), int(cfg.image_size), str(cfg.method), str(p), dev,
                      batch_size=batch_size)
 
 
 def _archive_kind(p: Path) -> str:
-    """'torchscript', 'exported' or 'weights' (torch.save's archive), from the names inside the zip."""
+    """'torchscript', 'exported' or 'weights' (torch.save's archive), from the names inside the zip;
+    the file is first checked against the sha256 sealed into it (or its CRCs)."""
+    from mlrpl_data.fsutil import check_sealed
+    from mlrpl_data.readers import file_size
+
+    file_size(str(p))  # a regular file, else one line
+    check_sealed(p, "model file", "export it again, or use the run's other checkpoint")
     try:
         with zipfile.ZipFile(p) as z:
             names = z.namelist()
@@ -112,11 +118,12 @@ def _archive_kind(p: Path) -> str:
     return "torchscript" if any("/code/" in n for n in names) else "exported"
 
 
-def _load_weights(p: Path) -> dict[str, Any]:
-    """A weights-only export, or a training checkpoint (its fields checked): read once."""
+def _load_weights(p: Path, checked: bool = False) -> dict[str, Any]:
+    """A weights-only export, or a training checkpoint (its fields checked): read once (`checked`:
+    its seal was checked already)."""
     from .engine import check_checkpoint, read_weights_file
 
-    doc = read_weights_file(p)
+    doc = read_weights_file(p, checked)
     if isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT:
         return doc
     return check_checkpoint(doc, p)
@@ -174,9 +181,15 @@ def _quiet_jit():
 
 def export_run(run: str | Path, out: str | Path, fmt: str = "weights", checkpoint: str = "last") -> dict[str, Any]:
     """Write the model of a run (or checkpoint) for use elsewhere; returns the metadata written."""
-    from .engine import checkpoint_file
+    from mlrpl_data.fsutil import is_sealed
+    from mlrpl_data.ownership import claim_file, refuse_overlap, sweep_stale
+
+    from .engine import checkpoint_file, run_inputs
 
     p = checkpoint_file(run, checkpoint)
+    refuse_overlap(Path(out), {**run_inputs(run), **run_inputs(p)}, "--out", file=True)
+    claim_file(Path(out), "--out", is_sealed, "a model file")
+    sweep_stale(Path(out).parent, of=Path(out).name)  # a killed export's temporary
     doc = _load_weights(p)
     model, cfg = _model_from(doc, str(p))
     model.eval()
@@ -187,21 +200,15 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "weights", checkpoin
             "source": p.name}
     if fmt not in ("weights", "torchscript", "exported"):
         raise BadInputError(f"--format {fmt!r}: use weights, torchscript or exported")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")  # same suffix: torch.export checks it
-    try:
-        _write_model(model, doc, meta, int(cfg.image_size), fmt, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # through a file object: torch then reports a full disk as OSError, not as a RuntimeError or an abort
+    atomic_write_with(Path(out), lambda f: _write_model(model, doc, meta, int(cfg.image_size), fmt, f), seal=True,
+                      keep_suffix=True)
     return meta
 
 
-def _write_model(model, doc: dict[str, Any], meta: dict[str, Any], size: int, fmt: str, path: Path) -> None:
+def _write_model(model, doc: dict[str, Any], meta: dict[str, Any], size: int, fmt: str, f) -> None:
     if fmt == "weights":
-        torch.save({**meta, "model": model.state_dict(), "config": doc["config"]}, path)
+        torch.save({**meta, "model": model.state_dict(), "config": doc["config"]}, f)
         return
     graph = _Graph(model).eval()
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
@@ -209,12 +216,11 @@ def _write_model(model, doc: dict[str, Any], meta: dict[str, Any], size: int, fm
     with torch.no_grad():
         if fmt == "torchscript":
             with _quiet_jit():
-                torch.jit.save(torch.jit.trace(graph, example, check_trace=False), str(path),
-                               _extra_files={META_NAME: blob})
+                torch.jit.save(torch.jit.trace(graph, example, check_trace=False), f, _extra_files={META_NAME: blob})
         else:
             batch = torch.export.Dim("batch", min=1, max=4096)
             program = torch.export.export(graph, (example,), dynamic_shapes={"images": {0: batch}})
-            torch.export.save(program, str(path), extra_files={META_NAME: blob})
+            torch.export.save(program, f, extra_files={META_NAME: blob})
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------
@@ -276,9 +282,22 @@ class Predictions:
             "top_k": pa.array([[c for c, _ in t] for t in tops], pa.list_(pa.string())),
             "top_k_scores": pa.array([[s for _, s in t] for t in tops], pa.list_(pa.float32())),
             "above_threshold": pa.array(above, pa.list_(pa.string())),
-        }, metadata={"class_names": json.dumps(self.class_names), "threshold": str(cut)})
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
+        }, metadata={"class_names": json.dumps(self.class_names), "threshold": str(cut), "mlrpl": "predictions"})
+        atomic_write_with(Path(path), lambda f: pq.write_table(table, f))
+
+
+def check_output(out: Path, model: str | Path, inputs: list[str]) -> None:
+    """predict --out: never onto the model, its run's files or an input (file or folder), and it
+    replaces only an earlier predictions file; checked before any work."""
+    from mlrpl_data.ownership import claim_file, parquet_kind, refuse_overlap, sweep_stale
+
+    from .engine import run_inputs
+
+    found: dict[str, Any] = {**run_inputs(model)}
+    found.update({"the input" if len(inputs) == 1 else f"input {k + 1}": item for k, item in enumerate(inputs)})
+    refuse_overlap(Path(out), found, "--out", file=True)
+    claim_file(Path(out), "--out", lambda p: parquet_kind(p) == "predictions", "a predictions file")
+    sweep_stale(Path(out).parent, of=Path(out).name)
 
 
 def predict_inputs(predictor: Predictor, inputs: list[str], progress: bool = False) -> Predictions:

@@ -20,6 +20,7 @@ from mlrpl_data.manifest import read_manifest
 
 from .engine import CHECKPOINT_LAST, load_checkpoint, train
 from .options import TrainConfig
+from mlrpl_data.ownership import releasing
 
 RUN_NAME = re.compile(r"^(?P<method>[a-z0-9_+-]+?)-p(?P<p>\d\.\d+)-s(?P<seed>\d+)$")
 
@@ -35,6 +36,7 @@ def finished(run: Path, epochs: int) -> bool:
         return False
 
 
+@releasing
 def run_sweep(base: TrainConfig, proportions: list[float], seeds: list[int], out: Path, scheme: str = "uniform") -> list[Path]:
     """Train every (proportion, seed) not already finished; masks are made when missing."""
     from mlrpl_data.ownership import claim, refuse_overlap

@@ -532,6 +532,46 @@ def _image_files(folder: Path) -> Path:
     (folder / "page" / "labels.csv").write_text("path,split,cat\ngood.jpg,test,1\n404.jpg,train,1\n")
     (folder / "ds::x #1" / "dataset.json").write_text("{not json")
     return folder
+    # files a command writes (checkpoints, exports, predictions, scores): never onto an input, never a
+    # foreign file, and a model file with one flipped byte is refused
+    flipped = _flipped_run(w)
+    for id_, *args in (
+            ("predict-out-is-input", "predict", run, f / "afile.txt", "--out", f / "afile.txt"),
+            ("predict-out-dotdot-input", "predict", run, f / "afile.txt", "--out", f / ".." / f.name / "afile.txt"),
+            ("predict-out-is-last-pt", "predict", run, f / "afile.txt", "--out", f"{run}/last.pt"),
+            ("predict-out-is-config", "predict", f"{run}/last.pt", f / "afile.txt", "--out", f"{run}/config.json"),
+            ("predict-out-in-input-folder", "predict", run, f, "--out", f / "preds.parquet"),
+            ("predict-out-in-dataset", "predict", run, d, "--out", f"{d}/images.parquet"),
+            ("predict-out-foreign", "predict", run, d, "--out", f / "notjson.json"),
+            ("export-out-is-last-pt", "export", run, "--out", f"{run}/last.pt"),
+            ("export-ckpt-onto-itself", "export", f"{run}/last.pt", "--out", f"{run}/last.pt"),
+            ("export-out-is-config", "export", run, "--out", f"{run}/config.json", "--format", "torchscript"),
+            ("export-out-foreign", "export", run, "--out", f / "afile.txt"),
+            ("export-out-folder", "export", run, "--out", f),
+            ("evaluate-scores-manifest", "evaluate", run, d, "--scores", f"{d}/images.parquet", "--workers", "0"),
+            ("evaluate-scores-last-pt", "evaluate", run, d, "--scores", f"{run}/last.pt", "--workers", "0"),
+            ("evaluate-out-dataset", "evaluate", run, d, "--out", d, "--workers", "0"),
+            ("evaluate-scores-foreign", "evaluate", run, d, "--scores", f / "afile.txt", "--workers", "0"),
+            ("train-out-inside-dataset", *train[:5], "--out", f"{d}/run", *tiny),
+            ("embed-from-is-output", "embed-labels", d, "--from", f"{d}/label_embeddings.npy"),
+            ("build-coco-out-holds-root", "build-coco", "--root", w["raw_coco"], "--out", w["raw_coco"].parent, "--force"),
+            ("evaluate-flipped-byte", "evaluate", flipped, d, "--workers", "0"),
+            ("predict-flipped-byte", "predict", flipped, f / "afile.txt", "--device", "cpu"),
+            ("export-flipped-byte", "export", flipped, "--out", f"{o}/m.pt"),
+            ("resume-flipped-byte", "train", "pbce", d, "--resume", flipped, "--epochs", "2", "--no-progress")):
+        add(f"files-{id_}", *args)
+    return c
+
+
+def _flipped_run(w: dict[str, Path]) -> Path:
+    """A copy of the run whose last.pt has one bit flipped in the middle (its zip still opens)."""
+    x = w["badruns"] / "ckpt-flipped"
+    if not x.exists():
+        _copy(w["run"], x)
+        data = bytearray((x / "last.pt").read_bytes())
+        data[len(data) // 2] ^= 1
+        (x / "last.pt").write_bytes(bytes(data))
+    return x
 
 
 # ---- running one ---------------------------------------------------------------------------------------------------

@@ -176,12 +176,12 @@ def test_full_disk_while_checkpointing(raw, tmp_path, monkeypatch):
         assert runner.invoke(app, args).exit_code == 0
     real, calls = engine.torch.save, {"n": 0}
 
-    def full(obj, path):
+    def full(obj, f):  # torch.save writes to the temporary's file object
         calls["n"] += 1
         if calls["n"] == 2:
-            Path(path).write_bytes(b"partial")  # a half-written temporary, as a full disk leaves it
-            raise enospc(path)
-        return real(obj, path)
+            f.write(b"partial")  # a half-written temporary, as a full disk leaves it
+            raise enospc(f.name)
+        return real(obj, f)
 
     monkeypatch.setattr(engine.torch, "save", full)
     run = tmp_path / "run"
