@@ -612,8 +612,6 @@ def drop_rows_after(path: Path, epoch: int) -> None:
         rows = list(csv.reader(f))
     keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= epoch]
     if len(keep) != len(rows):
-        import io
-
         buf = io.StringIO()
         csv.writer(buf).writerows(keep)
         atomic_write_text(path, buf.getvalue())
