@@ -266,7 +266,8 @@ def test_a_loader_worker_with_no_image_is_an_error_not_a_shorter_epoch(data):
 
 
 def test_evaluate_on_a_lab_csv_exported_as_0_1_prints_no_map(tmp_path):
-    """0 meant absent, so no test entry is a known negative: evaluate printed mAP 100.00 for any model."""
+    """A 0/1 export read with its 0 as unknown (`--zero-means unknown`; the build refuses to guess) has no known
+    negative test entry: evaluate printed mAP 100.00 for any model."""
     from conftest import write_jpeg
     from mlrpl_data.csvlabels import CsvConfig, build_csv
     from mlrpl_data.manifest import write_manifest
@@ -280,7 +281,7 @@ def test_evaluate_on_a_lab_csv_exported_as_0_1_prints_no_map(tmp_path):
         write_jpeg(lab / "img" / f"a{i}.jpg", color=(20 * i, 200 - 20 * i, 90))
     (lab / "labels.csv").write_text("\n".join(rows) + "\n")
     d = tmp_path / "dataset"
-    write_manifest(build_csv(CsvConfig(labels=lab / "labels.csv", images=lab, progress=False)), d)
+    write_manifest(build_csv(CsvConfig(labels=lab / "labels.csv", images=lab, zero_means="unknown", progress=False)), d)
     [(mask, _)] = make_masks(d, MaskConfig(proportions=[0.9]))
     write_shards(d, ShardConfig(max_samples=3, shard_size=None, progress=False))
     run = train(TrainConfig(method="pbce", dataset=str(d), masks=mask.name, out=str(tmp_path / "run"), backbone="tiny",
