@@ -302,7 +302,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint_best_and_metrics_whole(lab, t
     save_checkpoint(disk / "last.pt", payload)
     atomic_copy(disk / "last.pt", disk / "best.pt")
     log_epoch(disk, None, 1, 0.5, 0.1, 0, 10.0, 1.0, {"mAP": 0.5, "mAP_voc": 0.5, "OF1": 0.1, "CF1": 0.1,
-                                                      "OF1_top3": 0.1, "CF1_top3": 0.1})
+                                                      "OF1_top3": 0.1, "CF1_top3": 0.1,
+                                                          "classes_evaluated": 2, "classes": 2})
     before = tree(disk)
     (disk / "filler").write_bytes(b"\0" * (size // 2))  # what is left cannot hold a second copy
     with pytest.raises(OSError) as e:
