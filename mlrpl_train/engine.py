@@ -408,6 +408,9 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     if resume:
         ckpt = load_checkpoint(run / CHECKPOINT_LAST)
         check_fingerprint(ckpt["fingerprint"], spec.fingerprint, f"{run}", "train a new run on this dataset")
+        if (run / CHECKPOINT_BEST).exists():  # a damaged best.pt is not carried on as the run's result
+            check_sealed(run / CHECKPOINT_BEST, "checkpoint", f"delete it to resume (a later epoch that beats "
+                                                              f"{ckpt['best_score']:.4f} writes a new one) or retrain")
         if info.main:
             record_config(run, cfg, spec)  # with the changes --resume applied (more epochs, other workers...)
         core.load_state_dict(ckpt["model"])
