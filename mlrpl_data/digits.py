@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .fsutil import atomic_write_text
 from .options import check_ranges, opt
 from .ownership import releasing
 
@@ -111,5 +112,5 @@ def write_digits(cfg: DigitsConfig) -> Path:
                 ann_id += 1
         doc = {"info": {"description": "mlrpl demo: scikit-learn digits composed into multi-label images"},
                "images": images, "annotations": annotations, "categories": categories}
-        (out / "annotations" / f"instances_{split}{YEAR}.json").write_text(json.dumps(doc))
+        atomic_write_text(out / "annotations" / f"instances_{split}{YEAR}.json", json.dumps(doc))
     return out

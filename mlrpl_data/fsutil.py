@@ -165,7 +165,8 @@ def check_sealed(path: Path, what: str = "file", fix: str = "use another copy") 
     if size >= 22 and tail[-22:-18] == _EOCD and tail[-2:] == b"\0\0":
         _check_crcs(path, what, fix)
         return False
-    raise BadInputError(f"{path}: {what} is corrupt or not a file mlrpl wrote (its zip directory or seal is damaged); {fix}")
+    raise BadInputError(f"{path}: {what} is corrupt or not a file mlrpl wrote (its zip directory or seal is damaged); "
+                        f"{fix}")
 
 
 def _digest_unsealed(path: Path, size: int) -> str:

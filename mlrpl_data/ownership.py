@@ -267,7 +267,8 @@ def sweep_stale(folder: Path, of: str | None = None) -> list[str]:
     mine = (f".{of}.", f".{Path(of).stem}.tmp-") if of else None
     for p in folder.iterdir():
         m = _TEMP.match(p.name)
-        if m and (mine is None or p.name.startswith(mine)) and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+        pid = int(m.group(1)) if m else 0
+        if m and (mine is None or p.name.startswith(mine)) and pid != os.getpid() and not _alive(pid):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
             removed.append(p.name)
     return removed

@@ -495,6 +495,9 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
         ckpt = load_checkpoint(run / CHECKPOINT_LAST)
         check_fingerprint(ckpt["fingerprint"], spec.fingerprint, f"{run}", "train a new run on this dataset")
         check_resumable(ckpt["config"], cfg, str(run / CHECKPOINT_LAST))
+        if (run / CHECKPOINT_BEST).exists():  # a damaged best.pt is not carried on as the run's result
+            check_sealed(run / CHECKPOINT_BEST, "checkpoint", f"delete it to resume (a later epoch that beats "
+                                                              f"{ckpt['best_score']:.4f} writes a new one) or retrain")
         core.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

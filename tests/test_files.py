@@ -122,6 +122,17 @@ def test_flipped_checkpoint_in_a_run_fails_predict_evaluate_export_and_resume(la
     assert r.exit_code == 0, r.output  # the run's other checkpoint, as the message says
 
 
+def test_resume_refuses_a_damaged_best_pt(lab, tmp_path):
+    home, d, run, exports, photo = lab
+    r2 = shutil.copytree(run, tmp_path / "run")
+    data = (r2 / "best.pt").read_bytes()
+    (r2 / "best.pt").write_bytes(data[: len(data) // 2])  # as a plain copy cut by a full disk left it
+    before = tree(r2)
+    r = runner.invoke(app, ["train", "pbce", str(d), "--resume", str(r2), "--epochs", "2", "--no-progress"])
+    assert r.exit_code == 1 and last_line(r).startswith(f"error: {r2 / 'best.pt'}: checkpoint is corrupt"), r.output
+    assert "delete it to resume" in last_line(r) and tree(r2) == before
+
+
 # ---- 14: no output onto an input ------------------------------------------------------------------------
 
 def test_outputs_onto_inputs_are_refused_and_inputs_unchanged(lab, tmp_path):
