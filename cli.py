@@ -21,7 +21,7 @@ from mlrpl_data import __version__
 from mlrpl_data.coco import CocoConfig
 from mlrpl_data.csvlabels import CsvConfig
 from mlrpl_data.digits import DigitsConfig
-from mlrpl_data.errors import MlrplError
+from mlrpl_data.errors import Interrupted, MlrplError, raise_on_sigterm
 from mlrpl_data.lvis import LvisConfig
 from mlrpl_data.masks import MaskConfig, Scheme
 from mlrpl_data.nuswide import NuswideConfig
@@ -79,8 +79,9 @@ def explain(e: BaseException) -> str | None:
 
 
 def friendly(fn):
-    """Every expected failure is one line on stderr and exit code 1 (130 when interrupted); anything
-    else says it is unexpected, in one line too, unless MLRPL_DEBUG=1 asks for the traceback."""
+    """Every expected failure is one line on stderr and exit code 1; Ctrl-C and SIGTERM one line too,
+    exit 128 + the signal (130, 143); anything else says it is unexpected, in one line too, unless
+    MLRPL_DEBUG=1 asks for the traceback."""
     import os
 
     @functools.wraps(fn)
@@ -89,9 +90,14 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
-        except KeyboardInterrupt:
-            typer.echo("interrupted: finished work is kept; re-run the same command to continue", err=True)
-            raise typer.Exit(130)
+        except KeyboardInterrupt as e:
+            import signal
+
+            signum = getattr(e, "signum", signal.SIGINT)
+            hint = getattr(e, "hint", "") or "re-run the same command to continue"
+            typer.echo(f"interrupted ({signal.Signals(signum).name}): finished work is kept, temporary files "
+                       f"removed; {hint}", err=True)
+            raise typer.Exit(128 + signum)
         except Exception as e:
             if os.environ.get("MLRPL_DEBUG") == "1":
                 raise
@@ -454,8 +460,24 @@ def train(ctx: typer.Context,
         cfg, changed = resume_config(resume, cfg, given_options(ctx))
         for line in changed:
             typer.echo(f"resume: {line}", err=True)
-    run = run_training(cfg, resume=resume is not None, force=force)
+    try:
+        run = run_training(cfg, resume=resume is not None, force=force)
+    except KeyboardInterrupt as e:
+        raise Interrupted(getattr(e, "signum", 2), resume_hint(str(method), dataset, Path(cfg.out))) from None
     typer.echo(f"{run}: config.json, metrics.csv, tb/, last.pt, best.pt")
+
+
+def resume_hint(method: str, dataset: str, run: Path) -> str:
+    """After an interrupt: the exact command that continues the run (the same command would refuse
+    the existing run), or the same command when nothing was kept."""
+    import shlex
+
+    from mlrpl_train.engine import CHECKPOINT_LAST
+
+    if not (run / CHECKPOINT_LAST).is_file():
+        return "no checkpoint was written yet: re-run the same command to start again"
+    return (f"continue from the last checkpoint with: mlrpl train {method} {shlex.quote(dataset)} "
+            f"--resume {shlex.quote(str(run))}")
 
 
 Metric = choices("Metric", "map map_voc", __name__)
@@ -618,6 +640,7 @@ def demo(out: Path = typer.Option(Path("mlrpl-demo"), help="Working folder for t
 
 
 def main() -> None:
+    raise_on_sigterm()  # Slurm's time limit and `docker stop` are handled as Ctrl-C is
     app(prog_name="mlrpl")
 
 

@@ -181,14 +181,17 @@ def _fetch_all(url: str, out: Path, todo: list[Wanted], jobs: int, bar) -> None:
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
         futures = [pool.submit(_fetch, join(url, *w.path.split("/")), out / w.path, w, bar, stop) for w in todo]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in futures if f.done() and f.exception() is not None]
-        if failed:
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f.done() and f.exception() is not None]
+            if failed:
+                raise failed[0].exception()
+        except BaseException:  # a failed file, Ctrl-C or SIGTERM: the other transfers stop and remove their temporaries
             stop.set()
             for f in futures:
                 f.cancel()
             wait(futures)
-            raise failed[0].exception()
+            raise
 
 
 def _fetch(src: str, dest: Path, w: Wanted, bar, stop: threading.Event) -> None:

@@ -295,10 +295,15 @@ def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
             import multiprocessing as mp
 
             ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            with ctx.Pool(cfg.workers) as pool:
-                for rec in pool.imap_unordered(write_shard, jobs):
-                    written.append(rec["name"])
-                    bar.update(rec["samples"] + len(rec["skipped"]))
+            try:
+                with ctx.Pool(cfg.workers) as pool:
+                    for rec in pool.imap_unordered(write_shard, jobs):
+                        written.append(rec["name"])
+                        bar.update(rec["samples"] + len(rec["skipped"]))
+            except BaseException:  # the pool is terminated: its workers' half-written shards go now, not next run
+                sweep_stale(out_dir)
+                sweep_stale(out_dir / RECORDS_DIR)
+                raise
     finally:
         bar.close()
     complete = all(_matching_record(out_dir, p, check_bytes=False) for p in plans)

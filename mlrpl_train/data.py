@@ -63,7 +63,7 @@ def read_class_names(dataset: str) -> list[str]:
     where = f"{str(dataset).rstrip('/')}/categories.parquet"
     try:
         with fsspec.open(where, "rb") as f:
-            return pq.read_table(f).column("name").to_pylist()
+            return pq.read_table(f, use_threads=False).column("name").to_pylist()  # threads can abort the exit
     except FileNotFoundError:
         raise BadInputError(f"{where}: not found: an incomplete dataset") from None
 
