@@ -30,7 +30,7 @@ from mlrpl_data.progress import progress_bar
 from . import dist as D
 from .data import DataSpec, resolve_data
 from .device import autocast, pick_device, to_device, uses_fast_path
-from .loader import StreamConfig, batches_per_epoch, make_loader
+from .loader import StreamConfig, batches_per_epoch, check_readers, make_loader
 from .memory import process_peak_mb
 from .metrics import evaluate_scores
 from .model.factory import build_model
@@ -184,7 +184,9 @@ def stream_config(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, role: str,
     """The stream of a role: "train" (augmented, cycling, without the validation images), "val" (the
     held-out training images, each once, with their partial labels), "test" (each test image once)."""
     train = role == "train"
-    return StreamConfig(urls=spec.test_urls if role == "test" else spec.train_urls, num_classes=spec.num_classes,
+    counts, unsure = (spec.test_counts, 0) if role == "test" else spec.fit_counts() if train else (
+        spec.train_held if spec.train_held is not None else spec.train_counts, 0)
+    return StreamConfig(counts=counts, unsure=unsure, urls=spec.test_urls if role == "test" else spec.train_urls, num_classes=spec.num_classes,
                         train=train, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
                         rank=info.rank, world=info.world, shuffle_buffer=cfg.shuffle_buffer, skip_batches=skip,
                         on_bad_sample=str(cfg.on_bad_sample), partial=None if role == "test" else spec.partial,
@@ -366,6 +368,9 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     torch.manual_seed(cfg.seed)
     device = pick_device(str(cfg.device), info.local_rank)  # before anything is written
     spec = resolve_data(cfg.dataset, cfg.masks, cfg.val_fraction)
+    # decided from index.json on every rank alike, before anything is written: no rank waits on another
+    batches = batches_per_epoch(spec.fit_samples, info.world, cfg.batch_size, len(spec.val_keys))
+    check_readers(spec.fit_samples, info.world, cfg.workers)
     run = Path(cfg.out) if resume else prepare_run_dir(cfg, spec, force, info.main)
     if resume and info.main:
         sweep_stale(run)  # a checkpoint half-written when the run was killed
@@ -377,7 +382,7 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=0.1)
     st = RunState(cfg=cfg, spec=spec, info=info, device=device, run=run, core=core, model=core, optimizer=optimizer,
-                  scheduler=scheduler, batches=batches_per_epoch(spec.fit_samples, info.world, cfg.batch_size, len(spec.val_keys)),
+                  scheduler=scheduler, batches=batches,
                   selection=selection_rule(cfg, spec))
     if resume and not (run / CHECKPOINT_LAST).exists() and (run / CONFIG_JSON).exists():
         print(f"note: {run} was stopped before its first checkpoint: starting it from the beginning", file=sys.stderr)
@@ -460,6 +465,7 @@ def _prototype_loader(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, epoch:
     prototypes: the authors compute them by iterating their training loader."""
     sc = stream_config(cfg, spec, info, "test", epoch=epoch)
     sc.urls, sc.partial, sc.augment, sc.exclude = spec.train_urls, spec.partial, True, spec.val_keys
+    sc.counts, sc.unsure = spec.fit_counts()
     return make_loader(sc, cfg.workers)
 
 
