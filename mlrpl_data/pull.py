@@ -29,6 +29,7 @@ from .options import check_ranges, opt, progress_field
 from .progress import progress_bar
 from .readers import MissingFileError, file_size, join, open_binary, read_bytes
 from .shards import INDEX, SHARDS_DIR, ShardSplit
+from .timeouts import describe
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -232,7 +233,7 @@ def _fetch(src: str, dest: Path, w: Wanted, bar, stop: threading.Event) -> None:
         raise
     except Exception as e:
         tmp.unlink(missing_ok=True)
-        what = f"altered in transit: {e}" if isinstance(e, retry.Corrupted) else f"{type(e).__name__}: {e}"
+        what = f"altered in transit: {e}" if isinstance(e, retry.Corrupted) else describe(e)
         raise PullError(f"{src}: could not be fetched whole after {retry.attempts()} tries ({what}); "
                         f"re-run mlrpl pull to resume") from None
 

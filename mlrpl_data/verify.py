@@ -188,8 +188,10 @@ def _mask_names(url: str) -> list[str]:
     """Mask names from the masks/ listing (local, s3, ...); a store that cannot list (plain http) has none."""
     import fsspec
 
+    from .timeouts import storage_options
+
     try:
-        fs, path = fsspec.core.url_to_fs(join(url, MASKS_DIR))
+        fs, path = fsspec.core.url_to_fs(join(url, MASKS_DIR), **storage_options(url))
         found = fs.glob(f"{path}/*.json")
     except Exception:  # no listing: nothing to check here (masks are checked again when read)
         return []

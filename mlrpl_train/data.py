@@ -71,9 +71,11 @@ def read_class_names(dataset: str) -> list[str]:
     import fsspec
     import pyarrow.parquet as pq
 
+    from mlrpl_data.timeouts import storage_options
+
     where = f"{str(dataset).rstrip('/')}/categories.parquet"
     try:
-        with fsspec.open(where, "rb") as f:
+        with fsspec.open(where, "rb", **storage_options(where)) as f:
             return pq.read_table(f, use_threads=False).column("name").to_pylist()  # threads can abort the exit
     except FileNotFoundError:
         raise BadInputError(f"{where}: not found: an incomplete dataset") from None

@@ -121,6 +121,7 @@ def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
 
     from mlrpl_data import retry
     from mlrpl_data.readers import file_size, is_remote
+    from mlrpl_data.timeouts import describe
 
     for url in urls:
         try:
@@ -138,7 +139,7 @@ def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
             except Exception as e:
                 cut_short = isinstance(e, (tarfile.TarError, EOFError))  # a body that ended early, remotely
                 if not retry.read_again(e, attempt, tries, cut_short):
-                    raise ShardReadError(f"{url}: cannot read shard ({type(e).__name__}: {e})"
+                    raise ShardReadError(f"{url}: cannot read shard ({describe(e)})"
                                          + (f" after {tries} tries" if tries > 1 else "")) from None
                 time.sleep(retry.delay(attempt))
 
@@ -146,8 +147,10 @@ def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
 def _shard_samples(url: str) -> Iterator[dict[str, Any]]:
     import fsspec
 
+    from mlrpl_data.timeouts import storage_options
+
     current: dict[str, Any] | None = None
-    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+    with fsspec.open(url, "rb", **storage_options(url)) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for member in tar:
             if not member.isfile() or "." not in member.name:
                 continue
