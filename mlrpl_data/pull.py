@@ -204,6 +204,8 @@ def _fetch(src: str, dest: Path, w: Wanted, bar, stop: threading.Event) -> None:
     counted = [0]
 
     def once() -> None:
+        if stop.is_set():  # stopped while waiting to retry
+            raise PullError(f"{src}: stopped (another file failed, or the pull was interrupted)")
         bar.update(-counted[0])  # a retry counts its bytes again
         counted[0] = 0
         h = hashlib.sha256()
@@ -212,7 +214,7 @@ def _fetch(src: str, dest: Path, w: Wanted, bar, stop: threading.Event) -> None:
             with open_binary(src) as f, open(tmp, "wb") as t:
                 while chunk := f.read(CHUNK):
                     if stop.is_set():
-                        raise PullError(f"{src}: stopped (another file failed)")
+                        raise PullError(f"{src}: stopped (another file failed, or the pull was interrupted)")
                     if counted[0] + len(chunk) > w.bytes:
                         raise retry.Corrupted(f"{src}: more than the {w.bytes:,} bytes the listing says")
                     h.update(chunk)

@@ -2,7 +2,7 @@
 
 MLRPL_TIMEOUT (seconds, default 30) bounds the connection and is the interval in which a read must
 receive at least MLRPL_MIN_BYTES (default 1024) once a response has started: a server that sends its
-headers and then nothing, or a byte every 2 s, fails the read with a TimeoutError, which retry.py
+headers and then nothing, or a byte every 2 s, fails the read (StalledError), which retry.py
 retries like any transient failure, and the last one is reported naming the URL. The rule works as
 curl's --speed-limit/--speed-time, on every http(s) response body (fsspec reads through aiohttp);
 s3:// gets botocore's connect and read timeouts.
@@ -39,7 +39,7 @@ def min_bytes() -> int:
 def storage_options(url: str) -> dict[str, Any]:
     """fsspec options that bound a remote filesystem's reads in time (none for local paths)."""
     protocol = str(url).split("://", 1)[0].lower() if "://" in str(url) else "file"
-    t = timeout()
+    t, _ = timeout(), min_bytes()  # both checked before anything is read
     if protocol in ("http", "https"):
         import aiohttp
 

@@ -417,7 +417,33 @@ def cases(w: dict[str, Path], outs: Path) -> list[Case]:
     add("unknown-command", "frobnicate")
     add("unknown-option", "stats", d, "--colour")
     add("stats-json-missing", "stats", f / "nope", "--json")
+    # processes, servers and signals (fix-net): a server that never answers, nonsense time limits, more
+    # loader readers than samples
+    silent = f"http://127.0.0.1:{_silent_port()}/ds"
+    quick = {"MLRPL_TIMEOUT": "1", "MLRPL_RETRIES": "1"}
+    add("net-pull-silent-server", "pull", silent, o, "--no-progress", env=quick)
+    add("net-verify-silent-server", "verify", silent, "--no-progress", env=quick)
+    add("net-train-silent-server", "train", "pbce", silent, "--masks", "uniform-p0.50-s0", "--out", o, *tiny, env=quick)
+    add("net-pull-timeout-0", "pull", silent, o, "--no-progress", env={"MLRPL_TIMEOUT": "0"})
+    add("net-verify-timeout-text", "verify", silent, env={"MLRPL_TIMEOUT": "soon"})
+    add("net-pull-min-bytes-neg", "pull", silent, o, "--no-progress", env={"MLRPL_MIN_BYTES": "-5"})
+    add("net-train-workers-beyond-samples", *train, *tiny, "--workers", "64")
     return c
+
+
+_SILENT = None
+
+
+def _silent_port() -> int:
+    """A port on 127.0.0.1 that accepts connections (the kernel does) and never answers a byte."""
+    global _SILENT
+    if _SILENT is None:
+        import socket
+
+        _SILENT = socket.socket()
+        _SILENT.bind(("127.0.0.1", 0))
+        _SILENT.listen(64)
+    return _SILENT.getsockname()[1]
 
 
 # ---- running one ---------------------------------------------------------------------------------------------------
