@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from mlrpl_data.errors import AlreadyExistsError, BadInputError, MlrplError
-from mlrpl_data.fsutil import atomic_write_text
+from mlrpl_data.fsutil import atomic_write_bytes, atomic_write_text
 from mlrpl_data.manifest import check_fingerprint, read_card
 from mlrpl_data.ownership import MARKER, claim, is_empty, owner, refuse_overlap, remove_owned, sweep_stale
 from mlrpl_data.progress import progress_bar
@@ -337,8 +337,9 @@ def write_scores(path: Path, keys: list[str], scores: np.ndarray, labels: np.nda
     table = pa.table({"key": pa.array(keys, type=pa.string()),
                       "scores": pa.ListArray.from_arrays(offsets, pa.array(scores.astype(np.float32).reshape(-1))),
                       "labels": pa.ListArray.from_arrays(offsets, pa.array(labels.astype(np.int8).reshape(-1)))})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    atomic_write_bytes(Path(path), buf.getvalue().to_pybytes())  # complete or absent, even when killed
 
 
 # ---- the whole run -------------------------------------------------------------------------------------------------------
@@ -412,6 +413,15 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
 
 def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Path:
     st = _start(cfg, info, resume, force)
+    try:
+        return _epochs(st, cfg, info)
+    except BaseException:  # an error or an interrupt: the event writer's thread must not outlive the run
+        if st.writer:
+            st.writer.close()
+        raise
+
+
+def _epochs(st: RunState, cfg: TrainConfig, info: D.DistInfo) -> Path:
     metrics = None  # a resumed run that had already finished trains no epoch
     for epoch in range(st.epoch, cfg.epochs):
         start_step = st.step if epoch == st.epoch else 0

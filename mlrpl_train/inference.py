@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from mlrpl_data.errors import BadInputError
+from mlrpl_data.fsutil import atomic_write_bytes
 from mlrpl_data.images import decode_rgb
 
 from .device import IMAGENET_MEAN, IMAGENET_STD, autocast, normalisation, pick_device, to_device, uses_fast_path
@@ -276,8 +277,9 @@ class Predictions:
             "top_k_scores": pa.array([[s for _, s in t] for t in tops], pa.list_(pa.float32())),
             "above_threshold": pa.array(above, pa.list_(pa.string())),
         }, metadata={"class_names": json.dumps(self.class_names), "threshold": str(cut)})
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf)
+        atomic_write_bytes(Path(path), buf.getvalue().to_pybytes())  # complete or absent, even when killed
 
 
 def predict_inputs(predictor: Predictor, inputs: list[str], progress: bool = False) -> Predictions:

@@ -119,3 +119,76 @@ def test_sigterm_mid_training_prints_the_resume_command_that_works(tmp_path):
     r2 = subprocess.run(cli(*hint), cwd=REPO, capture_output=True, text=True)
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from mlrpl_train.engine import train
+    from mlrpl_train.options import TrainConfig
+
+    from trainkit import tiny_training_set
+
+    root = tmp_path_factory.mktemp("sigworld")
+    d = tiny_training_set(root, n_train=16, n_test=6, max_samples=6)
+    run = train(TrainConfig(method="pbce", dataset=str(d), masks="uniform-p0.50-s0", out=str(root / "run"),
+                            backbone="tiny", weights="none", epochs=1, batch_size=4, image_size=16, workers=0,
+                            progress=False, val_fraction=0.0))
+    return root, d, run
+
+
+def sigterm_on_call(monkeypatch, owner, name, nth: int = 1):
+    """`owner.name` sends this process SIGTERM on its `nth` call (the command is then mid-way)."""
+    real, calls = getattr(owner, name), [0]
+
+    def hooked(*a, **k):
+        calls[0] += 1
+        if calls[0] == nth:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(owner, name, hooked)
+
+
+@pytest.mark.parametrize("command", ["build-coco", "make-masks", "export", "predict", "sweep", "train"])
+def test_sigterm_in_every_command_is_one_line_and_leaves_nothing(trained, tmp_path, monkeypatch, command):
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from mlrpl.cli import app
+    from mlrpl_data.errors import raise_on_sigterm
+    from mlrpl_train import engine
+
+    root, d, run = trained
+    o = tmp_path / "o"
+    tiny = ["--backbone", "tiny", "--weights", "none", "--epochs", "2", "--batch-size", "4", "--image-size", "16",
+            "--workers", "0", "--no-progress"]
+    args, hint = {
+        "build-coco": (["build-coco", "--root", root / "raw", "--out", o], "re-run the same command to continue"),
+        "make-masks": (["make-masks", d, "--proportion", "0.2"], "re-run the same command to continue"),
+        "export": (["export", run, "--out", o / "m.pt"], "re-run the same command to continue"),
+        "predict": (["predict", run, d, "--out", o / "p.parquet", "--device", "cpu", "--no-progress"],
+                    "re-run the same command to continue"),
+        "sweep": (["sweep", "pbce", d, "--proportions", "0.5", "--out", o, *tiny], "re-run the same command to continue"),
+        "train": (["train", "pbce", d, "--masks", "uniform-p0.50-s0", "--out", o, *tiny],
+                  "no checkpoint was written yet: re-run the same command to start again"),
+    }[command]
+    if command == "export":
+        sigterm_on_call(monkeypatch, torch, "save")
+    elif command in ("sweep", "train"):
+        sigterm_on_call(monkeypatch, engine, "train_step", nth=2)
+    else:
+        sigterm_on_call(monkeypatch, pq, "write_table")
+    before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    old = signal.getsignal(signal.SIGTERM)
+    raise_on_sigterm()
+    try:
+        r = CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert r.exit_code == 143, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip() and not ln.startswith(("epoch ", f"{o}"))]
+    assert lines == [f"interrupted (SIGTERM): finished work is kept, temporary files removed; {hint}"], r.output
+    assert temporaries(tmp_path) == [] and temporaries(d) == []
+    assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file()} == before  # no input changed
+    if command != "sweep":  # a sweep keeps its folder and finished runs for the re-run
+        assert not o.exists() or list(o.iterdir()) == [], sorted(o.rglob("*"))
