@@ -91,16 +91,12 @@ def friendly(fn):
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except KeyboardInterrupt as e:
-            import signal
-
-            signum = getattr(e, "signum", signal.SIGINT)
-            hint = getattr(e, "hint", "") or "re-run the same command to continue"
-            typer.echo(f"interrupted ({signal.Signals(signum).name}): finished work is kept, temporary files "
-                       f"removed; {hint}", err=True)
-            raise typer.Exit(128 + signum)
+            interrupted(getattr(e, "signum", 2), getattr(e, "hint", ""))
         except Exception as e:
             if os.environ.get("MLRPL_DEBUG") == "1":
                 raise
+            if worker_terminated(e):
+                interrupted(15, "")
             line = explain(e)
             if line is None:
                 line = (f"unexpected {type(e).__name__}: {one_line(e)} "
@@ -109,6 +105,19 @@ def friendly(fn):
             raise typer.Exit(1)
 
     return wrapper
+
+
+def worker_terminated(e: BaseException) -> bool:
+    """A loader worker got the job's SIGTERM (Slurm signals every process) before its main process did."""
+    return "killed by signal: Terminated" in str(e)
+
+
+def interrupted(signum: int, hint: str) -> None:
+    import signal
+
+    typer.echo(f"interrupted ({signal.Signals(signum).name}): finished work is kept, temporary files removed; "
+               f"{hint or 're-run the same command to continue'}", err=True)
+    raise typer.Exit(128 + signum)
 
 
 def command(name: str, example: str):
@@ -464,6 +473,10 @@ def train(ctx: typer.Context,
         run = run_training(cfg, resume=resume is not None, force=force)
     except KeyboardInterrupt as e:
         raise Interrupted(getattr(e, "signum", 2), resume_hint(str(method), dataset, Path(cfg.out))) from None
+    except RuntimeError as e:
+        if not worker_terminated(e):
+            raise
+        raise Interrupted(15, resume_hint(str(method), dataset, Path(cfg.out))) from None
     typer.echo(f"{run}: config.json, metrics.csv, tb/, last.pt, best.pt")
 
 

@@ -26,13 +26,24 @@ class Interrupted(KeyboardInterrupt):
         self.signum, self.hint = signum, hint
 
 
+_PENDING = [0]  # the signal number of a SIGTERM received (0: none)
+
+
+def check_interrupt() -> None:
+    """Raise Interrupted again if a SIGTERM came: its first raise can land where Python ignores
+    exceptions (a fork or __del__ callback); the long loops call this once per step."""
+    if _PENDING[0]:
+        raise Interrupted(_PENDING[0])
+
+
 def raise_on_sigterm() -> None:
     """From now on SIGTERM raises Interrupted in the main thread of this process (as SIGINT raises
     KeyboardInterrupt); a forked child (a writer pool, a loader worker) keeps the default: it just ends."""
     import os
     import signal
+    import sys
 
-    pid = os.getpid()
+    pid, _PENDING[0] = os.getpid(), 0
 
     def handler(signum, frame):
         if os.getpid() != pid:  # a forked child inherited this handler: die as it would have
@@ -40,6 +51,14 @@ def raise_on_sigterm() -> None:
             os.kill(os.getpid(), signum)
             return
         signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not break the cleanup of the first
+        _PENDING[0] = signum
         raise Interrupted(signum)
 
     signal.signal(signal.SIGTERM, handler)
+    default_hook = sys.unraisablehook
+
+    def unraisable(u):  # raised where Python ignores exceptions (a fork callback): silent, check_interrupt re-raises it
+        if not isinstance(u.exc_value, Interrupted):
+            default_hook(u)
+
+    sys.unraisablehook = unraisable

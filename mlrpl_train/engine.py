@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlrpl_data.errors import AlreadyExistsError, BadInputError, MlrplError
+from mlrpl_data.errors import AlreadyExistsError, BadInputError, MlrplError, check_interrupt
 from mlrpl_data.fsutil import atomic_write_bytes, atomic_write_text
 from mlrpl_data.manifest import check_fingerprint, read_card
 from mlrpl_data.ownership import MARKER, claim, is_empty, owner, refuse_overlap, remove_owned, sweep_stale
@@ -254,6 +254,7 @@ def train_one_epoch(st: RunState, epoch: int, start_step: int) -> tuple[float, i
     bar = progress_bar(st.batches, f"epoch {epoch + 1}/{cfg.epochs}", "batch", cfg.progress and info.main, start_step)
     losses, bad, t0, seen = [], 0, time.perf_counter(), 0
     for step, batch in zip(range(start_step, st.batches), loader):
+        check_interrupt()
         loss, logs = train_step(st.model, batch, st.optimizer, st.device, epoch, st.global_step, step / st.batches,
                                 uses_fast_path(st.device, str(cfg.precision)))
         if D.broadcast_flag(not math.isfinite(loss), info):
@@ -295,6 +296,7 @@ def predict(core, cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, device, pr
     fast = uses_fast_path(device, str(cfg.precision))
     with progress_bar(math.ceil(n / max(1, info.world * cfg.batch_size)), role, "batch", progress and info.main) as bar:
         for batch in make_loader(stream_config(cfg, spec, info, role), cfg.workers):
+            check_interrupt()
             x = to_device(batch["images"], device, channels_last=fast)
             with autocast(device, fast):
                 logits = core(x)

@@ -369,9 +369,19 @@ def check_readers(samples: int, world: int, workers: int) -> None:
                             f"lower --workers")
 
 
+def _worker_init(_: int) -> None:
+    """A loader worker ignores SIGTERM: Slurm signals every process of a job, and the main process,
+    interrupted, ends its workers itself (a worker killed first would turn the interrupt into a
+    'worker killed' error and a traceback at exit)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(cfg: StreamConfig, workers: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         ShardStream(cfg), batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate,
+        worker_init_fn=_worker_init if workers > 0 else None,
         drop_last=False, persistent_workers=False, pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if workers > 0 else None,
     )
