@@ -21,6 +21,7 @@ from mlrpl_data import __version__
 from mlrpl_data.coco import CocoConfig
 from mlrpl_data.csvlabels import CsvConfig
 from mlrpl_data.digits import DigitsConfig
+from mlrpl_data import errors
 from mlrpl_data.errors import Interrupted, MlrplError, raise_on_sigterm
 from mlrpl_data.lvis import LvisConfig
 from mlrpl_data.masks import MaskConfig, Scheme
@@ -73,6 +74,8 @@ def explain(e: BaseException) -> str | None:
         return f"remote storage refused access ({name}: {one_line(e)}): check the credentials (e.g. AWS_* variables)"
     if "CUDA" in str(e) or "cuda" in name.lower():
         return f"CUDA: {one_line(e)}"
+    if "closed by peer" in str(e) or "Connection reset by peer" in str(e):  # gloo / NCCL: another rank is gone
+        return "another training process (rank) stopped first, so this one cannot go on: its own message says why"
     if "DataLoader worker" in str(e):
         return f"a data loader worker failed: {one_line(e)} (fewer --workers, or more memory)"
     return None
@@ -95,7 +98,7 @@ def friendly(fn):
         except Exception as e:
             if os.environ.get("MLRPL_DEBUG") == "1":
                 raise
-            if worker_terminated(e):
+            if worker_terminated(e) or errors.pending():  # a consequence of the interrupt, not a failure
                 interrupted(15, "")
             line = explain(e)
             if line is None:
@@ -430,9 +433,11 @@ def pull(url: str = typer.Argument(..., help="The published dataset: a folder or
 # ---- training -------------------------------------------------------------------------------------------------------------------
 
 def _launch_torchrun(nproc: int) -> None:
-    """Re-run this very command under torchrun with `nproc` processes (one per GPU)."""
+    """Re-run this very command under torchrun with `nproc` processes (one per GPU). torchrun's agent
+    runs in this process, so a SIGTERM or Ctrl-C reaches the ranks through it (never orphaning them)
+    and its signal or a failed rank ends here: each rank has printed its own line, no traceback."""
+    import logging
     import os
-    import subprocess
 
     if "WORLD_SIZE" in os.environ:
         return
@@ -444,8 +449,21 @@ def _launch_torchrun(nproc: int) -> None:
         if a.startswith("--nproc="):
             del argv[i]
             break
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "mlrpl.cli", *argv]
-    raise typer.Exit(subprocess.call(cmd))
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # the ranks say what happened
+    try:
+        run(parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "mlrpl.cli", *argv]))
+    except SignalException as e:
+        raise typer.Exit(128 + int(e.sigval)) from None
+    except ChildFailedError as e:
+        code = e.get_first_failure()[1].exitcode
+        raise typer.Exit(code if code > 0 else 128 - code) from None
+    raise typer.Exit(0)
 
 
 @command("train", "mlrpl train dsrb /data/mlrpl/coco2014 --masks uniform-p0.30-s0 --out runs/coco-dsrb-p0.3")
@@ -473,8 +491,8 @@ def train(ctx: typer.Context,
         run = run_training(cfg, resume=resume is not None, force=force)
     except KeyboardInterrupt as e:
         raise Interrupted(getattr(e, "signum", 2), resume_hint(str(method), dataset, Path(cfg.out))) from None
-    except RuntimeError as e:
-        if not worker_terminated(e):
+    except Exception as e:
+        if not (worker_terminated(e) or errors.pending()):
             raise
         raise Interrupted(15, resume_hint(str(method), dataset, Path(cfg.out))) from None
     typer.echo(f"{run}: config.json, metrics.csv, tb/, last.pt, best.pt")
@@ -483,14 +501,16 @@ def train(ctx: typer.Context,
 def resume_hint(method: str, dataset: str, run: Path) -> str:
     """After an interrupt: the exact command that continues the run (the same command would refuse
     the existing run), or the same command when nothing was kept."""
+    import os
     import shlex
 
     from mlrpl_train.engine import CHECKPOINT_LAST
 
     if not (run / CHECKPOINT_LAST).is_file():
         return "no checkpoint was written yet: re-run the same command to start again"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     return (f"continue from the last checkpoint with: mlrpl train {method} {shlex.quote(dataset)} "
-            f"--resume {shlex.quote(str(run))}")
+            f"--resume {shlex.quote(str(run))}" + (f" --nproc {world}" if world > 1 else ""))
 
 
 Metric = choices("Metric", "map map_voc", __name__)

@@ -29,6 +29,11 @@ class Interrupted(KeyboardInterrupt):
 _PENDING = [0]  # the signal number of a SIGTERM received (0: none)
 
 
+def pending() -> int:
+    """The signal number of a SIGTERM this process received (0: none)."""
+    return _PENDING[0]
+
+
 def check_interrupt() -> None:
     """Raise Interrupted again if a SIGTERM came: its first raise can land where Python ignores
     exceptions (a fork or __del__ callback); the long loops call this once per step."""

@@ -196,3 +196,20 @@ def test_sigterm_in_every_command_is_one_line_and_leaves_nothing(trained, tmp_pa
     assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file()} == before  # no input changed
     if command != "sweep":  # a sweep keeps its folder and finished runs for the re-run
         assert not o.exists() or list(o.iterdir()) == [], sorted(o.rglob("*"))
+
+
+def test_sigterm_to_a_multi_process_run_reaches_every_rank_and_names_the_resume(tmp_path):
+    d = dataset(tmp_path, n_train=48, size=(40, 30))
+    make_masks(d, MaskConfig(proportions=[0.5]))
+    write_shards(d, ShardConfig(max_samples=8, shard_size=None, progress=False))
+    run = tmp_path / "run"
+    r = term_when(cli("train", "pbce", d, "--masks", "uniform-p0.50-s0", "--backbone", "tiny", "--weights", "none",
+                      "--epochs", "40", "--batch-size", "4", "--image-size", "32", "--workers", "1", "--no-progress",
+                      "--checkpoint-every", "2", "--out", run, "--nproc", "2"), lambda: (run / "last.pt").exists())
+    assert r.returncode == 143, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("epoch ")]
+    hint = (f"interrupted (SIGTERM): finished work is kept, temporary files removed; continue from the last checkpoint "
+            f"with: mlrpl train pbce {d} --resume {run} --nproc 2")
+    peer = "error: another training process (rank) stopped first, so this one cannot go on: its own message says why"
+    # one line from each rank (a rank whose peer ended a moment before its own signal says so), no orphan left
+    assert "Traceback" not in r.stderr and len(lines) == 2 and hint in lines and set(lines) <= {hint, peer}, r.stderr
