@@ -99,7 +99,7 @@ def friendly(fn):
             if os.environ.get("MLRPL_DEBUG") == "1":
                 raise
             if worker_terminated(e) or errors.pending():  # a consequence of the interrupt, not a failure
-                interrupted(15, "")
+                interrupted(errors.pending() or 15, "")
             line = explain(e)
             if line is None:
                 line = (f"unexpected {type(e).__name__}: {one_line(e)} "

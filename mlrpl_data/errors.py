@@ -43,7 +43,7 @@ def check_interrupt() -> None:
 
 def raise_on_sigterm() -> None:
     """From now on SIGTERM raises Interrupted in the main thread of this process (as SIGINT raises
-    KeyboardInterrupt); a forked child (a writer pool, a loader worker) keeps the default: it just ends."""
+    KeyboardInterrupt); a forked child that inherits it (a writer pool) just ends, as by default."""
     import os
     import signal
     import sys
