@@ -21,7 +21,8 @@ from mlrpl_data import __version__
 from mlrpl_data.coco import CocoConfig
 from mlrpl_data.csvlabels import CsvConfig
 from mlrpl_data.digits import DigitsConfig
-from mlrpl_data.errors import MlrplError
+from mlrpl_data import errors
+from mlrpl_data.errors import Interrupted, MlrplError, raise_on_sigterm
 from mlrpl_data.lvis import LvisConfig
 from mlrpl_data.masks import MaskConfig, Scheme
 from mlrpl_data.nuswide import NuswideConfig
@@ -73,14 +74,17 @@ def explain(e: BaseException) -> str | None:
         return f"remote storage refused access ({name}: {one_line(e)}): check the credentials (e.g. AWS_* variables)"
     if "CUDA" in str(e) or "cuda" in name.lower():
         return f"CUDA: {one_line(e)}"
+    if "closed by peer" in str(e) or "Connection reset by peer" in str(e):  # gloo / NCCL: another rank is gone
+        return "another training process (rank) stopped first, so this one cannot go on: its own message says why"
     if "DataLoader worker" in str(e):
         return f"a data loader worker failed: {one_line(e)} (fewer --workers, or more memory)"
     return None
 
 
 def friendly(fn):
-    """Every expected failure is one line on stderr and exit code 1 (130 when interrupted); anything
-    else says it is unexpected, in one line too, unless MLRPL_DEBUG=1 asks for the traceback."""
+    """Every expected failure is one line on stderr and exit code 1; Ctrl-C and SIGTERM one line too,
+    exit 128 + the signal (130, 143); anything else says it is unexpected, in one line too, unless
+    MLRPL_DEBUG=1 asks for the traceback."""
     import os
 
     @functools.wraps(fn)
@@ -89,12 +93,13 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
-        except KeyboardInterrupt:
-            typer.echo("interrupted: finished work is kept; re-run the same command to continue", err=True)
-            raise typer.Exit(130)
+        except KeyboardInterrupt as e:
+            interrupted(getattr(e, "signum", 2), getattr(e, "hint", ""))
         except Exception as e:
             if os.environ.get("MLRPL_DEBUG") == "1":
                 raise
+            if worker_terminated(e) or errors.pending():  # a consequence of the interrupt, not a failure
+                interrupted(errors.pending() or 15, "")
             line = explain(e)
             if line is None:
                 line = (f"unexpected {type(e).__name__}: {one_line(e)} "
@@ -103,6 +108,19 @@ def friendly(fn):
             raise typer.Exit(1)
 
     return wrapper
+
+
+def worker_terminated(e: BaseException) -> bool:
+    """A loader worker got the job's SIGTERM (Slurm signals every process) before its main process did."""
+    return "killed by signal: Terminated" in str(e)
+
+
+def interrupted(signum: int, hint: str) -> None:
+    import signal
+
+    typer.echo(f"interrupted ({signal.Signals(signum).name}): finished work is kept, temporary files removed; "
+               f"{hint or 're-run the same command to continue'}", err=True)
+    raise typer.Exit(128 + signum)
 
 
 def command(name: str, example: str):
@@ -429,9 +447,11 @@ def pull(url: str = typer.Argument(..., help="The published dataset: a folder or
 # ---- training -------------------------------------------------------------------------------------------------------------------
 
 def _launch_torchrun(nproc: int) -> None:
-    """Re-run this very command under torchrun with `nproc` processes (one per GPU)."""
+    """Re-run this very command under torchrun with `nproc` processes (one per GPU). torchrun's agent
+    runs in this process, so a SIGTERM or Ctrl-C reaches the ranks through it (never orphaning them)
+    and its signal or a failed rank ends here: each rank has printed its own line, no traceback."""
+    import logging
     import os
-    import subprocess
 
     if "WORLD_SIZE" in os.environ:
         return
@@ -443,8 +463,21 @@ def _launch_torchrun(nproc: int) -> None:
         if a.startswith("--nproc="):
             del argv[i]
             break
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "mlrpl.cli", *argv]
-    raise typer.Exit(subprocess.call(cmd))
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # the ranks say what happened
+    try:
+        run(parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "mlrpl.cli", *argv]))
+    except SignalException as e:
+        raise typer.Exit(128 + int(e.sigval)) from None
+    except ChildFailedError as e:
+        code = e.get_first_failure()[1].exitcode
+        raise typer.Exit(code if code > 0 else 128 - code) from None
+    raise typer.Exit(0)
 
 
 @command("train", "mlrpl train dsrb /data/mlrpl/coco2014 --masks uniform-p0.30-s0 --out runs/coco-dsrb-p0.3")
@@ -468,9 +501,31 @@ def train(ctx: typer.Context,
         cfg, changed = resume_config(resume, cfg, given_options(ctx))
         for line in changed:
             typer.echo(f"resume: {line}", err=True)
-    run = run_training(cfg, resume=resume is not None, force=force)
+    try:
+        run = run_training(cfg, resume=resume is not None, force=force)
+    except KeyboardInterrupt as e:
+        raise Interrupted(getattr(e, "signum", 2), resume_hint(str(method), dataset, Path(cfg.out))) from None
+    except Exception as e:
+        if not (worker_terminated(e) or errors.pending()):
+            raise
+        raise Interrupted(15, resume_hint(str(method), dataset, Path(cfg.out))) from None
     files = run_files(run)  # what was written, never a list of what might have been
     typer.echo(f"{run}: {', '.join(files)}" + ("" if "best.pt" in files else f" (no best.pt: {missing_best_reason(run)})"))
+
+
+def resume_hint(method: str, dataset: str, run: Path) -> str:
+    """After an interrupt: the exact command that continues the run (the same command would refuse
+    the existing run), or the same command when nothing was kept."""
+    import os
+    import shlex
+
+    from mlrpl_train.engine import CHECKPOINT_LAST
+
+    if not (run / CHECKPOINT_LAST).is_file():
+        return "no checkpoint was written yet: re-run the same command to start again"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (f"continue from the last checkpoint with: mlrpl train {method} {shlex.quote(dataset)} "
+            f"--resume {shlex.quote(str(run))}" + (f" --nproc {world}" if world > 1 else ""))
 
 
 Metric = choices("Metric", "map map_voc", __name__)
@@ -635,6 +690,7 @@ def demo(out: Path = typer.Option(Path("mlrpl-demo"), help="Working folder for t
 
 
 def main() -> None:
+    raise_on_sigterm()  # Slurm's time limit and `docker stop` are handled as Ctrl-C is
     app(prog_name="mlrpl")
 
 

@@ -353,7 +353,7 @@ def read_manifest(url: str | Path, verify: bool = True) -> Manifest:
     if c != card["num_classes"]:
         raise BadInputError(f"{where}: {CATEGORIES_PARQUET} has {c} classes, {DATASET_JSON} says {card['num_classes']}")
     labels = labels_from_arrow(imgs.column("labels"), c, f"{where}/{IMAGES_PARQUET}")
-    images = imgs.select(["key", "split", "path", "width", "height"]).to_pandas()
+    images = imgs.select(["key", "split", "path", "width", "height"]).to_pandas(use_threads=False)  # threads abort exits
     known = {"name", "version", "schema_version", "fingerprint", "num_classes", "counts", "sources", "options", "root",
              "mlrpl_version"}
     m = Manifest(

@@ -30,6 +30,7 @@ from .progress import progress_bar
 from .readers import MissingFileError, file_size, join, open_binary, read_bytes
 from .shards import INDEX, SHARDS_DIR, ShardSplit
 from .ownership import releasing
+from .timeouts import describe
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -183,14 +184,17 @@ def _fetch_all(url: str, out: Path, todo: list[Wanted], jobs: int, bar) -> None:
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
         futures = [pool.submit(_fetch, join(url, *w.path.split("/")), out / w.path, w, bar, stop) for w in todo]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in futures if f.done() and f.exception() is not None]
-        if failed:
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f.done() and f.exception() is not None]
+            if failed:
+                raise failed[0].exception()
+        except BaseException:  # a failed file, Ctrl-C or SIGTERM: the other transfers stop and remove their temporaries
             stop.set()
             for f in futures:
                 f.cancel()
             wait(futures)
-            raise failed[0].exception()
+            raise
 
 
 def _fetch(src: str, dest: Path, w: Wanted, bar, stop: threading.Event) -> None:
@@ -202,6 +206,8 @@ def _fetch(src: str, dest: Path, w: Wanted, bar, stop: threading.Event) -> None:
     counted = [0]
 
     def once() -> None:
+        if stop.is_set():  # stopped while waiting to retry
+            raise PullError(f"{src}: stopped (another file failed, or the pull was interrupted)")
         bar.update(-counted[0])  # a retry counts its bytes again
         counted[0] = 0
         h = hashlib.sha256()
@@ -210,7 +216,7 @@ def _fetch(src: str, dest: Path, w: Wanted, bar, stop: threading.Event) -> None:
             with open_binary(src) as f, open(tmp, "wb") as t:
                 while chunk := f.read(CHUNK):
                     if stop.is_set():
-                        raise PullError(f"{src}: stopped (another file failed)")
+                        raise PullError(f"{src}: stopped (another file failed, or the pull was interrupted)")
                     if counted[0] + len(chunk) > w.bytes:
                         raise retry.Corrupted(f"{src}: more than the {w.bytes:,} bytes the listing says")
                     h.update(chunk)
@@ -231,7 +237,7 @@ def _fetch(src: str, dest: Path, w: Wanted, bar, stop: threading.Event) -> None:
         raise
     except Exception as e:
         tmp.unlink(missing_ok=True)
-        what = f"altered in transit: {e}" if isinstance(e, retry.Corrupted) else f"{type(e).__name__}: {e}"
+        what = f"altered in transit: {e}" if isinstance(e, retry.Corrupted) else describe(e)
         raise PullError(f"{src}: could not be fetched whole after {retry.attempts()} tries ({what}); "
                         f"re-run mlrpl pull to resume") from None
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import BadInputError, MlrplError
 from .retry import with_retries
+from .timeouts import describe
 
 MiB = 2**20
 JSON_LIMIT = 256 * MiB
@@ -53,7 +54,9 @@ def local_path(url: str) -> str:
 def _fs(url: str):
     import fsspec
 
-    return fsspec.core.url_to_fs(str(url))
+    from .timeouts import storage_options
+
+    return fsspec.core.url_to_fs(str(url), **storage_options(url))  # every remote read bounded in time
 
 
 def file_size(url: str) -> int:
@@ -79,7 +82,7 @@ def file_size(url: str) -> int:
             raise RemoteAccessError(f"{url}: cannot reach the server ({_unreachable(e)})") from None
         raise MissingFileError(f"{url}: not found") from None
     except Exception as e:  # credentials, DNS, refused connections: each store raises its own types
-        raise RemoteAccessError(f"{url}: cannot reach it ({type(e).__name__}: {e})") from None
+        raise RemoteAccessError(f"{url}: cannot reach it ({describe(e)})") from None
     if info.get("type") not in ("file", None):
         raise BadInputError(f"{url}: is a {info.get('type')}, not a file")
     size = info.get("size")
@@ -93,8 +96,8 @@ def _unreachable(e: BaseException) -> str | None:
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, ConnectionError) or "Connect" in type(e).__name__:
-            return f"{type(e).__name__}: {e}"
+        if isinstance(e, (ConnectionError, TimeoutError)) or any(n in type(e).__name__ for n in ("Connect", "Timeout")):
+            return describe(e)  # a server that never answered is unreachable, not a missing file
         e = e.__cause__ or e.__context__
     return None
 
@@ -104,7 +107,9 @@ def open_binary(url: str):
     if is_remote(url):
         import fsspec
 
-        return fsspec.open(url, "rb").open()
+        from .timeouts import storage_options
+
+        return fsspec.open(url, "rb", **storage_options(url)).open()
     return open(local_path(url), "rb")
 
 
@@ -123,7 +128,7 @@ def read_bytes(url: str, limit: int) -> bytes:
         except FileNotFoundError:
             raise MissingFileError(f"{url}: not found") from None
         except Exception as e:
-            raise RemoteAccessError(f"{url}: read failed ({type(e).__name__}: {e})") from None
+            raise RemoteAccessError(f"{url}: read failed ({describe(e)})") from None
     if len(data) > limit:
         raise BadInputError(f"{url}: grew past {limit:,} bytes while being read")
     return data

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import __version__
-from .errors import BadInputError
+from .errors import BadInputError, check_interrupt
 from .fsutil import atomic_write_bytes, sha256_file
 from .images import BadImageError, probe, reencode
 from .manifest import Manifest, read_manifest
@@ -296,6 +296,7 @@ def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
     try:
         if cfg.workers <= 1 or len(todo) <= 1:
             for job in jobs:
+                check_interrupt()
                 rec = write_shard(job)
                 written.append(rec["name"])
                 bar.update(len(job.samples))
@@ -303,10 +304,16 @@ def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
             import multiprocessing as mp
 
             ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            with ctx.Pool(cfg.workers) as pool:
-                for rec in pool.imap_unordered(write_shard, jobs):
-                    written.append(rec["name"])
-                    bar.update(rec["samples"] + len(rec["skipped"]))
+            try:
+                with ctx.Pool(cfg.workers) as pool:
+                    for rec in pool.imap_unordered(write_shard, jobs):
+                        check_interrupt()
+                        written.append(rec["name"])
+                        bar.update(rec["samples"] + len(rec["skipped"]))
+            except BaseException:  # the pool is terminated: its workers' half-written shards go now, not next run
+                sweep_stale(out_dir)
+                sweep_stale(out_dir / RECORDS_DIR)
+                raise
     finally:
         bar.close()
     complete = all(_matching_record(out_dir, p, check_bytes=False) for p in plans)

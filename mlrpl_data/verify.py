@@ -192,8 +192,10 @@ def _mask_names(url: str) -> list[str]:
         from pathlib import Path
 
         return sorted(p.name[: -len(".json")] for p in Path(local_path(url), MASKS_DIR).glob("*.json"))
+    from .timeouts import storage_options
+
     try:
-        fs, path = fsspec.core.url_to_fs(join(url, MASKS_DIR))
+        fs, path = fsspec.core.url_to_fs(join(url, MASKS_DIR), **storage_options(url))
         found = fs.glob(f"{path}/*.json")
     except Exception:  # no listing: nothing to check here (masks are checked again when read)
         return []

@@ -43,6 +43,17 @@ class DataSpec:
     partial: dict[str, np.ndarray] | None = None  # key -> partial labels of the mask (training)
     mask_name: str | None = None
     val_keys: frozenset[str] = frozenset()  # training keys held out for choosing best.pt
+    train_counts: list[int] | None = None  # samples per shard (index.json), as train_urls
+    test_counts: list[int] | None = None
+    train_held: list[int] | None = None  # held-out keys per train shard (None: not known, an older index)
+
+    def fit_counts(self) -> tuple[list[int] | None, int]:
+        """(samples per train shard the model learns from, how many of those may yet be held out)."""
+        if not self.val_keys or self.train_counts is None:
+            return self.train_counts, 0
+        if self.train_held is not None:
+            return [c - h for c, h in zip(self.train_counts, self.train_held)], 0
+        return self.train_counts, len(self.val_keys)
 
     @property
     def fit_samples(self) -> int:
@@ -71,7 +82,7 @@ def resolve_data(dataset: str, mask: str | None, val_fraction: float = 0.0) -> D
     `val_fraction` > 0, hold out that fraction of its keys for validation."""
     dataset = str(dataset)
     card = read_card(dataset)
-    read_manifest(dataset)  # the manifest itself intact (fingerprint, rows); cheap next to training
+    manifest = read_manifest(dataset)  # the manifest itself intact (fingerprint, rows); cheap next to training
     index = read_index(dataset)
     where = f"{dataset.rstrip('/')}/shards/index.json"
     check_fingerprint(index["fingerprint"], card["fingerprint"], where, "rebuild the shards (mlrpl write-shards)")
@@ -91,11 +102,40 @@ def resolve_data(dataset: str, mask: str | None, val_fraction: float = 0.0) -> D
                                 f"split (mlrpl make-masks {dataset} --split train)")
         partial = {k: row for k, row in zip(m.keys, m.labels)}
     splits = index.get("splits", {})
-    return DataSpec(dataset=dataset, fingerprint=card["fingerprint"], num_classes=int(card["num_classes"]),
+    val_keys = validation_keys(partial, val_fraction) if partial else frozenset()
+    counts = {sp: [s["samples"] for s in index["shards"] if s["split"] == sp] for sp in ("train", "test")}
+    return DataSpec(train_counts=counts["train"], test_counts=counts["test"],
+                    train_held=held_out_per_shard(manifest, index, val_keys) if val_keys else None,
+                    dataset=dataset, fingerprint=card["fingerprint"], num_classes=int(card["num_classes"]),
                     class_names=read_class_names(dataset), train_urls=shard_urls(dataset, "train", index),
                     test_urls=shard_urls(dataset, "test", index), train_samples=int(splits.get("train", 0)),
                     test_samples=int(splits.get("test", 0)), partial=partial, mask_name=mask,
-                    val_keys=validation_keys(partial, val_fraction) if partial else frozenset())
+                    val_keys=val_keys)
+
+
+def held_out_per_shard(m, index: dict, held: frozenset[str]) -> list[int] | None:
+    """Held-out keys in each train shard, from index.json alone: a shard holds the keys from its
+    first to its last in write-shards' fixed order, less the skipped ones (None when the index does
+    not say: an older one without first/last keys, or counts that do not add up)."""
+    from mlrpl_data.shards import sample_order
+
+    keys = m.keys[m.split_rows("train")]
+    order = keys[sample_order(keys, m.fingerprint)]
+    pos = {str(k): i for i, k in enumerate(order)}
+    skipped = {s.get("key") for s in index["skipped"] if isinstance(s, dict)}
+    out = []
+    for s in (s for s in index["shards"] if s["split"] == "train"):
+        if s["samples"] == 0:
+            out.append(0)
+            continue
+        a, b = pos.get(str(s.get("first_key"))), pos.get(str(s.get("last_key")))
+        if a is None or b is None or b < a:
+            return None
+        mine = [str(k) for k in order[a:b + 1] if str(k) not in skipped]
+        if len(mine) != s["samples"]:
+            return None
+        out.append(sum(k in held for k in mine))
+    return out
 
 
 def dataloader(dataset: str, mask: str | None = None, split: str = "train", batch_size: int = 32,
@@ -112,5 +152,6 @@ def dataloader(dataset: str, mask: str | None = None, split: str = "train", batc
     spec = resolve_data(dataset, mask if split == "train" else None)
     sc = StreamConfig(urls=spec.train_urls if split == "train" else spec.test_urls, num_classes=spec.num_classes,
                       train=False, image_size=image_size, batch_size=batch_size, seed=seed, partial=spec.partial,
+                      counts=spec.train_counts if split == "train" else spec.test_counts,
                       augment=split == "train" if augment is None else augment)
     return make_loader(sc, workers)

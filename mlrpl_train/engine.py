@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlrpl_data.errors import AlreadyExistsError, BadInputError, MlrplError
+from mlrpl_data.errors import AlreadyExistsError, BadInputError, MlrplError, check_interrupt
 from mlrpl_data.fsutil import atomic_copy, atomic_write_bytes, atomic_write_text, atomic_write_with, check_sealed
 from mlrpl_data.manifest import check_fingerprint, read_card
 from mlrpl_data.ownership import (MARKER, claim, claim_file, made_here, owner, parquet_kind, refuse_overlap, releasing,
@@ -31,7 +31,7 @@ from mlrpl_data.progress import progress_bar
 from . import dist as D
 from .data import DataSpec, resolve_data
 from .device import autocast, pick_device, to_device, uses_fast_path
-from .loader import StreamConfig, batches_per_epoch, make_loader
+from .loader import StreamConfig, batches_per_epoch, check_readers, make_loader
 from .memory import process_peak_mb
 from .metrics import evaluate_scores
 from .model.factory import build_model
@@ -277,7 +277,9 @@ def stream_config(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, role: str,
     """The stream of a role: "train" (augmented, cycling, without the validation images), "val" (the
     held-out training images, each once, with their partial labels), "test" (each test image once)."""
     train = role == "train"
-    return StreamConfig(urls=spec.test_urls if role == "test" else spec.train_urls, num_classes=spec.num_classes,
+    counts, unsure = (spec.test_counts, 0) if role == "test" else spec.fit_counts() if train else (
+        spec.train_held if spec.train_held is not None else spec.train_counts, 0)
+    return StreamConfig(counts=counts, unsure=unsure, urls=spec.test_urls if role == "test" else spec.train_urls, num_classes=spec.num_classes,
                         train=train, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
                         rank=info.rank, world=info.world, shuffle_buffer=cfg.shuffle_buffer, skip_batches=skip,
                         on_bad_sample=str(cfg.on_bad_sample), partial=None if role == "test" else spec.partial,
@@ -351,6 +353,7 @@ def train_one_epoch(st: RunState, epoch: int, start_step: int) -> tuple[float, i
         st.epoch_losses, st.epoch_bad = [], 0
     losses, t0, seen = st.epoch_losses, time.perf_counter(), 0
     for step, batch in zip(range(start_step, st.batches), loader):
+        check_interrupt()
         loss, logs = train_step(st.model, batch, st.optimizer, st.device, epoch, st.global_step, step / st.batches,
                                 uses_fast_path(st.device, str(cfg.precision)))
         if D.broadcast_flag(not math.isfinite(loss), info):
@@ -396,6 +399,7 @@ def predict(core, cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, device, pr
         # at most one loader process per batch: --workers 64 on 12 test images starts 2, not 64
         workers = min(int(cfg.workers), math.ceil(n / max(1, info.world * cfg.batch_size)))
         for batch in make_loader(stream_config(cfg, spec, info, role), workers):
+            check_interrupt()
             x = to_device(batch["images"], device, channels_last=fast)
             with autocast(device, fast):
                 logits = core(x)
@@ -469,6 +473,9 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     torch.manual_seed(cfg.seed)
     device = pick_device(str(cfg.device), info.local_rank)  # before anything is written
     spec = resolve_data(cfg.dataset, cfg.masks, cfg.val_fraction)
+    # decided from index.json on every rank alike, before anything is written: no rank waits on another
+    batches = batches_per_epoch(spec.fit_samples, info.world, cfg.batch_size, len(spec.val_keys))
+    check_readers(spec.fit_samples, info.world, cfg.workers)
     run = Path(cfg.out) if resume else prepare_run_dir(cfg, spec, force, info.main)
     if resume and info.main:
         sweep_stale(run)  # a checkpoint half-written when the run was killed
@@ -480,7 +487,7 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=0.1)
     st = RunState(cfg=cfg, spec=spec, info=info, device=device, run=run, core=core, model=core, optimizer=optimizer,
-                  scheduler=scheduler, batches=batches_per_epoch(spec.fit_samples, info.world, cfg.batch_size, len(spec.val_keys)),
+                  scheduler=scheduler, batches=batches,
                   selection=selection_rule(cfg, spec))
     check_batch_of_one(core, cfg)
     st.workers = training_workers(cfg, st.batches, info)
@@ -526,6 +533,15 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
 
 def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Path:
     st = _start(cfg, info, resume, force)
+    try:
+        return _epochs(st, cfg, info)
+    except BaseException:  # an error or an interrupt: the event writer's thread must not outlive the run
+        if st.writer:
+            st.writer.close()
+        raise
+
+
+def _epochs(st: RunState, cfg: TrainConfig, info: D.DistInfo) -> Path:
     metrics, trained = None, False  # a resumed run that had already finished trains no epoch
     for epoch in range(st.epoch, cfg.epochs):
         start_step = st.step if epoch == st.epoch else 0
@@ -641,6 +657,7 @@ def _prototype_loader(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, epoch:
     prototypes: the authors compute them by iterating their training loader."""
     sc = stream_config(cfg, spec, info, "test", epoch=epoch)
     sc.urls, sc.partial, sc.augment, sc.exclude = spec.train_urls, spec.partial, True, spec.val_keys
+    sc.counts, sc.unsure = spec.fit_counts()
     return make_loader(sc, cfg.workers)
 
 

@@ -61,6 +61,8 @@ class StreamConfig:
     augment: bool | None = None  # training augmentation; None: as `train` (prototypes: a single augmented pass)
     only: frozenset[str] | None = None  # keep these keys only (the validation stream)
     exclude: frozenset[str] = frozenset()  # drop these keys (the training stream drops the validation ones)
+    counts: list[int] | None = None  # samples each shard gives this stream (index.json's, less held-out keys)
+    unsure: int = 0  # samples of a share that may yet be dropped (held-out keys in unknown shards)
 
     @property
     def augmented(self) -> bool:
@@ -69,16 +71,41 @@ class StreamConfig:
 
 # ---- stage 1: which shards / which samples are mine -------------------------------------------
 
-def my_share(urls: list[str], rank: int, world: int, worker: int, workers: int) -> tuple[list[str], int, int]:
-    """(urls to read, sample stride, sample offset) for one worker of one rank.
+def deal(counts: list[int], readers: int, unsure: int = 0) -> list[tuple[list[int], int, int]]:
+    """Who reads what, decided from the samples per shard (index.json's counts) alone, so every rank
+    deals the same: for each of `readers` (rank x worker) slots, (shard indices, stride, offset).
 
-    With at least one shard per (rank, worker), shards are dealt out round-robin; with fewer,
-    every worker reads all shards and keeps every k-th sample, so no sample is read twice.
+    Non-empty shards are dealt whole, largest first to the least loaded reader, when every reader
+    then gets at least half an even share (and more than `unsure` samples: the most of a share that
+    may yet be dropped, e.g. held-out validation keys whose shard is unknown). Otherwise every reader
+    reads all non-empty shards and keeps every `readers`-th sample: shares within one sample of even.
+    An empty shard is never dealt, so no reader is left with nothing while another has samples.
     """
-    k, g = world * workers, rank * workers + worker
-    if len(urls) >= k:
-        return urls[g::k], 1, 0
-    return urls, k, g
+    full = [i for i, c in enumerate(counts) if c > 0]
+    total, load, dealt = sum(counts[i] for i in full), [0] * readers, [[] for _ in range(readers)]
+    for i in sorted(full, key=lambda i: (-counts[i], i)):
+        g = min(range(readers), key=lambda r: (load[r], r))
+        load[g] += counts[i]
+        dealt[g].append(i)
+    if min(load) > unsure and 2 * min(load) * readers >= total:
+        return [(sorted(d), 1, 0) for d in dealt]
+    return [(full, readers, g) for g in range(readers)]
+
+
+def share_sizes(counts: list[int], readers: int, unsure: int = 0) -> list[int]:
+    """Samples each reader gets under `deal` (before `unsure` ones are dropped)."""
+    total = sum(c for c in counts if c > 0)
+    return [sum(counts[i] for i in idx) if stride == 1 else len(range(off, total, stride))
+            for idx, stride, off in deal(counts, readers, unsure)]
+
+
+def my_share(urls: list[str], rank: int, world: int, worker: int, workers: int,
+             counts: list[int] | None = None, unsure: int = 0) -> tuple[list[str], int, int]:
+    """(urls to read, sample stride, sample offset) for one worker of one rank (see `deal`; without
+    counts every shard counts as one sample)."""
+    idx, stride, offset = deal(list(counts) if counts is not None else [1] * len(urls), world * workers,
+                               unsure)[rank * workers + worker]
+    return [urls[i] for i in idx], stride, offset
 
 
 # ---- stage 2: tar members -> raw samples ----------------------------------------------------------
@@ -94,6 +121,7 @@ def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
 
     from mlrpl_data import retry
     from mlrpl_data.readers import file_size, is_remote
+    from mlrpl_data.timeouts import describe
 
     for url in urls:
         try:
@@ -111,7 +139,7 @@ def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
             except Exception as e:
                 cut_short = isinstance(e, (tarfile.TarError, EOFError))  # a body that ended early, remotely
                 if not retry.read_again(e, attempt, tries, cut_short):
-                    raise ShardReadError(f"{url}: cannot read shard ({type(e).__name__}: {e})"
+                    raise ShardReadError(f"{url}: cannot read shard ({describe(e)})"
                                          + (f" after {tries} tries" if tries > 1 else "")) from None
                 time.sleep(retry.delay(attempt))
 
@@ -278,14 +306,14 @@ class ShardStream(torch.utils.data.IterableDataset):
             # batches, batch k comes from worker 0 but was made by worker k % W: so worker w plays
             # the logical worker (w + k) % W, and skips that worker's share of the first k batches.
             worker = (worker + cfg.skip_batches) % workers
-        urls, stride, offset = my_share(cfg.urls, cfg.rank, cfg.world, worker, workers)
+        urls, stride, offset = my_share(cfg.urls, cfg.rank, cfg.world, worker, workers, cfg.counts, cfg.unsure)
         counter = [0]
         if cfg.train:
             raw = self._cycle(urls, stride, offset, worker)
             mine = len(range(worker, cfg.skip_batches, workers))
             raw = skip(raw, mine * cfg.batch_size)
         else:
-            raw = select_keys(take_every(read_samples(urls), stride, offset), cfg.only, cfg.exclude)
+            raw = take_every(select_keys(read_samples(urls), cfg.only, cfg.exclude), stride, offset)
         stream = augment(join_partial(decode(raw, cfg, counter), cfg.partial, cfg, counter), cfg)
         for s in stream:
             s["bad"] = counter[0]
@@ -299,8 +327,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         for p in range(10**9):
             rng = random.Random(f"{cfg.seed}:{cfg.epoch}:{cfg.rank}:{worker}:{p}")
             order = list(urls)
-            rng.shuffle(order)
-            mine = select_keys(take_every(read_samples(order), stride, offset), cfg.only, cfg.exclude)
+            # readers that stride through the same shards must see them in the same order, or they overlap
+            (rng if stride == 1 else random.Random(f"{cfg.seed}:{cfg.epoch}:{p}")).shuffle(order)
+            mine = take_every(select_keys(read_samples(order), cfg.only, cfg.exclude), stride, offset)
             n = 0
             for s in shuffle(mine, cfg.shuffle_buffer, rng):
                 n += 1
@@ -330,9 +359,29 @@ def batches_per_epoch(samples: int, world: int, batch_size: int, held_out: int =
     return n
 
 
+def check_readers(samples: int, world: int, workers: int) -> None:
+    """Every rank x loader worker must get a sample to train on (`deal` gives each one when there are
+    at least as many samples as readers), or a rank would end its epoch early and the others wait."""
+    readers = world * max(1, workers)
+    if samples < readers:
+        raise BadInputError(f"{samples} training samples cannot feed {world} rank{'s' if world > 1 else ''} x "
+                            f"{max(1, workers)} loader worker(s) = {readers} readers, one sample each at least: "
+                            f"lower --workers")
+
+
+def _worker_init(_: int) -> None:
+    """A loader worker ignores SIGTERM: Slurm signals every process of a job, and the main process,
+    interrupted, ends its workers itself (a worker killed first would turn the interrupt into a
+    'worker killed' error and a traceback at exit)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(cfg: StreamConfig, workers: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         ShardStream(cfg), batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate,
+        worker_init_fn=_worker_init if workers > 0 else None,
         drop_last=cfg.train, persistent_workers=False,  # never a short training batch (BatchNorm)
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if workers > 0 else None,

@@ -510,28 +510,6 @@ def cases(w: dict[str, Path], outs: Path) -> list[Case]:
     add("train-resume-config-edited-mask", "train", "pbce", d, "--resume",
         edited_run("config-edited-mask", masks="uniform-p0.30-s0-test"))
     add("train-batch-size-1", *train, *tiny, "--batch-size", "1")
-    return c
-
-
-def _image_files(folder: Path) -> Path:
-    """Damaged images (cut JPEG and PNG, an HTML page named .jpg) and a broken dataset under a name
-    with '::' and '#'."""
-    from PIL import Image
-
-    if folder.is_dir():
-        return folder
-    (folder / "page").mkdir(parents=True)
-    (folder / "ds::x #1").mkdir()
-    Image.new("RGB", (20, 12), (40, 90, 10)).save(folder / "good.jpg")
-    for name, fmt in (("cut.jpg", "JPEG"), ("cut.png", "PNG")):
-        Image.new("RGB", (20, 12), (40, 90, 10)).save(folder / name, fmt)
-        data = (folder / name).read_bytes()
-        (folder / name).write_bytes(data[: len(data) * 2 // 3])
-    (folder / "page" / "404.jpg").write_text("<html><body>404 Not Found</body></html>\n")
-    Image.new("RGB", (20, 12), (40, 90, 10)).save(folder / "page" / "good.jpg")
-    (folder / "page" / "labels.csv").write_text("path,split,cat\ngood.jpg,test,1\n404.jpg,train,1\n")
-    (folder / "ds::x #1" / "dataset.json").write_text("{not json")
-    return folder
     # files a command writes (checkpoints, exports, predictions, scores): never onto an input, never a
     # foreign file, and a model file with one flipped byte is refused
     flipped = _flipped_run(w)
@@ -560,7 +538,39 @@ def _image_files(folder: Path) -> Path:
             ("export-flipped-byte", "export", flipped, "--out", f"{o}/m.pt"),
             ("resume-flipped-byte", "train", "pbce", d, "--resume", flipped, "--epochs", "2", "--no-progress")):
         add(f"files-{id_}", *args)
+    # processes, servers and signals (fix-net): a server that never answers, nonsense time limits, more
+    # loader readers than samples
+    silent = f"http://127.0.0.1:{_silent_port()}/ds"
+    quick = {"MLRPL_TIMEOUT": "1", "MLRPL_RETRIES": "1"}
+    add("net-pull-silent-server", "pull", silent, o, "--no-progress", env=quick)
+    add("net-verify-silent-server", "verify", silent, "--no-progress", env=quick)
+    add("net-train-silent-server", "train", "pbce", silent, "--masks", "uniform-p0.50-s0", "--out", o, *tiny, env=quick)
+    add("net-pull-timeout-0", "pull", silent, o, "--no-progress", env={"MLRPL_TIMEOUT": "0"})
+    add("net-verify-timeout-text", "verify", silent, env={"MLRPL_TIMEOUT": "soon"})
+    add("net-pull-min-bytes-neg", "pull", silent, o, "--no-progress", env={"MLRPL_MIN_BYTES": "-5"})
+    add("net-train-workers-beyond-samples", *train, *tiny, "--workers", "64")
     return c
+
+
+def _image_files(folder: Path) -> Path:
+    """Damaged images (cut JPEG and PNG, an HTML page named .jpg) and a broken dataset under a name
+    with '::' and '#'."""
+    from PIL import Image
+
+    if folder.is_dir():
+        return folder
+    (folder / "page").mkdir(parents=True)
+    (folder / "ds::x #1").mkdir()
+    Image.new("RGB", (20, 12), (40, 90, 10)).save(folder / "good.jpg")
+    for name, fmt in (("cut.jpg", "JPEG"), ("cut.png", "PNG")):
+        Image.new("RGB", (20, 12), (40, 90, 10)).save(folder / name, fmt)
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) * 2 // 3])
+    (folder / "page" / "404.jpg").write_text("<html><body>404 Not Found</body></html>\n")
+    Image.new("RGB", (20, 12), (40, 90, 10)).save(folder / "page" / "good.jpg")
+    (folder / "page" / "labels.csv").write_text("path,split,cat\ngood.jpg,test,1\n404.jpg,train,1\n")
+    (folder / "ds::x #1" / "dataset.json").write_text("{not json")
+    return folder
 
 
 def _flipped_run(w: dict[str, Path]) -> Path:
@@ -572,6 +582,21 @@ def _flipped_run(w: dict[str, Path]) -> Path:
         data[len(data) // 2] ^= 1
         (x / "last.pt").write_bytes(bytes(data))
     return x
+
+
+_SILENT = None
+
+
+def _silent_port() -> int:
+    """A port on 127.0.0.1 that accepts connections (the kernel does) and never answers a byte."""
+    global _SILENT
+    if _SILENT is None:
+        import socket
+
+        _SILENT = socket.socket()
+        _SILENT.bind(("127.0.0.1", 0))
+        _SILENT.listen(64)
+    return _SILENT.getsockname()[1]
 
 
 # ---- running one ---------------------------------------------------------------------------------------------------

@@ -235,3 +235,45 @@ def test_best_pt_follows_the_selection_rule_and_nothing_else(data, tmp_path, mon
     table = format_metrics(m)
     assert f"epoch {best_epoch} of 3" in table and ckpt["selection"] in table
     assert "mAP, plain AP (= scikit-learn)" in table and "mAP, VOC-interpolated (published code)" in table
+
+
+def test_held_out_keys_per_shard_come_from_the_index_and_match_the_shards(data):
+    import tarfile
+
+    from mlrpl_train.data import resolve_data
+
+    spec = resolve_data(str(data), "uniform-p0.50-s0", val_fraction=0.3)
+    truth = []
+    for url in spec.train_urls:
+        with tarfile.open(url) as t:
+            truth.append(sum(m.name[:-5] in spec.val_keys for m in t.getmembers() if m.name.endswith(".json")))
+    assert spec.train_held == truth and sum(truth) == len(spec.val_keys) > 0
+    assert spec.fit_counts() == ([c - h for c, h in zip(spec.train_counts, truth)], 0)
+
+
+@pytest.fixture(scope="module")
+def empty_shard_data(tmp_path_factory):
+    """41 training images in shards of 40: the second shard's one image is corrupt and skipped, so
+    train-000001.tar holds no sample (the layout that left a rank with nothing to train on)."""
+    from mlrpl_data.shards import ShardConfig, read_index, write_shards
+
+    d = tiny_training_set(tmp_path_factory.mktemp("empty"), n_train=41, n_test=12, max_samples=40)
+    index = read_index(str(d))
+    lone = next(s["first_key"] for s in index["shards"] if s["name"] == "train-000001.tar")
+    (d.parent / "raw" / "train2014" / f"COCO_train2014_{int(lone.rsplit('_', 1)[1]):012d}.jpg").write_bytes(b"not a jpeg")
+    write_shards(d, ShardConfig(split="all", shard_size=None, max_samples=40, progress=False, on_bad_image="skip"))
+    assert [s["samples"] for s in read_index(str(d))["shards"] if s["split"] == "train"] == [40, 0]
+    return d
+
+
+def test_two_processes_with_an_empty_shard_train_on_equal_shares(empty_shard_data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mlrpl.cli", "train",
+           "pbce", str(empty_shard_data), "--masks", "uniform-p0.50-s0", "--backbone", "tiny", "--weights", "none",
+           "--freeze", "none", "--epochs", "1", "--batch-size", "4", "--image-size", "32", "--workers", "1",
+           "--val-fraction", "0", "--out", str(out), "--no-progress"]
+    r = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "metrics_last.json").read_text())["keys_evaluated"] == 12
+    assert load_checkpoint(out / "last.pt")["global_step"] == 5  # 40 samples // (2 ranks x 4): 5 batches on each rank

@@ -217,3 +217,65 @@ def test_one_epoch_is_counted_in_samples_and_sees_each_once(data):
     assert n == spec.train_samples // 4
     keys = [k for b in take(cfg_for(spec, True), 0, n) for k in b]
     assert sorted(keys) == sorted(spec.partial)  # every training image once, none twice
+
+
+def samples_of(counts, readers, unsure=0):
+    """The (shard, position) pairs each reader of `deal` reads, simulated from the counts alone."""
+    from mlrpl_train.loader import deal
+
+    everything = [(i, j) for i, c in enumerate(counts) for j in range(c)]
+    out = []
+    for idx, stride, offset in deal(counts, readers, unsure):
+        stream = [(i, j) for i in idx for j in range(counts[i])]
+        out.append(stream[offset::stride])
+    return everything, out
+
+
+def test_deal_gives_every_reader_samples_each_once_over_many_layouts():
+    rng = random.Random(0)
+    layouts = [[7, 0], [0, 7], [1, 0, 0, 1], [5, 1, 1, 1, 4], [100, 1, 1], [3, 3, 3, 0, 0, 0]]
+    layouts += [[rng.choice([0, 0, 1, 2, 7, 40]) for _ in range(rng.randint(1, 12))] for _ in range(300)]
+    for counts in layouts:
+        for readers in range(1, 9):
+            everything, shares = samples_of(counts, readers)
+            got = [s for share in shares for s in share]
+            assert sorted(got) == everything, (counts, readers)  # each sample read once, by one reader
+            total = len(everything)
+            if total >= readers:
+                sizes = [len(s) for s in shares]
+                assert min(sizes) >= 1 and 2 * min(sizes) * readers >= total, (counts, readers, sizes)
+
+
+def test_deal_values_for_an_empty_shard_and_uneven_shards():
+    from mlrpl_train.loader import deal, share_sizes
+
+    # the issue's layout: 2 ranks, rank 1's only shard empty (its image skipped): both stride the full shard
+    assert deal([7, 0], 2) == [([0], 2, 0), ([0], 2, 1)] and share_sizes([7, 0], 2) == [4, 3]
+    assert deal([5, 1, 1, 1, 4], 2) == [([0, 2], 1, 0), ([1, 3, 4], 1, 0)]  # largest first: 6 and 6 samples
+    assert deal([100, 1, 1], 2) == [([0, 1, 2], 2, 0), ([0, 1, 2], 2, 1)]  # 100 vs 2 dealt whole: stride instead
+    assert deal([1] * 5, 4) == [([0, 4], 1, 0), ([1], 1, 0), ([2], 1, 0), ([3], 1, 0)]  # equal counts: round-robin
+    assert deal([4, 4], 2, unsure=4)[0][1] == 2  # a share that held-out keys might empty is not dealt whole
+
+
+def test_striding_readers_split_the_training_stream_without_overlap(data):
+    from mlrpl_train.loader import share_sizes
+
+    spec = resolve_data(str(data), "uniform-p0.50-s0")
+    urls, counts = spec.train_urls[:2], spec.train_counts[:2]  # 2 shards, 4 ranks: every rank strides both
+    firsts = []
+    for rank in range(4):
+        n = share_sizes(counts, 4)[rank]
+        firsts.append([k for b in take(cfg_for(spec, True, urls=urls, rank=rank, world=4, batch_size=1,
+                                               counts=counts), 0, n) for k in b])
+    keys = [k for f in firsts for k in f]
+    assert len(keys) == sum(counts) and len(set(keys)) == sum(counts)  # one pass of each rank: every sample once
+
+
+def test_too_many_readers_refused_in_one_line():
+    from mlrpl_data.errors import BadInputError
+    from mlrpl_train.loader import check_readers
+
+    check_readers(8, 2, 4)
+    with pytest.raises(BadInputError, match=r"^7 training samples cannot feed 2 ranks x 4 loader worker\(s\) = 8 "
+                                            r"readers, one sample each at least: lower --workers$"):
+        check_readers(7, 2, 4)
