@@ -79,6 +79,7 @@ def flipped_copies(src: Path, dst_dir: Path):
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit:FutureWarning")
+@pytest.mark.fuzzclass("run tampering")
 def test_every_model_file_is_sealed_and_still_loads_with_torch_alone(lab):
     home, d, run, exports, photo = lab
     for p in (run / "last.pt", run / "best.pt", *exports.values()):
@@ -90,6 +91,7 @@ def test_every_model_file_is_sealed_and_still_loads_with_torch_alone(lab):
         np.testing.assert_allclose(load_predictor(path, device="cpu").predict([photo]), ref, atol=1e-5)
 
 
+@pytest.mark.fuzzclass("run tampering")
 def test_one_flipped_byte_anywhere_is_refused_by_every_reader(lab, tmp_path):
     home, d, run, exports, photo = lab
     for src in (run / "last.pt", run / "best.pt", *exports.values()):
@@ -100,6 +102,7 @@ def test_one_flipped_byte_anywhere_is_refused_by_every_reader(lab, tmp_path):
             assert "corrupt" in str(e.value), (src.name, pos, str(e.value))
 
 
+@pytest.mark.fuzzclass("run tampering")
 def test_flipped_checkpoint_in_a_run_fails_predict_evaluate_export_and_resume(lab, tmp_path):
     home, d, run, exports, photo = lab
     r2 = tmp_path / "run"
@@ -122,6 +125,7 @@ def test_flipped_checkpoint_in_a_run_fails_predict_evaluate_export_and_resume(la
     assert r.exit_code == 0, r.output  # the run's other checkpoint, as the message says
 
 
+@pytest.mark.fuzzclass("run tampering")
 def test_resume_refuses_a_damaged_best_pt(lab, tmp_path):
     home, d, run, exports, photo = lab
     r2 = shutil.copytree(run, tmp_path / "run")
@@ -135,6 +139,7 @@ def test_resume_refuses_a_damaged_best_pt(lab, tmp_path):
 
 # ---- 14: no output onto an input ------------------------------------------------------------------------
 
+@pytest.mark.fuzzclass("output/input overlap")
 def test_outputs_onto_inputs_are_refused_and_inputs_unchanged(lab, tmp_path):
     home, d, run, exports, photo = lab
     (tmp_path / "link.jpg").symlink_to(photo)
@@ -172,6 +177,7 @@ def test_outputs_onto_inputs_are_refused_and_inputs_unchanged(lab, tmp_path):
     assert (tmp_path / "link.jpg").is_symlink() and sha(tmp_path / "hard.jpg") == inputs[photo]
 
 
+@pytest.mark.fuzzclass("output/input overlap")
 def test_an_output_file_replaces_only_what_mlrpl_wrote_there(lab, tmp_path):
     home, d, run, exports, photo = lab
     other = tmp_path / "other.jpg"
@@ -202,6 +208,7 @@ def test_an_output_file_replaces_only_what_mlrpl_wrote_there(lab, tmp_path):
 
 # ---- 15: a folder is claimed atomically; the loser removes nothing ------------------------------------------
 
+@pytest.mark.fuzzclass("concurrency and exit")
 def test_a_command_on_a_folder_another_one_is_writing_is_refused_and_removes_nothing(lab, tmp_path):
     home, d, run, exports, photo = lab
     busy = tmp_path / "busy"
@@ -224,6 +231,7 @@ def test_a_command_on_a_folder_another_one_is_writing_is_refused_and_removes_not
     assert releasing(claim)(busy, "run", "--out") is None
 
 
+@pytest.mark.fuzzclass("concurrency and exit")
 def test_two_trainings_started_together_one_wins_and_its_run_is_whole(lab, tmp_path):
     home, d, run, exports, photo = lab
     out = tmp_path / "r"
@@ -239,6 +247,7 @@ def test_two_trainings_started_together_one_wins_and_its_run_is_whole(lab, tmp_p
     assert load_checkpoint(out / "last.pt")["epoch"] == 1 and (out / "config.json").exists() and (out / MARKER).exists()
 
 
+@pytest.mark.fuzzclass("concurrency and exit")
 def test_a_build_beside_a_running_build_is_refused(lab, tmp_path):
     home, d, run, exports, photo = lab
     out = tmp_path / "ds"
@@ -285,6 +294,7 @@ def no_space_line(r, path: Path) -> bool:
 
 
 @pytest.mark.parametrize("fmt", ["weights", "torchscript", "exported"])
+@pytest.mark.fuzzclass("ENOSPC")
 def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(lab, tmpfs, fmt):
     home, d, run, exports, photo = lab
     disk = tmpfs(64 * 1024)  # the model is larger
@@ -294,6 +304,7 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(lab, tmpfs, fmt)
     assert list(disk.iterdir()) == []
 
 
+@pytest.mark.fuzzclass("ENOSPC")
 def test_training_onto_a_full_disk_is_one_line_and_leaves_nothing(lab, tmpfs):
     home, d, run, exports, photo = lab
     disk = tmpfs(256 * 1024)  # config.json fits, the first checkpoint does not
@@ -305,6 +316,7 @@ def test_training_onto_a_full_disk_is_one_line_and_leaves_nothing(lab, tmpfs):
     assert list(disk.iterdir()) == []  # the failed new run removed what it made
 
 
+@pytest.mark.fuzzclass("ENOSPC")
 def test_a_full_disk_keeps_the_previous_checkpoint_best_and_metrics_whole(lab, tmpfs):
     home, d, run, exports, photo = lab
     size = (run / "last.pt").stat().st_size
@@ -338,6 +350,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_best_and_metrics_whole(lab, t
     assert (disk / "metrics.csv").read_text().count("\n") == 2  # the header and epoch 1, whole
 
 
+@pytest.mark.fuzzclass("ENOSPC")
 def test_predict_and_scores_onto_a_full_disk(lab, tmpfs):
     home, d, run, exports, photo = lab
     disk = tmpfs(4096)
@@ -352,6 +365,7 @@ def test_predict_and_scores_onto_a_full_disk(lab, tmpfs):
 
 # ---- 19: a refusal never aborts at exit ------------------------------------------------------------------------
 
+@pytest.mark.fuzzclass("concurrency and exit")
 def test_refusing_an_existing_run_exits_1_every_time(lab):
     """Arrow used to release a reader over Python bytes in its own thread at exit: 5 in 20 aborted (134)."""
     home, d, run, exports, photo = lab

@@ -75,6 +75,7 @@ def shard_samples(d):
     return out
 
 
+@pytest.mark.fuzzclass("image metadata")
 def test_every_path_reads_an_image_as_stored(built):
     raw, d = built
     m = read_manifest(d)
@@ -126,6 +127,7 @@ def test_every_path_reads_an_image_as_stored(built):
     assert {t.name: sha256_file(t) for t in (d / "shards").glob("*.tar")} == sums
 
 
+@pytest.mark.fuzzclass("image metadata")
 def test_a_size_the_annotations_disagree_with_is_reported_not_guessed(tmp_path):
     from typer.testing import CliRunner
 
@@ -151,6 +153,7 @@ def test_a_size_the_annotations_disagree_with_is_reported_not_guessed(tmp_path):
     assert (meta["width"], meta["height"]) == (48, 16)  # the sample's own size: 60 x 20 with its shorter side at 16
 
 
+@pytest.mark.fuzzclass("image metadata")
 def test_vg_ssgrl_sizes_come_from_the_header_with_its_one_line(tmp_path):
     from conftest import write_jpeg
     from mlrpl_data.images import BadImageError

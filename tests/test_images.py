@@ -63,6 +63,7 @@ def test_sixteen_bit_keeps_top_bits():
     assert np.asarray(im)[0, 0, 0] == 40000 >> 8
 
 
+@pytest.mark.fuzzclass("image metadata")
 def test_sixteen_bit_dark_image_stays_dark():
     im = Image.fromarray(np.full((3, 4), 200, dtype=np.uint16))  # every value <= 255: still 16-bit
     buf = io.BytesIO()
@@ -70,6 +71,7 @@ def test_sixteen_bit_dark_image_stays_dark():
     assert np.asarray(decode_rgb(buf.getvalue(), "dark"))[0, 0, 0] == 0  # 200 / 256, not 200
 
 
+@pytest.mark.fuzzclass("image metadata")
 def test_exif_orientation_not_applied():
     im = decode_rgb(jpeg(size=(40, 30), exif_orientation=6), "r")  # pixels as stored, as the authors' loader
     assert im.size == (40, 30)
@@ -89,6 +91,7 @@ def with_thumbnail(data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("data, name", [(jpeg(), "a.jpg"), (with_thumbnail(jpeg()), "thumb.jpg"), (png(), "b.png")])
+@pytest.mark.fuzzclass("image metadata")
 def test_truncated_is_one_line_on_every_path(data, name):
     kind = "JPEG" if name.endswith(".jpg") else "PNG"
     assert probe(data + b"TRAILER" * 20, name)[0] == kind  # bytes after the end (camera trailers): accepted
@@ -99,6 +102,7 @@ def test_truncated_is_one_line_on_every_path(data, name):
             read(cut, name)
 
 
+@pytest.mark.fuzzclass("image metadata")
 def test_not_an_image_is_the_same_line_on_every_path(tmp_path):
     from mlrpl_data.images import header_size
 

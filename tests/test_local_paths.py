@@ -15,19 +15,23 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("text", ["/data/a::b", "a::b/c", "runs/x#1", "d?x=1", "d%20e", "d [1]", "d*", "~/d", "s3:",
                                   "s3:/bucket", "s3:bucket::x", "ünï/cöde", "file:///tmp/x", "C:/d", "./http:/x"])
+@pytest.mark.fuzzclass("path forms")
 def test_local(text):
     assert not is_remote(text)
 
 
 @pytest.mark.parametrize("text", ["s3://b/d", "https://lab.example/d", "gs://b", "memory://x", "simplecache::s3://b"])
+@pytest.mark.fuzzclass("path forms")
 def test_remote(text):
     assert is_remote(text) == ("::" not in text)  # a chained fsspec URL is not a scheme://: refused as a local path
 
 
+@pytest.mark.fuzzclass("path forms")
 def test_file_url_is_its_path():
     assert local_path("file:///tmp/x") == "/tmp/x" and local_path("/tmp/a::b") == "/tmp/a::b"
 
 
+@pytest.mark.fuzzclass("path forms")
 def test_whole_flow_in_a_folder_named_with_url_characters(tmp_path):
     from trainkit import tiny_training_set
 

@@ -194,6 +194,7 @@ def test_a_mask_holding_other_values_is_refused(tmp_path):
         read_mask(tmp_path / "d", "uniform-p0.50-s0")
 
 
+@pytest.mark.fuzzclass("raw records and labels")
 def test_proportions_are_named_exactly_and_bounded():
     from mlrpl_data.masks import MAX_PROPORTIONS, mask_name, parse_proportions, proportion_text
 

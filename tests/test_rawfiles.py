@@ -34,6 +34,7 @@ def windows(text: str) -> bytes:
 
 # ---- the shared readers ---------------------------------------------------------------------------------------
 
+@pytest.mark.fuzzclass("raw-file encodings")
 def test_lines_and_csv_rows_keep_only_data(tmp_path):
     f = tmp_path / "l.txt"
     f.write_bytes(windows(" a \n\n  \nb\rc\n"))
@@ -51,11 +52,13 @@ def test_lines_and_csv_rows_keep_only_data(tmp_path):
 
 @pytest.mark.parametrize("name,rel", [("shelf/a.jpg", "shelf/a.jpg"), ("./a.jpg", "a.jpg"), ("shelf\\a.jpg", "shelf/a.jpg"),
                                       (".\\shelf\\\\a.jpg", "shelf/a.jpg"), ("a/./b.jpg", "a/b.jpg")])
+@pytest.mark.fuzzclass("path forms")
 def test_one_path_rule(name, rel):
     assert raw_path(name, "f.json: images[0]") == rel
 
 
 @pytest.mark.parametrize("name", ["../a.jpg", "a/../../b.jpg", "/etc/passwd", "C:\\x.jpg", "\\\\server\\a.jpg", " ", "."])
+@pytest.mark.fuzzclass("path forms")
 def test_paths_leaving_the_root_are_refused(name):
     with pytest.raises(BadInputError, match=r"^f\.json: images\[0\]: (path .* leaves the image folder|file name)"):
         raw_path(name, "f.json: images[0]")
@@ -78,6 +81,7 @@ def _coco_names(root: Path, names: dict[int, str]) -> Path:
     return root
 
 
+@pytest.mark.fuzzclass("path forms")
 def test_coco_file_names_with_sub_folders_are_found(tmp_path):
     root = _coco_names(make_coco(tmp_path / "coco"), {10: "shelf/a.jpg", 11: "./b.jpg", 12: "shelf\\deep\\c.jpg"})
     m = build_coco(CocoConfig(root=root, subset=True, progress=False))
@@ -87,6 +91,7 @@ def test_coco_file_names_with_sub_folders_are_found(tmp_path):
     assert dropped.extra["missing"] == [] and dropped.counts() == {"train": 3, "test": 2}  # nothing real dropped
 
 
+@pytest.mark.fuzzclass("path forms")
 def test_coco_bad_file_names_are_one_line(tmp_path):
     root = _coco_names(make_coco(tmp_path / "coco"), {10: "a.jpg", 11: "./a.jpg"})
     with pytest.raises(BadInputError, match=r"instances_train2014\.json: images\[1\] \(id 11\): file under train2014/ "
@@ -101,6 +106,7 @@ def test_coco_bad_file_names_are_one_line(tmp_path):
         build_coco(CocoConfig(root=root, subset=True, progress=False))
 
 
+@pytest.mark.fuzzclass("path forms")
 def test_coco_name_differing_in_case_is_named(tmp_path):
     root = make_coco(tmp_path / "coco")
     f = root / "train2014" / "COCO_train2014_000000000010.jpg"
@@ -111,6 +117,7 @@ def test_coco_name_differing_in_case_is_named(tmp_path):
         build_coco(CocoConfig(root=root, subset=True, progress=False))
 
 
+@pytest.mark.fuzzclass("raw-file encodings")
 def test_coco_json_with_bom(tmp_path):
     root = make_coco(tmp_path / "coco")
     clean = build_coco(CocoConfig(root=root, subset=True, progress=False))
@@ -121,6 +128,7 @@ def test_coco_json_with_bom(tmp_path):
 
 # ---- item 2: VOC lists saved by Windows editors --------------------------------------------------------------
 
+@pytest.mark.fuzzclass("raw-file encodings")
 def test_voc_lists_with_bom_crlf_blank_lines_and_spaces(tmp_path):
     root = make_voc(tmp_path / "voc")
     clean = build_voc07(VocConfig(root=root, subset=True, progress=False))
@@ -134,6 +142,7 @@ def test_voc_lists_with_bom_crlf_blank_lines_and_spaces(tmp_path):
     assert m.sources[0]["sha256"] == sha256_file(main / "trainval.txt")  # the file's bytes, BOM included
 
 
+@pytest.mark.fuzzclass("raw records and labels")
 def test_voc_image_in_both_splits_or_twice_is_refused(tmp_path):
     root = make_voc(tmp_path / "voc")
     main = root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
@@ -147,6 +156,7 @@ def test_voc_image_in_both_splits_or_twice_is_refused(tmp_path):
 
 # ---- item 3: Open Images class descriptions with a BOM and a header ------------------------------------------
 
+@pytest.mark.fuzzclass("raw-file encodings")
 def test_open_images_descriptions_with_bom_and_header(tmp_path):
     root = open_images(tmp_path / "oi")
     clean = build_openimages(OpenImagesConfig(root=root, progress=False))
@@ -163,6 +173,7 @@ def test_open_images_descriptions_with_bom_and_header(tmp_path):
         build_openimages(OpenImagesConfig(root=root, progress=False))
 
 
+@pytest.mark.fuzzclass("raw-file encodings")
 def test_open_images_class_file_with_bom_and_header(tmp_path):
     root = open_images(tmp_path / "oi")
     classes = tmp_path / "classes.csv"
@@ -173,6 +184,7 @@ def test_open_images_class_file_with_bom_and_header(tmp_path):
 
 # ---- item 4: every JSON field a builder reads, checked per record -------------------------------------------
 
+@pytest.mark.fuzzclass("raw records and labels")
 def test_lvis_record_without_a_field_is_one_line(tmp_path):
     root = lvis(tmp_path / "lvis")
     doc = json.loads((root / "lvis_v1_train.json").read_text())
@@ -192,6 +204,7 @@ def test_lvis_record_without_a_field_is_one_line(tmp_path):
         build_lvis(LvisConfig(root=root, progress=False))
 
 
+@pytest.mark.fuzzclass("raw records and labels")
 def test_lvis_image_in_both_files_is_refused(tmp_path):
     root = lvis(tmp_path / "lvis")
     doc = json.loads((root / "lvis_v1_val.json").read_text())
@@ -202,6 +215,7 @@ def test_lvis_image_in_both_files_is_refused(tmp_path):
         build_lvis(LvisConfig(root=root, progress=False))
 
 
+@pytest.mark.fuzzclass("raw-file encodings")
 def test_vg_records_and_bom(tmp_path):
     raw = make_vg(tmp_path / "raw")
     clean = build_vg200(VgConfig(root=raw, num_classes=4, test_size=2, progress=False))
@@ -217,6 +231,7 @@ def test_vg_records_and_bom(tmp_path):
         build_vg200(VgConfig(root=raw, num_classes=4, test_size=2, progress=False))
 
 
+@pytest.mark.fuzzclass("raw-file encodings")
 def test_ssgrl_lists_from_windows(tmp_path):
     raw = tmp_path / "vg"
     names = ["1.jpg", "2.jpg", "3.jpg"]
@@ -236,6 +251,7 @@ def test_ssgrl_lists_from_windows(tmp_path):
 
 # ---- NUS-WIDE: the same rules -----------------------------------------------------------------------------------
 
+@pytest.mark.fuzzclass("raw-file encodings")
 def test_nuswide_files_from_windows(tmp_path):
     root = nuswide(tmp_path / "nus")
     clean = build_nuswide(NuswideConfig(root=root, progress=False))
@@ -254,6 +270,7 @@ def test_nuswide_files_from_windows(tmp_path):
 
 # ---- item 5: a lab CSV: one file, one row --------------------------------------------------------------------
 
+@pytest.mark.fuzzclass("raw-file encodings")
 def test_csv_from_windows_gives_the_same_dataset(tmp_path):
     text = "path,split,cat,dog\nimg/a0.jpg,train,1,-1\nimg/a1.jpg,train,,1\nimg/a2.jpg,test,0,-1\nimg/a3.jpg,test,-1,\n"
     clean = build_csv(CsvConfig(labels=lab_csv(tmp_path, text), images=tmp_path, progress=False))
@@ -265,6 +282,7 @@ def test_csv_from_windows_gives_the_same_dataset(tmp_path):
     assert m.images["path"].tolist() == clean.images["path"].tolist() and m.labels.tolist() == clean.labels.tolist()
 
 
+@pytest.mark.fuzzclass("path forms")
 def test_csv_one_file_in_two_rows_is_refused(tmp_path):
     f = lab_csv(tmp_path, "path,split,cat\nimg/a0.jpg,train,1\nimg/a1.jpg,train,-1\n./img/a0.jpg,test,-1\n")
     with pytest.raises(BadInputError, match=r"labels\.csv: line 4: image 'img/a0\.jpg' is also in .*labels\.csv: line 2; "
@@ -281,6 +299,7 @@ def test_csv_one_file_in_two_rows_is_refused(tmp_path):
 ZERO_ONE = "path,split,cat,dog\nimg/a0.jpg,train,1,0\nimg/a1.jpg,train,0,1\nimg/a2.jpg,test,1,0\nimg/a3.jpg,test,0,0\n"
 
 
+@pytest.mark.fuzzclass("raw records and labels")
 def test_csv_of_zeros_and_ones_is_not_guessed(tmp_path):
     f = lab_csv(tmp_path, ZERO_ONE)
     with pytest.raises(BadInputError, match=r"labels\.csv: the class columns hold 0 and 1 but never -1.*"
@@ -300,6 +319,7 @@ def test_csv_of_zeros_and_ones_is_not_guessed(tmp_path):
                                 "scores): dog"]
 
 
+@pytest.mark.fuzzclass("raw records and labels")
 def test_build_warns_on_stderr_and_records_it(tmp_path):
     from mlrpl.cli import app
 
@@ -318,6 +338,7 @@ def test_build_warns_on_stderr_and_records_it(tmp_path):
     assert "Warning: no label is a known negative" in (out / "README.md").read_text()
 
 
+@pytest.mark.fuzzclass("raw records and labels")
 def test_open_images_image_in_both_splits_is_refused(tmp_path):
     root = open_images(tmp_path / "oi")
     (root / "test-annotations-human-imagelabels-boxable.csv").write_text(
@@ -327,6 +348,7 @@ def test_open_images_image_in_both_splits_is_refused(tmp_path):
         build_openimages(OpenImagesConfig(root=root, progress=False))
 
 
+@pytest.mark.fuzzclass("raw-file encodings")
 def test_csv_with_another_separator_says_so(tmp_path):
     f = lab_csv(tmp_path, "path;split;cat\nimg/a0.jpg;train;1\n")
     with pytest.raises(BadInputError, match=r"labels\.csv: fields are separated by ';', not ','; export it as comma-separated"):

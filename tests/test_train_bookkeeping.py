@@ -60,6 +60,7 @@ def tensorboard_steps(run: Path) -> dict[str, list[int]]:
 # ---- item 10: a run interrupted and resumed logs what an uninterrupted run logs --------------------------------
 
 @pytest.mark.parametrize("where", ["mid-epoch", "between the epoch's log and its checkpoint"])
+@pytest.mark.fuzzclass("reported figures")
 def test_interrupted_then_resumed_run_logs_exactly_the_uninterrupted_run(data, tmp_path, monkeypatch, where):
     ref = train(config(data, tmp_path / "ref"))
     real_step, real_ckpt = engine.train_step, engine.RunState.checkpoint
@@ -101,6 +102,7 @@ def test_interrupted_then_resumed_run_logs_exactly_the_uninterrupted_run(data, t
 
 # ---- item 12: a resume trains on what the checkpoint was trained with ---------------------------------------------
 
+@pytest.mark.fuzzclass("run tampering")
 def test_resume_refuses_a_hand_edited_config_json_naming_the_option(data, tmp_path):
     run = train(config(data, tmp_path / "run", epochs=1))
     doc = json.loads((run / "config.json").read_text())
@@ -119,6 +121,7 @@ def test_resume_refuses_a_hand_edited_config_json_naming_the_option(data, tmp_pa
     assert (cfg.lr, cfg.masks, cfg.workers, cfg.epochs, changed) == (0.003, "uniform-p0.50-s0", 1, 2, ["--epochs 2 (was 1)"])
 
 
+@pytest.mark.fuzzclass("run tampering")
 def test_resume_holds_the_engine_to_the_checkpoint_config(data, tmp_path):
     """Any caller (a sweep re-run, the API) resuming with a fixed option changed is refused by the engine."""
     run = train(config(data, tmp_path / "run", epochs=1))
@@ -128,6 +131,7 @@ def test_resume_holds_the_engine_to_the_checkpoint_config(data, tmp_path):
     assert load_checkpoint(run / "last.pt")["config"]["epochs"] == 2
 
 
+@pytest.mark.fuzzclass("run tampering")
 def test_resume_maps_loss_baseline_options_back_and_refuses_a_change(data, tmp_path):
     run = str(tmp_path / "run")
     base = ["train", "llr", str(data), "--masks", "uniform-p0.50-s0", "--backbone", "tiny", "--weights", "none",
@@ -152,6 +156,7 @@ def one_image_fraction(data) -> float:
     raise AssertionError("no fraction holds out one image")
 
 
+@pytest.mark.fuzzclass("reported figures")
 def test_validation_without_a_defined_map_warns_writes_no_best_and_says_why(data, tmp_path):
     f = one_image_fraction(data)
     run = tmp_path / "run"
@@ -174,6 +179,7 @@ def test_validation_without_a_defined_map_warns_writes_no_best_and_says_why(data
 
 # ---- item 6: mAP only over classes whose AP means something on the known labels --------------------------------
 
+@pytest.mark.fuzzclass("reported figures")
 def test_map_leaves_out_trivial_and_undefined_classes_and_says_so():
     # a: known 1, -1, 1, ranked 0.9(+) 0.8(-) 0.1(+): AP = 1/2 * 1 + 1/2 * 2/3 = 5/6
     # b: no known negative (a 0/1 export): AP would be 1 for any scores; c: no known positive
@@ -190,6 +196,7 @@ def test_map_leaves_out_trivial_and_undefined_classes_and_says_so():
             "1 without a known negative (AP trivially 1) (b)") in text
 
 
+@pytest.mark.fuzzclass("reported figures")
 def test_no_class_with_a_known_negative_prints_no_map_figure():
     """A lab CSV exported as 0/1 (no -1): an untrained model scored 100.00 before."""
     targets = np.array([[1, 0], [0, 1], [1, 1]])
@@ -202,6 +209,7 @@ def test_no_class_with_a_known_negative_prints_no_map_figure():
     json.dumps(m, allow_nan=False)  # eval_metrics.json stays valid JSON
 
 
+@pytest.mark.fuzzclass("reported figures")
 def test_sweep_table_says_over_how_many_classes(tmp_path):
     from mlrpl_train.sweep import write_table
 
@@ -223,6 +231,7 @@ def test_sweep_table_says_over_how_many_classes(tmp_path):
 
 # ---- item 21: no training batch of one, no loader worker without images -----------------------------------------
 
+@pytest.mark.fuzzclass("ranks, workers and batches")
 def test_more_workers_than_batches_are_capped_and_every_batch_is_full(tmp_path, monkeypatch, capsys):
     d = tiny_training_set(tmp_path, n_train=14, n_test=4, max_samples=14)
     sizes = []
@@ -246,12 +255,14 @@ def test_more_workers_than_batches_are_capped_and_every_batch_is_full(tmp_path, 
     assert "note: --workers 64 lowered to 3 for training" in capsys.readouterr().err
 
 
+@pytest.mark.fuzzclass("ranks, workers and batches")
 def test_batch_of_one_is_refused_before_training(data, tmp_path):
     with pytest.raises(BadInputError, match="--batch-size 1: a training batch of one image"):
         train(config(data, tmp_path / "run", batch_size=1))
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.fuzzclass("ranks, workers and batches")
 def test_a_loader_worker_with_no_image_is_an_error_not_a_shorter_epoch(data):
     from mlrpl_data.shards import read_index, shard_urls
     from mlrpl_train.loader import ShardStream, StreamConfig
@@ -265,6 +276,7 @@ def test_a_loader_worker_with_no_image_is_an_error_not_a_shorter_epoch(data):
         next(iter(ShardStream(sc)))
 
 
+@pytest.mark.fuzzclass("reported figures")
 def test_evaluate_on_a_lab_csv_exported_as_0_1_prints_no_map(tmp_path):
     """A 0/1 export read with its 0 as unknown (`--zero-means unknown`; the build refuses to guess) has no known
     negative test entry: evaluate printed mAP 100.00 for any model."""
@@ -298,6 +310,7 @@ def test_evaluate_on_a_lab_csv_exported_as_0_1_prints_no_map(tmp_path):
     assert row["mAP"] == "" and row["mAP_classes"] == "0/2"
 
 
+@pytest.mark.fuzzclass("reported figures")
 def test_a_run_begun_by_an_older_mlrpl_keeps_its_metrics_columns(tmp_path):
     old = [c for c in engine.METRIC_COLUMNS if c != "mAP_classes"]
     (tmp_path / "metrics.csv").write_text(",".join(old) + "\n")
