@@ -691,7 +691,31 @@ def demo(out: Path = typer.Option(Path("mlrpl-demo"), help="Working folder for t
 
 def main() -> None:
     raise_on_sigterm()  # Slurm's time limit and `docker stop` are handled as Ctrl-C is
-    app(prog_name="mlrpl")
+    try:
+        app(prog_name="mlrpl")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """Exit as Python would (threads joined, atexit handlers run, output flushed), then skip the C++
+    static destructors: pyarrow's thread pool can abort there ('terminate called without an active
+    exception', exit 134) after the command has printed its result or its one line."""
+    import atexit
+    import os
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()  # non-daemon threads joined, as at a normal exit
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
