@@ -118,6 +118,7 @@ def worker_terminated(e: BaseException) -> bool:
 def interrupted(signum: int, hint: str) -> None:
     import signal
 
+    errors.quiet_exit()
     typer.echo(f"interrupted ({signal.Signals(signum).name}): finished work is kept, temporary files removed; "
                f"{hint or 're-run the same command to continue'}", err=True)
     raise typer.Exit(128 + signum)

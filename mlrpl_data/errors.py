@@ -41,6 +41,14 @@ def check_interrupt() -> None:
         raise Interrupted(_PENDING[0])
 
 
+def quiet_exit() -> None:
+    """The process is ending on a signal: a helper thread of multiprocessing (the loader's fd sharer, whose
+    worker may go away mid-transfer) reports through sys.excepthook; it prints nothing under the one line."""
+    import sys
+
+    sys.excepthook = lambda *exc: None
+
+
 def raise_on_sigterm() -> None:
     """From now on SIGTERM raises Interrupted in the main thread of this process (as SIGINT raises
     KeyboardInterrupt); a forked child that inherits it (a writer pool) just ends, as by default."""
@@ -57,6 +65,7 @@ def raise_on_sigterm() -> None:
             return
         signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not break the cleanup of the first
         _PENDING[0] = signum
+        quiet_exit()
         raise Interrupted(signum)
 
     signal.signal(signal.SIGTERM, handler)

@@ -473,10 +473,11 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     torch.manual_seed(cfg.seed)
     device = pick_device(str(cfg.device), info.local_rank)  # before anything is written
     spec = resolve_data(cfg.dataset, cfg.masks, cfg.val_fraction)
-    # decided from index.json on every rank alike, before anything is written: no rank waits on another
-    batches = batches_per_epoch(spec.fit_samples, info.world, cfg.batch_size, len(spec.val_keys))
-    check_readers(spec.fit_samples, info.world, cfg.workers)
     run = Path(cfg.out) if resume else prepare_run_dir(cfg, spec, force, info.main)
+    # decided from index.json on every rank alike, before training: no rank waits on another (a refusal
+    # here removes the run folder just claimed, as any failed command does)
+    batches = batches_per_epoch(spec.fit_samples, info.world, cfg.batch_size, len(spec.val_keys))
+    check_readers(spec.fit_samples, info.world, min(int(cfg.workers), batches))
     if resume and info.main:
         sweep_stale(run)  # a checkpoint half-written when the run was killed
     D.barrier(info)

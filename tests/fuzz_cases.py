@@ -548,7 +548,6 @@ def cases(w: dict[str, Path], outs: Path) -> list[Case]:
     add("net-pull-timeout-0", "pull", silent, o, "--no-progress", env={"MLRPL_TIMEOUT": "0"})
     add("net-verify-timeout-text", "verify", silent, env={"MLRPL_TIMEOUT": "soon"})
     add("net-pull-min-bytes-neg", "pull", silent, o, "--no-progress", env={"MLRPL_MIN_BYTES": "-5"})
-    add("net-train-workers-beyond-samples", *train, *tiny, "--workers", "64")
     return c
 
 

@@ -237,6 +237,7 @@ def test_best_pt_follows_the_selection_rule_and_nothing_else(data, tmp_path, mon
     assert "mAP, plain AP (= scikit-learn)" in table and "mAP, VOC-interpolated (published code)" in table
 
 
+@pytest.mark.fuzzclass("ranks, workers and batches")
 def test_held_out_keys_per_shard_come_from_the_index_and_match_the_shards(data):
     import tarfile
 
@@ -266,6 +267,7 @@ def empty_shard_data(tmp_path_factory):
     return d
 
 
+@pytest.mark.fuzzclass("ranks, workers and batches")
 def test_two_processes_with_an_empty_shard_train_on_equal_shares(empty_shard_data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mlrpl.cli", "train",

@@ -231,6 +231,7 @@ def samples_of(counts, readers, unsure=0):
     return everything, out
 
 
+@pytest.mark.fuzzclass("ranks, workers and batches")
 def test_deal_gives_every_reader_samples_each_once_over_many_layouts():
     rng = random.Random(0)
     layouts = [[7, 0], [0, 7], [1, 0, 0, 1], [5, 1, 1, 1, 4], [100, 1, 1], [3, 3, 3, 0, 0, 0]]
@@ -246,6 +247,7 @@ def test_deal_gives_every_reader_samples_each_once_over_many_layouts():
                 assert min(sizes) >= 1 and 2 * min(sizes) * readers >= total, (counts, readers, sizes)
 
 
+@pytest.mark.fuzzclass("ranks, workers and batches")
 def test_deal_values_for_an_empty_shard_and_uneven_shards():
     from mlrpl_train.loader import deal, share_sizes
 
@@ -257,6 +259,7 @@ def test_deal_values_for_an_empty_shard_and_uneven_shards():
     assert deal([4, 4], 2, unsure=4)[0][1] == 2  # a share that held-out keys might empty is not dealt whole
 
 
+@pytest.mark.fuzzclass("ranks, workers and batches")
 def test_striding_readers_split_the_training_stream_without_overlap(data):
     from mlrpl_train.loader import share_sizes
 
@@ -271,6 +274,7 @@ def test_striding_readers_split_the_training_stream_without_overlap(data):
     assert len(keys) == sum(counts) and len(set(keys)) == sum(counts)  # one pass of each rank: every sample once
 
 
+@pytest.mark.fuzzclass("ranks, workers and batches")
 def test_too_many_readers_refused_in_one_line():
     from mlrpl_data.errors import BadInputError
     from mlrpl_train.loader import check_readers

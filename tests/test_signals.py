@@ -63,6 +63,7 @@ def only_line(err: str) -> str:
     return lines[-1]
 
 
+@pytest.mark.fuzzclass("signals")
 def test_sigterm_mid_write_shards_with_a_writer_pool(tmp_path):
     d = dataset(tmp_path, n_train=80, size=(320, 240))
     shards = d / "shards"
@@ -82,6 +83,7 @@ def test_sigterm_mid_write_shards_with_a_writer_pool(tmp_path):
     assert f"{done} kept" in again.stdout and "46 shards" in again.stdout
 
 
+@pytest.mark.fuzzclass("signals")
 def test_sigterm_mid_pull_from_a_slow_server(tmp_path):
     d = dataset(tmp_path, n_train=30)
     make_masks(d, MaskConfig(proportions=[0.5]))
@@ -101,6 +103,7 @@ def test_sigterm_mid_pull_from_a_slow_server(tmp_path):
     assert (out / "dataset.json").read_bytes() == (d / "dataset.json").read_bytes()
 
 
+@pytest.mark.fuzzclass("signals")
 def test_sigterm_mid_training_prints_the_resume_command_that_works(tmp_path):
     d = dataset(tmp_path, n_train=48, size=(40, 30))
     make_masks(d, MaskConfig(proportions=[0.5]))
@@ -111,7 +114,7 @@ def test_sigterm_mid_training_prints_the_resume_command_that_works(tmp_path):
             "--out", run]
     r = term_when(cli(*args), lambda: (run / "last.pt").exists(), group=True)  # its loader workers get it too
     assert r.returncode == 143, r.stderr[-2000:]
-    assert [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("epoch ")] == [only_line(r.stderr)]
+    assert [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(("epoch ", "note: "))] == [only_line(r.stderr)]
     line = only_line(r.stderr)
     assert line == (f"interrupted (SIGTERM): finished work is kept, temporary files removed; continue from the last "
                     f"checkpoint with: mlrpl train pbce {d} --resume {run}")
@@ -152,6 +155,7 @@ def sigterm_on_call(monkeypatch, owner, name, nth: int = 1):
 
 
 @pytest.mark.parametrize("command", ["build-coco", "make-masks", "export", "predict", "sweep", "train"])
+@pytest.mark.fuzzclass("signals")
 def test_sigterm_in_every_command_is_one_line_and_leaves_nothing(trained, tmp_path, monkeypatch, command):
     import pyarrow.parquet as pq
     from typer.testing import CliRunner
@@ -190,7 +194,7 @@ def test_sigterm_in_every_command_is_one_line_and_leaves_nothing(trained, tmp_pa
         signal.signal(signal.SIGTERM, old)
         errors._PENDING[0] = 0  # this pytest process goes on: no interrupt pending for the next test
     assert r.exit_code == 143, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip() and not ln.startswith(("epoch ", f"{o}"))]
+    lines = [ln for ln in r.output.splitlines() if ln.strip() and not ln.startswith(("epoch ", "note: ", f"{o}"))]
     assert lines == [f"interrupted (SIGTERM): finished work is kept, temporary files removed; {hint}"], r.output
     assert temporaries(tmp_path) == [] and temporaries(d) == []
     assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file()} == before  # no input changed
@@ -198,6 +202,7 @@ def test_sigterm_in_every_command_is_one_line_and_leaves_nothing(trained, tmp_pa
         assert not o.exists() or list(o.iterdir()) == [], sorted(o.rglob("*"))
 
 
+@pytest.mark.fuzzclass("signals")
 def test_sigterm_to_a_multi_process_run_reaches_every_rank_and_names_the_resume(tmp_path):
     d = dataset(tmp_path, n_train=48, size=(40, 30))
     make_masks(d, MaskConfig(proportions=[0.5]))
@@ -207,7 +212,7 @@ def test_sigterm_to_a_multi_process_run_reaches_every_rank_and_names_the_resume(
                       "--epochs", "40", "--batch-size", "4", "--image-size", "32", "--workers", "1", "--no-progress",
                       "--checkpoint-every", "2", "--out", run, "--nproc", "2"), lambda: (run / "last.pt").exists())
     assert r.returncode == 143, r.stderr[-2000:]
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("epoch ")]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(("epoch ", "note: "))]
     hint = (f"interrupted (SIGTERM): finished work is kept, temporary files removed; continue from the last checkpoint "
             f"with: mlrpl train pbce {d} --resume {run} --nproc 2")
     peer = "error: another training process (rank) stopped first, so this one cannot go on: its own message says why"

@@ -80,6 +80,7 @@ def short_timeouts(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["nothing", "trickle"])
+@pytest.mark.fuzzclass("stalled servers")
 def test_pull_from_a_stalling_server_ends_naming_the_file(published, tmp_path, mode):
     with Stalling(published.parent, "train-000002.tar", mode) as srv:
         url = f"{srv.url}/{published.name}"
@@ -94,6 +95,7 @@ def test_pull_from_a_stalling_server_ends_naming_the_file(published, tmp_path, m
     assert not (tmp_path / "b" / "dataset.json").exists()
 
 
+@pytest.mark.fuzzclass("stalled servers")
 def test_pull_cli_one_line_for_a_trickling_server(published, tmp_path):
     with Stalling(published.parent, "index.json", "trickle") as srv:
         url = f"{srv.url}/{published.name}"
@@ -103,6 +105,7 @@ def test_pull_cli_one_line_for_a_trickling_server(published, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"error: {url}/shards/index.json: ") and "Traceback" not in r.output
 
 
+@pytest.mark.fuzzclass("stalled servers")
 def test_training_loader_ends_on_a_stalled_shard(published):
     with Stalling(published.parent, "train-000001.tar", "trickle") as srv:
         url = f"{srv.url}/{published.name}/shards/train-000001.tar"
@@ -113,6 +116,7 @@ def test_training_loader_ends_on_a_stalled_shard(published):
     assert time.perf_counter() - t < 15
 
 
+@pytest.mark.fuzzclass("stalled servers")
 def test_verify_of_a_server_that_never_answers_ends(monkeypatch):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -129,6 +133,7 @@ def test_verify_of_a_server_that_never_answers_ends(monkeypatch):
     assert len(lines) == 1 and lines[0].startswith(f"error: {url}/dataset.json: cannot reach"), r.output
 
 
+@pytest.mark.fuzzclass("stalled servers")
 def test_a_nonsense_timeout_is_refused_in_one_line(monkeypatch):
     from mlrpl_data.timeouts import storage_options
 

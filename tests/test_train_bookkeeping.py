@@ -48,8 +48,11 @@ def tensorboard_steps(run: Path) -> dict[str, list[int]]:
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     steps: dict[str, list[int]] = {}
-    for path in sorted((run / "tb").glob("events.out.tfevents.*")):
-        for ev in EventFileLoader(str(path)).Load():
+    # TensorBoard orders files by name, which starts with the writer's second; a resume in the same second and
+    # process (only here, in-process) can sort before the original (uid .10 < .9), so order by the first event
+    files = [list(EventFileLoader(str(p)).Load()) for p in (run / "tb").glob("events.out.tfevents.*")]
+    for events in sorted(files, key=lambda evs: evs[0].wall_time if evs else 0.0):
+        for ev in events:
             if ev.HasField("session_log") and ev.session_log.status == ev.session_log.START:
                 steps = {t: [s for s in v if s < ev.step] for t, v in steps.items()}
             for value in ev.summary.value:
