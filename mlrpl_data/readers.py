@@ -9,7 +9,6 @@ Parquet is parsed single-threaded: pyarrow's reader threads can abort the interp
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat

@@ -45,7 +45,7 @@ class Hang(BaseException):
 # ---- the world ------------------------------------------------------------------------------------------------
 
 def build_world(root: Path) -> dict[str, Path]:
-    from conftest import make_coco, make_vg, make_voc
+    from conftest import make_vg, make_voc
 
     from mlrpl_data.masks import MaskConfig, make_masks
     from mlrpl_train.engine import train

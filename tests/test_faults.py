@@ -5,7 +5,6 @@ command with one line, leaves no temporary file, and the re-run finishes the job
 import errno
 import hashlib
 import json
-import os
 import random
 import signal
 import subprocess

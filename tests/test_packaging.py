@@ -3,7 +3,6 @@ whose every option is documented. (.ci/wheel-check runs the built wheel outside 
 
 import dataclasses
 import json
-import re
 import tomllib
 from pathlib import Path
 

@@ -4,7 +4,6 @@ what is truly wrong (a path leaving the root, one image twice, a field missing) 
 the file, the record and the fix."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

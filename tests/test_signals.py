@@ -1,7 +1,6 @@
 """SIGTERM (Slurm's time limit, `docker stop`) is Ctrl-C: one line, exit 143, what the command made
 removed (no temporary left), and the printed hint continues the work."""
 
-import json
 import os
 import signal
 import subprocess

@@ -2,7 +2,6 @@
 must still catch it, because every layer is checked against the manifest, not only the index."""
 
 import hashlib
-import io
 import json
 import os
 import tarfile
