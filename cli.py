@@ -10,6 +10,8 @@ import dataclasses
 import functools
 import inspect
 import json
+import os
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -441,7 +443,7 @@ def pull(url: str = typer.Argument(..., help="The published dataset: a folder or
     if as_json:
         return echo_json(summary(r))
     typer.echo(f"{dataset}: {len(r.fetched)} file(s) fetched ({r.bytes_fetched:,} bytes), {len(r.kept)} already "
-               f"complete; every file matches its sha256 (check the whole chain with: mlrpl verify {dataset}"
+               f"complete; every file matches its sha256 (check the whole chain with: mlrpl verify {shlex.quote(str(dataset))}"
                + (f" --split {cfg.split}" if cfg.split != "all" else "") + ")")
 
 
@@ -510,6 +512,8 @@ def train(ctx: typer.Context,
         if not (worker_terminated(e) or errors.pending()):
             raise
         raise Interrupted(15, resume_hint(str(method), dataset, Path(cfg.out))) from None
+    if os.environ.get("RANK", "0") != "0":
+        return  # one summary per run, from the first process (every rank of --nproc returns here)
     files = run_files(run)  # what was written, never a list of what might have been
     typer.echo(f"{run}: {', '.join(files)}" + ("" if "best.pt" in files else f" (no best.pt: {missing_best_reason(run)})"))
 
@@ -518,7 +522,6 @@ def resume_hint(method: str, dataset: str, run: Path) -> str:
     """After an interrupt: the exact command that continues the run (the same command would refuse
     the existing run), or the same command when nothing was kept."""
     import os
-    import shlex
 
     from mlrpl_train.engine import CHECKPOINT_LAST
 

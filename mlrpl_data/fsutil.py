@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import zipfile
@@ -42,12 +43,14 @@ def _os_error(e: BaseException) -> OSError | None:
     return None
 
 
-class _Sink:
+class _Sink(io.IOBase):
     """A file that remembers its first failed write and accepts (drops) the rest: a native writer
     (torch's zip writer) that sees a write fail throws again from its destructor, which aborts the
-    process; it finishes instead, and the failure is raised after it."""
+    process; it finishes instead, and the failure is raised after it. An io.IOBase, so writers that
+    check for a file object (torch.export.save) take it as one."""
 
     def __init__(self, f: BinaryIO):
+        super().__init__()
         self.f, self.error = f, None
 
     def write(self, data) -> int:
@@ -59,8 +62,29 @@ class _Sink:
         return len(memoryview(data))
 
     def flush(self) -> None:
-        if self.error is None:
+        if self.error is None and not self.f.closed:
             self.f.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self.f.seekable()
+
+    def seek(self, *args) -> int:
+        return self.f.seek(*args)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def truncate(self, *args) -> int:
+        return self.f.truncate(*args)
+
+    def fileno(self) -> int:
+        return self.f.fileno()
+
+    def close(self) -> None:
+        pass  # the file is the caller's to close (atomic_write_with's with-block)
 
     def __getattr__(self, name):
         return getattr(self.f, name)
@@ -72,7 +96,7 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], None], fsync: bool
     A failure (a full disk, a kill) leaves the old `path` as it was and no temporary; a full disk is
     raised as OSError ENOSPC even where the writer (torch) wrapped it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made = make_parents(path)
     tmp = temp_name(path, keep_suffix)
     try:
         with open(tmp, "wb") as f:
@@ -88,10 +112,28 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], None], fsync: bool
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
+        remove_empty(made)
         cause = _os_error(e) if isinstance(e, Exception) else None
         if cause is not None and (cause is not e or not cause.filename):  # name the file the user asked for
             raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
         raise
+
+
+def make_parents(path: Path) -> list[Path]:
+    """Create the missing folders above `path`; returns those made, deepest first (for remove_empty)."""
+    missing = [p for p in Path(path).parents if not p.exists()]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed write made (deepest first) where they are still empty: a write that
+    failed on a full disk leaves no empty masks/ or run folder behind."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:
+            break
 
 
 def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:

@@ -92,7 +92,15 @@ def claim(folder: Path, kind: str, what: str) -> str | None:
         except FileExistsError:
             pass
     if not (folder / MARKER).exists() and is_empty_but_temporaries(folder):
-        made = (made or "marker") if _mark_first(folder, kind) else None
+        try:
+            first = _mark_first(folder, kind)
+        except BaseException:  # a full disk: the folder this call made goes too (no empty folder left)
+            if made == "folder":
+                from .fsutil import remove_empty
+
+                remove_empty([folder])
+            raise
+        made = (made or "marker") if first else None
     elif made == "folder":
         made = None  # another process filled it between our mkdir and now
     found = owner(folder)
@@ -146,8 +154,8 @@ def _lock(folder: Path, what: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise AlreadyExistsError(f"{folder}: another mlrpl command is writing it now; wait for it to end, or "
-                                 f"choose another {what}") from None
+        other = "" if what == "--resume" else f", or choose another {what}"  # a resume has only this folder
+        raise AlreadyExistsError(f"{folder}: another mlrpl command is writing it now; wait for it to end{other}") from None
     _HELD[key] = fd
 
 

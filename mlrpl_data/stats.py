@@ -16,7 +16,7 @@ def label_warnings(m: Manifest) -> list[str]:
     negative in the test split (their AP is 1 whatever the scores)."""
     if m.labels.size and not (m.labels == -1).any():
         return ["no label is a known negative (-1): every 0 is unknown, so training and evaluation see positives "
-                "only; if the source's 0 means absent, rebuild saying so (build-csv --zero-means absent)"]
+                "only; if the source's 0 means absent, rebuild with that reading (build-csv: --zero-means absent)"]
     test = m.labels[m.split_rows("test")]
     if not len(test):
         return []

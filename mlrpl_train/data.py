@@ -101,6 +101,9 @@ def resolve_data(dataset: str, mask: str | None, val_fraction: float = 0.0) -> D
             raise BadInputError(f"--masks {mask}: covers split {m.meta['split']}; training needs a mask of the train "
                                 f"split (mlrpl make-masks {dataset} --split train)")
         partial = {k: row for k, row in zip(m.keys, m.labels)}
+        if m.labels.size and not m.labels.any():  # every loss term would be 0: nothing to learn from
+            raise BadInputError(f"--masks {mask}: holds no known label (every entry is 0, unknown); make a mask "
+                                f"with a larger proportion (mlrpl make-masks {dataset} --proportion 0.1)")
     splits = index.get("splits", {})
     val_keys = validation_keys(partial, val_fraction) if partial else frozenset()
     counts = {sp: [s["samples"] for s in index["shards"] if s["split"] == sp] for sp in ("train", "test")}

@@ -132,7 +132,8 @@ def fixed_differences(trained: TrainConfig, asked: TrainConfig) -> list[tuple[st
 
 
 def _changeable() -> str:
-    return ", ".join(_flag(n) for n in RESUME_CHANGEABLE)
+    # the dataset is an argument, not an option: it may move (another path to the same fingerprint)
+    return ", ".join("the DATASET path" if n == "dataset" else _flag(n) for n in RESUME_CHANGEABLE)
 
 
 def check_resumable(ckpt_config: dict, cfg: TrainConfig, where: str) -> None:
@@ -249,8 +250,8 @@ def checkpoint_file(run_or_file: Path, checkpoint: str = "last") -> Path:
 
 def run_files(run: Path) -> list[str]:
     """The files of a run directory that exist, in the order a report names them."""
-    return [n + ("/" if n == "tb" else "") for n in (CONFIG_JSON, "metrics.csv", "tb", CHECKPOINT_LAST, CHECKPOINT_BEST)
-            if (Path(run) / n).exists()]
+    return [n + ("/" if n == "tb" else "") for n in (CONFIG_JSON, "metrics.csv", "metrics_last.json", "tb",
+                                                     CHECKPOINT_LAST, CHECKPOINT_BEST) if (Path(run) / n).exists()]
 
 
 def missing_best_reason(run: Path) -> str:
@@ -479,6 +480,7 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
     batches = batches_per_epoch(spec.fit_samples, info.world, cfg.batch_size, len(spec.val_keys))
     check_readers(spec.fit_samples, info.world, min(int(cfg.workers), batches))
     if resume and info.main:
+        claim(run, "run", "--resume")  # held like a new run's: a second command on it is refused
         sweep_stale(run)  # a checkpoint half-written when the run was killed
     D.barrier(info)
     core = build_model(cfg, spec).to(device)
@@ -503,6 +505,10 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
         ckpt = load_checkpoint(run / CHECKPOINT_LAST)
         check_fingerprint(ckpt["fingerprint"], spec.fingerprint, f"{run}", "train a new run on this dataset")
         check_resumable(ckpt["config"], cfg, str(run / CHECKPOINT_LAST))
+        done = ckpt["epoch"] + (1 if ckpt["step"] else 0)  # epochs begun: a mid-epoch checkpoint's epoch counts
+        if cfg.epochs < done:
+            raise BadInputError(f"{run}: --epochs {cfg.epochs} is below the {done} epoch(s) already trained "
+                                f"({run / CHECKPOINT_LAST}); pass --epochs {done} or more, or train a new run")
         if (run / CHECKPOINT_BEST).exists():  # a damaged best.pt is not carried on as the run's result
             check_sealed(run / CHECKPOINT_BEST, "checkpoint", f"delete it to resume (a later epoch that beats "
                                                               f"{ckpt['best_score']:.4f} writes a new one) or retrain")
@@ -544,6 +550,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Pat
 
 def _epochs(st: RunState, cfg: TrainConfig, info: D.DistInfo) -> Path:
     metrics, trained = None, False  # a resumed run that had already finished trains no epoch
+    if st.epoch >= cfg.epochs and info.main:
+        print(f"note: {st.run} had already finished its {cfg.epochs} epoch(s): nothing trained (pass a larger "
+              f"--epochs to train on)", file=sys.stderr)
     for epoch in range(st.epoch, cfg.epochs):
         start_step = st.step if epoch == st.epoch else 0
         if hasattr(st.core, "before_epoch") and start_step == 0:  # mid-epoch resume: the checkpoint holds its state

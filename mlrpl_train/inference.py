@@ -107,7 +107,7 @@ def _archive_kind(p: Path) -> str:
     from mlrpl_data.readers import file_size
 
     file_size(str(p))  # a regular file, else one line
-    check_sealed(p, "model file", "export it again, or use the run's other checkpoint")
+    check_sealed(p, "model file", "use the run's other checkpoint (--checkpoint), or export or train it again")
     try:
         with zipfile.ZipFile(p) as z:
             names = z.namelist()

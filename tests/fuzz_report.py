@@ -84,10 +84,17 @@ class _Classes:
 
 
 def class_counts() -> dict:
+    import contextlib
+    import os
+
     import pytest
 
     plugin = _Classes()
-    pytest.main(["-q", "-p", "no:cacheprovider", "-m", "fuzzclass", "--no-header", "-rN", str(HERE)], plugins=[plugin])
+    sys.path.insert(0, str(HERE.parent))  # as `python -m pytest` from the checkout: tests import cli
+    os.chdir(HERE.parent)
+    with contextlib.redirect_stdout(sys.stderr):  # pytest's own lines go to stderr, the JSON alone to stdout
+        pytest.main(["-q", "-p", "no:cacheprovider", "-m", "fuzzclass", "--no-header", "-rN", str(HERE)],
+                     plugins=[plugin])
     rows = {k: plugin.out[k] for k in sorted(plugin.out)}
     total = {k: sum(r[k] for r in rows.values()) for k in ("passed", "failed", "skipped")}
     return {"classes": rows, "total": {"tests": sum(total.values()), **total}}

@@ -171,7 +171,7 @@ def test_validation_without_a_defined_map_warns_writes_no_best_and_says_why(data
     assert "val mAP undefined" in r.output
     assert not (run / "best.pt").exists()
     last = [ln for ln in r.output.splitlines() if ln.startswith(str(run))][-1]
-    assert last.startswith(f"{run}: config.json, metrics.csv, tb/, last.pt (no best.pt: --val-fraction {f:g}: no evaluated")
+    assert last.startswith(f"{run}: config.json, metrics.csv, metrics_last.json, tb/, last.pt (no best.pt: --val-fraction {f:g}: no evaluated")
     row = list(csv.DictReader(open(run / "metrics.csv")))[0]
     assert row["val_mAP"] == "" and row["best"] == "0"
     r = runner.invoke(app, ["evaluate", str(run), str(data), "--checkpoint", "best", "--workers", "0"])

@@ -36,6 +36,7 @@ class TinyBackbone(nn.Module):
         self.layer3 = stage(2 * width, 4 * width, 2)
         self.layer4 = stage(4 * width, 8 * width, 2)
         self.out_channels = 8 * width
+        self.stride = 16  # a map of ceil(size / 16) cells
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
@@ -49,6 +50,7 @@ class ResNetTrunk(nn.Module):
         self.conv1 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.out_channels = net.fc.in_features
+        self.stride = 32  # a map of ceil(size / 32) cells
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))

@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from mlrpl_data.errors import BadInputError
+
 from .. import dist as D
 from ..device import to_device
 from ..losses import contrastive_literal, contrastive_published, contrastive_weight, partial_bce
@@ -376,6 +378,11 @@ def build_dsrb(cfg, spec, backbone: nn.Module, frozen: list[nn.Module],
     from dataclasses import replace
 
     opts = cfg.dsrb
+    stride = getattr(backbone, "stride", 1)  # the backbone's map is ceil(size / stride) cells a side
+    if opts.pool2x2 and int(cfg.image_size) <= stride:  # the 2x2 pool needs a map of 2 cells or more
+        raise BadInputError(f"--image-size {cfg.image_size}: {cfg.method} with the {cfg.backbone} backbone and the "
+                            f"2x2 pool needs at least {stride + 1} px (a feature map of 2x2 cells); pass "
+                            f"--image-size {stride + 1} or more, or --no-pool2x2")
     if cfg.method == "ssgrl":
         opts = replace(opts, iprb=False, pprb=False, contrastive_weight=0.0)
     if not from_checkpoint:
