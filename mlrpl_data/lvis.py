@@ -99,7 +99,11 @@ def build_lvis(cfg: LvisConfig) -> Manifest:
         for a in data["annotations"]:
             if a.get("image_id") not in row_of or a.get("category_id") not in col:
                 raise BadInputError(f"{where}: annotation {a.get('id')} names an unknown image or category")
-            labels[row_of[a["image_id"]], col[a["category_id"]]] = 1
+            r, c = row_of[a["image_id"]], col[a["category_id"]]
+            if labels[r, c] == -1:  # both present and verified absent: which one is true is not ours to guess
+                raise BadInputError(f"{where}: annotation {a.get('id')} marks category {a['category_id']} present in "
+                                    f"image {a['image_id']}, whose neg_category_ids says it is absent; fix one of them")
+            labels[r, c] = 1
         on_disk = np.ones(len(ids), bool)
         for r, im in enumerate(data["images"]):
             key = f"{cfg.name}_{split}_{im['id']}"

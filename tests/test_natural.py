@@ -92,7 +92,7 @@ def lvis(root: Path) -> Path:
     cats = [{"id": 1, "name": "aerosol_can", "frequency": "r"}, {"id": 2, "name": "apple", "frequency": "f"},
             {"id": 3, "name": "zebra", "frequency": "c"}]
     files = {
-        "lvis_v1_train.json": ([(11, "train2017", [2], [3], [1]), (12, "train2017", [1, 2], [], [])],
+        "lvis_v1_train.json": ([(11, "train2017", [2], [3], [1]), (12, "train2017", [1], [], [])],
                                [(11, 1), (12, 2), (12, 3)]),
         "lvis_v1_val.json": ([(21, "val2017", [1], [], []), (22, "train2017", [], [3], [])], [(21, 2), (22, 1)]),
     }

@@ -352,3 +352,18 @@ def test_csv_with_another_separator_says_so(tmp_path):
     f = lab_csv(tmp_path, "path;split;cat\nimg/a0.jpg;train;1\n")
     with pytest.raises(BadInputError, match=r"labels\.csv: fields are separated by ';', not ','; export it as comma-separated"):
         build_csv(CsvConfig(labels=f, images=tmp_path, progress=False))
+
+
+@pytest.mark.fuzzclass("raw records and labels")
+def test_lvis_category_both_annotated_and_verified_absent_is_refused(tmp_path):
+    """The positive used to win silently: which of the two is true is the annotators', not ours, to say."""
+    root = lvis(tmp_path / "lvis")
+    doc = json.loads((root / "lvis_v1_train.json").read_text())
+    a = doc["annotations"][0]
+    im = next(i for i in doc["images"] if i["id"] == a["image_id"])
+    im["neg_category_ids"] = sorted(set(im.get("neg_category_ids", [])) | {a["category_id"]})
+    (root / "lvis_v1_train.json").write_text(json.dumps(doc))
+    with pytest.raises(BadInputError, match=rf"lvis_v1_train\.json: annotation {a['id']} marks category "
+                                            rf"{a['category_id']} present in image {a['image_id']}, whose "
+                                            r"neg_category_ids says it is absent"):
+        build_lvis(LvisConfig(root=root, progress=False))
