@@ -87,7 +87,6 @@ def friendly(fn):
     """Every expected failure is one line on stderr and exit code 1; Ctrl-C and SIGTERM one line too,
     exit 128 + the signal (130, 143); anything else says it is unexpected, in one line too, unless
     MLRPL_DEBUG=1 asks for the traceback."""
-    import os
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -454,7 +453,6 @@ def _launch_torchrun(nproc: int) -> None:
     runs in this process, so a SIGTERM or Ctrl-C reaches the ranks through it (never orphaning them)
     and its signal or a failed rank ends here: each rank has printed its own line, no traceback."""
     import logging
-    import os
 
     if "WORLD_SIZE" in os.environ:
         return
@@ -521,8 +519,6 @@ def train(ctx: typer.Context,
 def resume_hint(method: str, dataset: str, run: Path) -> str:
     """After an interrupt: the exact command that continues the run (the same command would refuse
     the existing run), or the same command when nothing was kept."""
-    import os
-
     from mlrpl_train.engine import CHECKPOINT_LAST
 
     if not (run / CHECKPOINT_LAST).is_file():
@@ -710,7 +706,6 @@ def exit_now(code: int) -> None:
     static destructors: pyarrow's thread pool can abort there ('terminate called without an active
     exception', exit 134) after the command has printed its result or its one line."""
     import atexit
-    import os
     import threading
 
     shutdown = getattr(threading, "_shutdown", None)
