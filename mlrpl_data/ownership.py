@@ -84,10 +84,13 @@ def claim(folder: Path, kind: str, what: str) -> str | None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise AlreadyExistsError(f"{folder}: is a file, not a folder; choose another {what}")
-    made = None
+    made, parents = None, []
     if not folder.exists():
+        from .fsutil import make_parents
+
+        parents = make_parents(folder)  # the folders above it this call makes, to remove on a failure
         try:
-            folder.mkdir(parents=True)
+            folder.mkdir()
             made = "folder"
         except FileExistsError:
             pass
@@ -98,7 +101,7 @@ def claim(folder: Path, kind: str, what: str) -> str | None:
             if made == "folder":
                 from .fsutil import remove_empty
 
-                remove_empty([folder])
+                remove_empty([folder, *parents])
             raise
         made = (made or "marker") if first else None
     elif made == "folder":

@@ -73,7 +73,7 @@ def read_class_names(dataset: str) -> list[str]:
     where = f"{str(dataset).rstrip('/')}/categories.parquet"
     try:
         return read_parquet(where, {"name": "string"}).column("name").to_pylist()
-    except (FileNotFoundError, MissingFileError):
+    except MissingFileError:
         raise BadInputError(f"{where}: not found: an incomplete dataset") from None
 
 

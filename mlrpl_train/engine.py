@@ -668,7 +668,8 @@ def _prototype_loader(cfg: TrainConfig, spec: DataSpec, info: D.DistInfo, epoch:
     sc = stream_config(cfg, spec, info, "test", epoch=epoch)
     sc.urls, sc.partial, sc.augment, sc.exclude = spec.train_urls, spec.partial, True, spec.val_keys
     sc.counts, sc.unsure = spec.fit_counts()
-    return make_loader(sc, cfg.workers)
+    # at most one loader process per batch, as training and evaluation take
+    return make_loader(sc, min(int(cfg.workers), math.ceil(spec.fit_samples / max(1, info.world * cfg.batch_size))))
 
 
 METRIC_COLUMNS = ["epoch", "train_loss", "lr", "mAP", "mAP_voc", "OF1", "CF1", "OF1_top3", "CF1_top3", "val_mAP",

@@ -187,7 +187,8 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "weights", checkpoin
     from .engine import checkpoint_file, run_inputs
 
     p = checkpoint_file(run, checkpoint)
-    refuse_overlap(Path(out), {**run_inputs(run), **run_inputs(p)}, "--out", file=True)
+    # never onto this run's files, nor onto another run's (its last.pt is sealed like an export)
+    refuse_overlap(Path(out), {**run_inputs(run), **run_inputs(p), **run_inputs(Path(out).parent)}, "--out", file=True)
     claim_file(Path(out), "--out", is_sealed, "a model file")
     sweep_stale(Path(out).parent, of=Path(out).name)  # a killed export's temporary
     doc = _load_weights(p)

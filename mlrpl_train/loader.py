@@ -378,7 +378,9 @@ def _worker_init(_: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # a worker's errors reach the main process through the DataLoader, never through sys.excepthook; the
     # hook only prints the fd-sharing thread's broken pipe when an interrupted main process goes away
-    sys.excepthook = lambda *exc: None
+    from mlrpl_data.errors import quiet_exit
+
+    quiet_exit()
 
 
 def make_loader(cfg: StreamConfig, workers: int) -> torch.utils.data.DataLoader:

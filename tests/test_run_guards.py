@@ -108,7 +108,7 @@ def test_a_claim_that_cannot_write_its_marker_leaves_no_folder(tmp_path, monkeyp
     monkeypatch.setattr(ownership, "_mark_first", no_space)
     with pytest.raises(OSError):
         releasing(claim)(tmp_path / "a" / "run", "run", "--out")
-    assert [p.name for p in tmp_path.iterdir()] == ["a"]  # the run folder it made is gone (its parent was made by mkdir)
+    assert list(tmp_path.iterdir()) == []  # the run folder and the parent it made are gone
 
 
 def test_exported_archive_written_through_the_sink_warns_nothing(data, tmp_path, capfd):
@@ -131,3 +131,16 @@ def test_only_the_first_process_prints_the_run_summary(data, tmp_path, monkeypat
     monkeypatch.setenv("RANK", "1")  # what torchrun sets in the second process (it trains alone here)
     second = runner.invoke(app, [*args, "--out", str(tmp_path / "b")])
     assert second.exit_code == 0 and f"{tmp_path / 'b'}:" not in second.output
+
+
+@pytest.mark.fuzzclass("output/input overlap")
+def test_export_never_replaces_another_runs_checkpoint(data, tmp_path):
+    """Another run's last.pt is sealed like an export: it was replaced as if it were one."""
+    from mlrpl_train.inference import export_run
+
+    a, b = train(config(data, tmp_path / "a")), train(config(data, tmp_path / "b"))
+    before = (b / "last.pt").read_bytes()
+    with pytest.raises(BadInputError, match=rf"--out {b / 'last.pt'}.*the run's last\.pt"):
+        export_run(a, b / "last.pt", "weights", "last")
+    assert (b / "last.pt").read_bytes() == before
+    export_run(a, b / "a-model.pt", "weights", "last")  # a new file beside another run's files is fine

