@@ -92,13 +92,6 @@ def deal(counts: list[int], readers: int, unsure: int = 0) -> list[tuple[list[in
     return [(full, readers, g) for g in range(readers)]
 
 
-def share_sizes(counts: list[int], readers: int, unsure: int = 0) -> list[int]:
-    """Samples each reader gets under `deal` (before `unsure` ones are dropped)."""
-    total = sum(c for c in counts if c > 0)
-    return [sum(counts[i] for i in idx) if stride == 1 else len(range(off, total, stride))
-            for idx, stride, off in deal(counts, readers, unsure)]
-
-
 def my_share(urls: list[str], rank: int, world: int, worker: int, workers: int,
              counts: list[int] | None = None, unsure: int = 0) -> tuple[list[str], int, int]:
     """(urls to read, sample stride, sample offset) for one worker of one rank (see `deal`; without

@@ -249,7 +249,7 @@ def test_deal_gives_every_reader_samples_each_once_over_many_layouts():
 
 @pytest.mark.fuzzclass("ranks, workers and batches")
 def test_deal_values_for_an_empty_shard_and_uneven_shards():
-    from mlrpl_train.loader import deal, share_sizes
+    from mlrpl_train.loader import deal
 
     # the issue's layout: 2 ranks, rank 1's only shard empty (its image skipped): both stride the full shard
     assert deal([7, 0], 2) == [([0], 2, 0), ([0], 2, 1)] and share_sizes([7, 0], 2) == [4, 3]
@@ -261,7 +261,6 @@ def test_deal_values_for_an_empty_shard_and_uneven_shards():
 
 @pytest.mark.fuzzclass("ranks, workers and batches")
 def test_striding_readers_split_the_training_stream_without_overlap(data):
-    from mlrpl_train.loader import share_sizes
 
     spec = resolve_data(str(data), "uniform-p0.50-s0")
     urls, counts = spec.train_urls[:2], spec.train_counts[:2]  # 2 shards, 4 ranks: every rank strides both
@@ -283,3 +282,12 @@ def test_too_many_readers_refused_in_one_line():
     with pytest.raises(BadInputError, match=r"^7 training samples cannot feed 2 ranks x 4 loader worker\(s\) = 8 "
                                             r"readers, one sample each at least: lower --workers$"):
         check_readers(7, 2, 4)
+
+
+def share_sizes(counts: list[int], readers: int, unsure: int = 0) -> list[int]:
+    """Samples each reader gets under `deal` (before `unsure` ones are dropped)."""
+    from mlrpl_train.loader import deal
+
+    total = sum(c for c in counts if c > 0)
+    return [sum(counts[i] for i in idx) if stride == 1 else len(range(off, total, stride))
+            for idx, stride, off in deal(counts, readers, unsure)]

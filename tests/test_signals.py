@@ -102,11 +102,17 @@ def test_sigterm_mid_pull_from_a_slow_server(tmp_path):
     assert (out / "dataset.json").read_bytes() == (d / "dataset.json").read_bytes()
 
 
-@pytest.mark.fuzzclass("signals")
-def test_sigterm_mid_training_prints_the_resume_command_that_works(tmp_path):
+def sharded(tmp_path: Path) -> Path:
+    """48 training images with a 50% mask in shards of 8: enough steps to be stopped mid-run."""
     d = dataset(tmp_path, n_train=48, size=(40, 30))
     make_masks(d, MaskConfig(proportions=[0.5]))
     write_shards(d, ShardConfig(max_samples=8, shard_size=None, progress=False))
+    return d
+
+
+@pytest.mark.fuzzclass("signals")
+def test_sigterm_mid_training_prints_the_resume_command_that_works(tmp_path):
+    d = sharded(tmp_path)
     run = tmp_path / "run"
     args = ["train", "pbce", d, "--masks", "uniform-p0.50-s0", "--backbone", "tiny", "--weights", "none", "--epochs", "40",
             "--batch-size", "4", "--image-size", "32", "--workers", "2", "--no-progress", "--checkpoint-every", "2",
@@ -203,9 +209,7 @@ def test_sigterm_in_every_command_is_one_line_and_leaves_nothing(trained, tmp_pa
 
 @pytest.mark.fuzzclass("signals")
 def test_sigterm_to_a_multi_process_run_reaches_every_rank_and_names_the_resume(tmp_path):
-    d = dataset(tmp_path, n_train=48, size=(40, 30))
-    make_masks(d, MaskConfig(proportions=[0.5]))
-    write_shards(d, ShardConfig(max_samples=8, shard_size=None, progress=False))
+    d = sharded(tmp_path)
     run = tmp_path / "run"
     r = term_when(cli("train", "pbce", d, "--masks", "uniform-p0.50-s0", "--backbone", "tiny", "--weights", "none",
                       "--epochs", "40", "--batch-size", "4", "--image-size", "32", "--workers", "1", "--no-progress",
