@@ -557,7 +557,7 @@ def sweep(ctx: typer.Context,
     from mlrpl_data.options import parse_int_list
     from mlrpl_train.data import read_class_names
     from mlrpl_train.published import paper_dataset
-    from mlrpl_train.sweep import run_sweep, write_table
+    from mlrpl_train.sweep import paper_preset, run_sweep, write_table
 
     try:
         seed_list = list(parse_int_list(seeds))
@@ -570,6 +570,7 @@ def sweep(ctx: typer.Context,
         if pinned:
             raise MlrplError(f"--preset paper fixes the protocol; drop {', '.join('--' + n.replace('_', '-') for n in pinned)}")
         proportions = "0.1:0.9:0.1"
+        cfg = paper_preset(cfg)  # fp32 and the label embeddings, refused before any training
     run_sweep(cfg, parse_proportions(proportions), seed_list, Path(out), scheme)
     name = read_card(dataset)["name"]
     t = write_table(Path(out), title=f"{name}: final-epoch test metrics ({scheme} masks)",
