@@ -62,7 +62,7 @@ def test_build_vg200_both_sources(tmp_path):
     (tmp_path / "labels.json").write_text(json.dumps({"1.jpg": [0], "2.jpg": [1, 2], "3.jpg": [], "4.jpg": [199, 300]}))
     r = runner.invoke(app, ["build-vg200", "--root", str(raw), "--out", str(tmp_path / "s"),
                             "--ssgrl-lists", str(tmp_path / "train.txt"), str(tmp_path / "test.txt"),
-                            "--ssgrl-labels", str(tmp_path / "labels.json")])
+                            "--ssgrl-labels", str(tmp_path / "labels.json"), "--ssgrl-classes", "500"])
     assert r.exit_code == 0, r.output
     assert "200 classes, train 3, test 1" in r.output
     r = runner.invoke(app, ["build-vg200", "--root", str(raw), "--out", str(tmp_path / "x"),
