@@ -496,3 +496,30 @@ def test_scalar_alpha_and_beta_train_as_one_number_each(data, tmp_path):
     m = load_checkpoint(run / "last.pt")["model"]
     assert m["alpha"].shape == (1,) and m["beta"].shape == (1,)
     assert m["alpha"].item() != 0.5 and m["beta"].item() != 0.5  # learned once blending is on
+
+
+def test_authors_graph_with_a_class_lacking_known_positives_makes_every_node_nan():
+    """A numpy re-enactment of HCP-MLR-PL's graph (utils/dataloader.py: rows divided by their diagonal;
+    its np.nan_to_num result is discarded) and one step of their GatedGNN (messages [A h, A^T h]):
+    class 2 has no known positive, so row 2 is 0/0 = NaN, and the outgoing message A^T h of EVERY node
+    sums A[2, j] h_2: all nodes NaN after one step, not only node 2. Ours has a zero row instead."""
+    partial = np.array([[1, 1, 0], [1, 0, -1], [0, 1, 0]])
+    pos = (partial == 1).astype(np.float64)
+    graph = pos.T @ pos
+    with np.errstate(invalid="ignore"):
+        for i in range(3):
+            graph[i] /= graph[i, i]
+    np.nan_to_num(graph)  # as in their code: the result is thrown away
+    assert np.isnan(graph[2]).all() and not np.isnan(graph[:2]).any()  # one NaN row
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(3, 4))
+    a_in, a_out = graph @ h, graph.T @ h
+    assert np.isnan(a_in).any(axis=1).tolist() == [False, False, True]  # the incoming message: node 2 only
+    assert np.isnan(a_out).all()  # the outgoing one: every node
+    w, u = rng.normal(size=(8, 4)), rng.normal(size=(4, 4))
+    a = np.concatenate([a_in, a_out], axis=1)
+    z = 1 / (1 + np.exp(-(a @ w + h @ u)))
+    h_new = (1 - z) * h + z * np.tanh(a @ w + h @ u)
+    assert np.isnan(h_new).all()  # every node of every image, after one propagation step
+    ours = cooccurrence(partial, 3).numpy()
+    assert ours[2].tolist() == [0.0, 0.0, 0.0] and np.isfinite(ours.T @ h).all()

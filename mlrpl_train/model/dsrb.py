@@ -193,7 +193,8 @@ class Head(nn.Module):
 def cooccurrence(partial: np.ndarray | None, num_classes: int) -> torch.Tensor:
     """A[i, j] = P(j known positive | i known positive) from the training partial labels: the
     co-occurrence counts with each row divided by its diagonal, so A[i, i] = 1, as in the authors'
-    code. A class with no known positive has a zero row (their code gives NaN there)."""
+    code. A class with no known positive has a zero row (their code gives a NaN row there, which
+    the outgoing message A^T h spreads to every node in one propagation step)."""
     if partial is None or len(partial) == 0:
         return torch.zeros(num_classes, num_classes)
     pos = (np.asarray(partial) == 1).astype(np.float64)
