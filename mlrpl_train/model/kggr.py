@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from ..losses import partial_bce
-from .dsrb import GGNN, SemanticDecoupling, cooccurrence
+from .dsrb import GGNN, SemanticDecoupling, cooccurrence, load_embeddings
 
 
 def knowledge_graph(partial: np.ndarray | None, num_classes: int) -> torch.Tensor:
@@ -119,25 +119,18 @@ class KGGR(nn.Module):
         return self.loss(logits, partial), {}
 
 
-def build_kggr(cfg, spec, backbone: nn.Module, frozen: list[nn.Module], state: dict | None = None) -> KGGR:
-    """KGGR for the data of `spec`: the graph from the known positives of the training partial labels,
-    the label embeddings from the dataset (`--embeddings`). A model rebuilt from a checkpoint `state`
-    takes its embeddings (and, by load_state_dict, its graph) from the state."""
+def build(cfg, spec, backbone: nn.Module, frozen: list[nn.Module], state: dict | None) -> KGGR:
+    """The registry's builder of `kggr`: the graph from the KNOWN positives of the training partial
+    labels (spec.fit_partial()), the label embeddings from --embeddings or DATASET/label_embeddings.npy
+    (learned, with a warning, when there are none). A model rebuilt from a checkpoint `state` takes
+    its embeddings from the state here and its graph by load_state_dict (both are buffers)."""
     if state is not None:
-        embeddings = state.get("embeddings")
-    else:
-        embeddings = load_label_embeddings(cfg, spec)
-        partial = spec.fit_partial()
-        missing = 0 if partial is None else int(((np.asarray(partial) == 1).sum(axis=0) == 0).sum())
-        if missing:
-            print(f"warning: {missing} class(es) have no known positive: no edge of KGGR's graph touches them",
-                  file=sys.stderr)
-    graph = knowledge_graph(None if state is not None else spec.fit_partial(), spec.num_classes)
-    return KGGR(backbone, spec.num_classes, embeddings, graph, cfg.kggr, frozen, bce=str(cfg.bce))
-
-
-def load_label_embeddings(cfg, spec) -> torch.Tensor | None:
-    """DIR/label_embeddings.npy (or --embeddings PATH), as DSRB reads them; None -> learned."""
-    from .dsrb import load_embeddings
-
-    return load_embeddings(spec, cfg.dsrb)
+        return KGGR(backbone, spec.num_classes, state.get("embeddings"), knowledge_graph(None, spec.num_classes),
+                    cfg.kggr, frozen, bce=str(cfg.bce))
+    partial = spec.fit_partial()
+    missing = 0 if partial is None else int(((np.asarray(partial) == 1).sum(axis=0) == 0).sum())
+    if missing:
+        print(f"warning: {missing} class(es) have no known positive: KGGR's graph has no edge to or from them",
+              file=sys.stderr)
+    return KGGR(backbone, spec.num_classes, load_embeddings(spec, cfg.embeddings),
+                knowledge_graph(partial, spec.num_classes), cfg.kggr, frozen, bce=str(cfg.bce))
