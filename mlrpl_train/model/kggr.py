@@ -16,16 +16,17 @@ method it compares (Sec. 5.2: partial BCE in place of BCE, every other component
 The knowledge graph is the statistical label co-occurrence, A[i, j] = P(j | i), counted on the
 KNOWN positives of the training partial labels (mlrpl's `cooccurrence`, shared with SSGRL/DSRB).
 
-The paper's text states the components (the abstract: a co-occurrence knowledge graph, label
-semantics guiding semantic-specific features that initialise the graph, a propagation network
-over them, classifier weights initialising the nodes of another propagation network). Where only
-code says more, the defaults follow the one public implementation of KGGR's MLR framework
-(zizizihua/WS-MLR `model/KGGR.py`, built on HCP-MLR-PL's `GatedGNN`, `SemanticDecoupling` and
-`Element_Wise_Layer`): D = 1024 with no pooling of the backbone map, an attention width of 512,
-T = 3 for both networks, the concatenations [h^T, x] and [g^T, w], tanh on the features only, the
-score's product with the propagated AND the original classifier, and uniform(+-1/sqrt(D))
-classifier weights and biases. Their graph has NaN rows for a class with no positive; here they
-are zero rows (and columns), so such a class changes nothing and makes nothing NaN.
+What the paper's abstract states (its method section was not readable from here): a knowledge
+graph of statistical label co-occurrence, label semantics guiding semantic-specific features that
+initialise the graph, a propagation network over them, and classifier weights initialising the
+nodes of another propagation network. No code of KGGR's authors was found; the details follow the one
+public implementation of its MLR framework (zizizihua/WS-MLR `model/KGGR.py`, built on
+HCP-MLR-PL's `GatedGNN`, `SemanticDecoupling` and `Element_Wise_Layer`): D = 1024 with no pooling
+of the backbone map, an attention width of 512, T = 3 for both networks, the concatenations
+[h^T, x] and [g^T, w], tanh on the features only, a score that multiplies by the propagated AND
+the original classifier, and uniform(+-1/sqrt(D)) classifier weights and biases. Their graph has
+NaN rows for a class with no positive; here they are zero rows (and columns), so such a class
+touches no other class and makes nothing NaN.
 """
 
 from __future__ import annotations
