@@ -115,6 +115,22 @@ class BaselineOptions:
 
 
 @dataclass
+class KggrOptions:
+    """KGGR's options (Chen et al., TPAMI 2022); defaults from the one public implementation of its MLR
+    framework (WS-MLR `model/KGGR.py`). Names carry `kggr_` because option names are flat across methods."""
+
+    kggr_feat_dim: int = field(default=1024, metadata=opt(
+        "KGGR: feature size D after the 1x1 conv, of the graph nodes and the classifiers (public code: 1024)", min=1))
+    kggr_attn_dim: int = field(default=512, metadata=opt(
+        "KGGR: width of the semantic-decoupling attention (public code: 512)", min=1))
+    kggr_steps: int = field(default=3, metadata=opt(
+        "KGGR: propagation steps T of both gated graph networks, features and classifiers (public code: 3)", min=1))
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+@dataclass
 class TrainConfig:
     """One training run: what to train on, where to write, and how (the engine's options + DSRB's)."""
 
@@ -166,6 +182,7 @@ class TrainConfig:
         "batch = one mean over the batch's known labels (the authors' code); per-image = eq. 14-15"))
     dsrb: DsrbOptions = field(default_factory=DsrbOptions, metadata=opt("DSRB/SSGRL options", cli=False))
     baselines: BaselineOptions = field(default_factory=BaselineOptions, metadata=opt("ASL / LL options", cli=False))
+    kggr: KggrOptions = field(default_factory=KggrOptions, metadata=opt("KGGR options", cli=False))
 
     def __post_init__(self) -> None:
         check_ranges(self)
