@@ -3,7 +3,7 @@
 A is the demo digits (128 px, 4x4 grid), which mlrpl was developed on; B is a set generated with
 other settings and never tuned on (96 px, 3x3 grid, up to 5 digits, other scans and seed). Both are
 fed to the network at 64 px. Each method trains with one shared recipe (tiny CNN from scratch,
-lr 1e-3, no random crops, the same epochs, DSRB's feature size 128; every other option its default) at 10%, 30% and 50% known labels with seeds 0, 1, 2 (mask and training seed), through
+lr 1e-3, no random crops, the same epochs, DSRB's and KGGR's feature size 128; every other option its default) at 10%, 30% and 50% known labels with seeds 0, 1, 2 (mask and training seed), through
 `mlrpl_train.sweep.run_sweep`, so an interrupted run of this script resumes where it stopped.
 Figures: each run's LAST epoch, mean ± std over seeds, plain AP and VOC-interpolated AP.
 
@@ -47,12 +47,12 @@ def build(root: Path, name: str) -> Path:
 
 
 def recipe(method: str, dataset: Path, image_size: int, epochs: int):
-    from mlrpl_train.options import Backbone, DsrbOptions, Method, TrainConfig
+    from mlrpl_train.options import Backbone, DsrbOptions, KggrOptions, Method, TrainConfig
 
     return TrainConfig(method=Method(method), dataset=str(dataset), backbone=Backbone.tiny, weights="none",
                        epochs=epochs, lr=1e-3, crop_scales=(512,),
                        image_size=image_size, val_fraction=0.0, eval_every=epochs, workers=1, progress=False,
-                       dsrb=DsrbOptions(feat_dim=128))
+                       dsrb=DsrbOptions(feat_dim=128), kggr=KggrOptions(kggr_feat_dim=128))
 
 
 def table(results: dict, metric: str) -> str:
