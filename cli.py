@@ -191,9 +191,11 @@ def _build(cls: type, values: dict[str, Any], explicit: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def with_options(cls: type, name: str = "cfg", exclude: tuple[str, ...] = (), defaults: dict[str, Any] | None = None):
+def with_options(cls: type, name: str = "cfg", exclude: tuple[str, ...] = (), defaults: dict[str, Any] | None = None,
+                 adapt: Any = None):
     """Give the command one option per field of dataclass `cls`; the command receives the built
-    dataclass as its argument `name`. `defaults` overrides a default for this command only."""
+    dataclass as its argument `name`. `defaults` overrides a default for this command only; `adapt`
+    maps the command's own arguments to the values the dataclass takes (e.g. a list of methods to its first)."""
     defaults = defaults or {}
 
     def deco(fn):
@@ -210,7 +212,7 @@ def with_options(cls: type, name: str = "cfg", exclude: tuple[str, ...] = (), de
         @functools.wraps(fn)
         def wrapper(**kwargs):
             values = {k: kwargs.pop(k) for k in list(kwargs) if k in gen_names}
-            return fn(**kwargs, **{name: _build(cls, values, kwargs)})
+            return fn(**kwargs, **{name: _build(cls, values, adapt(kwargs) if adapt else kwargs)})
 
         params = own + generated
         wrapper.__signature__ = inspect.Signature(params)
@@ -543,10 +545,27 @@ PAPER_FREE = {"workers", "device", "progress", "checkpoint_every", "eval_every",
               "embeddings", "weights", "seeds", "out", "metric", "preset", "scheme"}
 
 
-@command("sweep", "mlrpl sweep dsrb /data/mlrpl/coco2014 --preset paper --seeds 0,1,2 --out runs/coco-sweep")
-@with_options(TrainConfig, exclude=("seed",), defaults={"val_fraction": 0.0})
+def sweep_methods(text: str) -> list[str]:
+    """`mlrpl sweep`'s METHOD: one name, several comma-separated, or `table1` (every Table 1 method the
+    registry trains, in the paper's row order)."""
+    from mlrpl_train.registry import METHODS
+
+    if text.strip() == "table1":
+        return [m.name for m in METHODS if m.table1]
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in method_names()]
+    if unknown or not names:
+        raise MlrplError(f"METHOD {text!r}: {', '.join(unknown) or 'no method'} is not a method; use one of "
+                         f"{', '.join(method_names())}, several comma-separated, or table1")
+    return list(dict.fromkeys(names))
+
+
+@command("sweep", "mlrpl sweep table1 /data/mlrpl/coco2014 --preset paper --seeds 0,1,2 --out runs/coco-sweep")
+@with_options(TrainConfig, exclude=("seed",), defaults={"val_fraction": 0.0},
+              adapt=lambda kw: {**kw, "method": sweep_methods(kw["method"])[0]})
 def sweep(ctx: typer.Context,
-          method: Method = typer.Argument(..., help=" | ".join(method_names())),
+          method: str = typer.Argument(..., metavar="METHOD", help=f"{' | '.join(method_names())}; several "
+                                       "comma-separated (dsrb,pbce); or table1 = every Table 1 method, in its order"),
           dataset: str = typer.Argument(..., help="Dataset folder with shards/"),
           proportions: str = typer.Option("0.1:0.9:0.1", help="Known proportions: 0.1,0.5,0.9 or 0.1:0.9:0.1"),
           seeds: str = typer.Option("0", help="Seeds (of the mask and of training), e.g. 0,1,2"),
@@ -558,8 +577,8 @@ def sweep(ctx: typer.Context,
                                                   "0.1..0.9, its schedule (the defaults), the whole training split; "
                                                   "the table adds the test-selected best epoch, named as such"),
           cfg=None):
-    """Train one run per proportion (and seed), then write Table 1 (Markdown, CSV) and a mAP plot; on
-    COCO 2014, VOC 2007 and VG-200 each method's published row and the difference are added."""
+    """Train one run per method, proportion and seed, then write Table 1 (Markdown, CSV) and a mAP plot;
+    on COCO 2014, VOC 2007 and VG-200 as published each method's published row and the difference are added."""
     from mlrpl_data.manifest import read_card
     from mlrpl_data.masks import parse_proportions
     from mlrpl_data.options import parse_int_list
@@ -578,8 +597,12 @@ def sweep(ctx: typer.Context,
         if pinned:
             raise MlrplError(f"--preset paper fixes the protocol; drop {', '.join('--' + n.replace('_', '-') for n in pinned)}")
         proportions = "0.1:0.9:0.1"
-        cfg = paper_preset(cfg)  # fp32 and the label embeddings, refused before any training
-    run_sweep(cfg, parse_proportions(proportions), seed_list, Path(out), scheme)
+    props = parse_proportions(proportions)
+    configs = [dataclasses.replace(cfg, method=Method(name)) for name in sweep_methods(method)]
+    if preset == "paper":  # fp32 and the label embeddings, every method refused before any training
+        configs = [paper_preset(c) for c in configs]
+    for c in configs:
+        run_sweep(c, props, seed_list, Path(out), scheme)
     name = read_card(dataset)["name"]
     t = write_table(Path(out), title=f"{name}: final-epoch test metrics ({scheme} masks)",
                     metric="mAP" if metric == "map" else "mAP_voc",

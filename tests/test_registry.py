@@ -103,3 +103,17 @@ def test_the_readme_shows_every_method():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [m.name for m in registry.METHODS if f"mlrpl train {m.name} " not in readme]
     assert not missing, f"README.md has no `mlrpl train NAME ...` example for {missing}"
+
+
+def test_sweep_takes_one_several_or_table1_methods():
+    from mlrpl.cli import sweep_methods
+    from mlrpl_data.errors import MlrplError
+
+    table1 = [m.name for m in registry.METHODS if m.table1]
+    assert sweep_methods("table1") == table1 and "llr" not in table1
+    rows = [r for r in dict.fromkeys(r["method"] for r in published_rows() if r["table"] == 1)]
+    ours = [registry.get(n).table1 for n in table1]
+    assert ours == [r for r in rows if r in ours]  # the paper's row order
+    assert sweep_methods("dsrb, pbce,dsrb") == ["dsrb", "pbce"]
+    with pytest.raises(MlrplError, match="nope is not a method"):
+        sweep_methods("dsrb,nope")
