@@ -45,6 +45,13 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("ssgrl", "SSGRL: semantic decoupling + gated graph network (DSRB without blending)",
                "mlrpl_train.model.dsrb:build", group="dsrb", table1="SSGRL", uses_embeddings=True,
                ddp_unused=True, source="Chen, Xu, Hui, Wu, Lin, ICCV 2019"),
+    MethodSpec("gcn-ml", "GCN-ML: ML-GCN, a two-layer GCN over label embeddings gives the classifiers of the "
+               "max-pooled features (--adjacency code|paper)", "mlrpl_train.model.gcn:build_gcn_ml", group="gcn",
+               table1="GCN-ML", uses_embeddings=True,
+               source="Chen, Wei, Wang, Guo, CVPR 2019; megvii-research/ML-GCN"),
+    MethodSpec("p-gcn", "P-GCN: a GCN over label-aware features gives inter-dependent scores (layers our reading: "
+               "no public code)", "mlrpl_train.model.gcn:build_p_gcn", group="gcn", table1="P-GCN",
+               source="Chen, Wei, Wang, Guo, TPAMI 2021; no code released: its Table 1 figures are its authors' own"),
     MethodSpec("asl", "ASL: asymmetric loss on the partial-BCE architecture (--asl-gamma-neg ...)",
                "mlrpl_train.model.pbce:build", group="baselines", table1="ASL",
                source="Ridnik et al., ICCV 2021; Alibaba-MIIL/ASL"),

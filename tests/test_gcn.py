@@ -173,4 +173,80 @@ def test_unknown_labels_contribute_nothing(kind):
     after = model(x)
     assert (after[:, 2] - before[:, 2]).abs().min() > 0.01  # the unknown entries' logits did change
     assert torch.equal(after[:, :2], before[:, :2])
-    assert float(model(x, partial=y)[0]) == float(loss)  # and the loss did not
+    assert float(model(x, partial=y)[0].detach()) == float(loss.detach())  # and the loss did not
+
+
+# ---- through the engine: train, resume mid-epoch, evaluate ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from trainkit import tiny_training_set
+
+    return tiny_training_set(tmp_path_factory.mktemp("gcn"), n_train=32, n_test=8)
+
+
+def _config(data, out, method, **kw):
+    from mlrpl_train.options import GcnOptions, TrainConfig
+
+    base = dict(method=method, dataset=str(data), masks="uniform-p0.50-s0", out=str(out), backbone="tiny",
+                weights="none", freeze="none", epochs=3, batch_size=4, lr=3e-3, image_size=32, workers=0,
+                progress=False, shuffle_buffer=8, val_fraction=0.0, checkpoint_every=3, gcn=GcnOptions(gcn_hidden=16))
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("method", ["gcn-ml", "p-gcn"])
+def test_train_resume_and_evaluate(data, tmp_path, monkeypatch, method, capsys):
+    import csv
+
+    from mlrpl_train import engine
+    from mlrpl_train.data import resolve_data
+    from mlrpl_train.engine import evaluate_checkpoint, load_checkpoint, train
+
+    ref = train(_config(data, tmp_path / "ref", method))
+    if method == "gcn-ml":  # the trainkit set has no label_embeddings.npy: learned, and said so
+        assert "no label embeddings" in capsys.readouterr().err
+    state = load_checkpoint(ref / "last.pt")["model"]
+    spec = resolve_data(str(data), "uniform-p0.50-s0", 0.0)
+    # the graph is the mask's known positives' (the code form by default), carried in the checkpoint
+    assert torch.equal(state["adjacency"], correlation_matrix(spec.fit_partial(), 3, "code"))
+    rows = list(csv.DictReader(open(ref / "metrics.csv")))
+    assert len(rows) == 3 and float(rows[-1]["mAP"]) > 0.6  # it learns (chance is about 0.45)
+
+    real_step, calls = engine.train_step, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 13:  # 8 batches per epoch: the 5th step of epoch 2, after its step-3 checkpoint
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(engine, "train_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(data, tmp_path / "killed", method))
+    monkeypatch.setattr(engine, "train_step", real_step)
+    mid = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert (mid["epoch"], mid["step"]) == (1, 3)
+    train(engine.load_run_config(tmp_path / "killed"), resume=True)
+    resumed = load_checkpoint(tmp_path / "killed" / "last.pt")["model"]
+    assert state.keys() == resumed.keys()
+    for k in state:
+        assert torch.equal(state[k], resumed[k]), k
+    m = evaluate_checkpoint(ref, str(data), tmp_path / "report", workers=0)
+    assert m["checkpoint"]["method"] == method and m["mAP"] == pytest.approx(float(rows[-1]["mAP"]), abs=1e-6)
+
+
+def test_gcn_ml_reads_the_embeddings_file_and_the_paper_graph(data, tmp_path):
+    from mlrpl_train.engine import load_checkpoint, train
+    from mlrpl_train.options import GcnOptions
+
+    emb = np.arange(15, dtype=np.float32).reshape(3, 5) / 10
+    np.save(tmp_path / "emb.npy", emb)
+    run = train(_config(data, tmp_path / "run", "gcn-ml", epochs=1, embeddings=str(tmp_path / "emb.npy"),
+                        gcn=GcnOptions(gcn_hidden=8, adjacency="paper", gcn_tau=0.3)))
+    state = load_checkpoint(run / "last.pt")["model"]
+    assert torch.equal(state["embeddings"], torch.from_numpy(emb))  # a file's embeddings are not trained
+    from mlrpl_train.data import resolve_data
+
+    partial = resolve_data(str(data), "uniform-p0.50-s0", 0.0).fit_partial()
+    assert torch.equal(state["adjacency"], correlation_matrix(partial, 3, "paper", tau=0.3))
+    assert state["gc1.weight"].shape == (5, 8) and state["gc2.weight"].shape == (8, 128)  # E -> hidden -> D

@@ -38,7 +38,6 @@ adapted every method ("replacing the BCE loss with partial BCE loss, every other
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import torch
@@ -219,18 +218,6 @@ class PGCN(_Frozen):
 
 # ---- construction -----------------------------------------------------------------------------------------------
 
-def load_label_embeddings(spec, path: str | None) -> torch.Tensor | None:
-    """DIR/label_embeddings.npy (or `path`); None -> learned, with a warning."""
-    from mlrpl_data.embeddings import read_embeddings
-
-    emb = read_embeddings(spec.dataset, path, spec.num_classes)
-    if emb is None:
-        print("warning: no label embeddings (mlrpl embed-labels DIR --from glove.txt): gcn-ml learns them from "
-              "scratch", file=sys.stderr)
-        return None
-    return torch.from_numpy(emb)
-
-
 def _graph(cfg, spec, state) -> torch.Tensor:
     """The checkpoint's graph when rebuilding one, else the graph of the run's training partial labels."""
     if state is not None:
@@ -242,10 +229,9 @@ def _graph(cfg, spec, state) -> torch.Tensor:
 def build_gcn_ml(cfg, spec, backbone: nn.Module, frozen: list[nn.Module], state=None) -> MLGCN:
     """GCN-ML for `cfg` (options cfg.gcn, embeddings cfg.embeddings) on `spec`'s training labels; from a
     checkpoint's `state` the graph and the embeddings come from the state."""
-    if state is not None:
-        emb = state["embeddings"]
-    else:
-        emb = load_label_embeddings(spec, getattr(cfg, "embeddings", None))
+    from .dsrb import load_embeddings  # the shared reader of --embeddings (learned, with a warning, when absent)
+
+    emb = state["embeddings"] if state is not None else load_embeddings(spec, cfg.embeddings)
     return MLGCN(backbone, spec.num_classes, emb, _graph(cfg, spec, state), frozen, cfg.gcn.gcn_hidden, str(cfg.bce))
 
 
