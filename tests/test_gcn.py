@@ -250,3 +250,14 @@ def test_gcn_ml_reads_the_embeddings_file_and_the_paper_graph(data, tmp_path):
     partial = resolve_data(str(data), "uniform-p0.50-s0", 0.0).fit_partial()
     assert torch.equal(state["adjacency"], correlation_matrix(partial, 3, "paper", tau=0.3))
     assert state["gc1.weight"].shape == (5, 8) and state["gc2.weight"].shape == (8, 128)  # E -> hidden -> D
+
+
+def test_a_checkpoint_without_a_graph_is_refused_in_one_line():
+    from types import SimpleNamespace
+
+    from mlrpl_data.errors import BadInputError
+    from mlrpl_train.model.gcn import build_p_gcn
+
+    cfg = SimpleNamespace(method="p-gcn")
+    with pytest.raises(BadInputError, match="no label graph .*evaluate it with the method it was trained with"):
+        build_p_gcn(cfg, SimpleNamespace(num_classes=3), MapBackbone(2), [], state={"score_b": torch.zeros(3)})

@@ -38,6 +38,7 @@ adapted every method ("replacing the BCE loss with partial BCE loss, every other
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
@@ -221,9 +222,16 @@ class PGCN(_Frozen):
 def _graph(cfg, spec, state) -> torch.Tensor:
     """The checkpoint's graph when rebuilding one, else the graph of the run's training partial labels."""
     if state is not None:
+        if "adjacency" not in state:
+            raise BadInputError(f"this {cfg.method} checkpoint has no label graph ('adjacency'): it was not written "
+                                f"by a {cfg.method} run; evaluate it with the method it was trained with")
         return state["adjacency"]
-    o = cfg.gcn
-    return correlation_matrix(spec.fit_partial(), spec.num_classes, str(o.adjacency), o.gcn_tau, o.gcn_p)
+    o, partial = cfg.gcn, spec.fit_partial()
+    _, known = label_counts(partial, spec.num_classes)
+    if (known == 0).any():
+        print(f"warning: {int((known == 0).sum())} class(es) have no known positive in the training labels: no "
+              f"edge in the label graph (a zero row of P(j | i))", file=sys.stderr)
+    return correlation_matrix(partial, spec.num_classes, str(o.adjacency), o.gcn_tau, o.gcn_p)
 
 
 def build_gcn_ml(cfg, spec, backbone: nn.Module, frozen: list[nn.Module], state=None) -> MLGCN:
