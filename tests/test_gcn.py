@@ -104,12 +104,14 @@ def test_ml_gcn_classifiers_and_logits_by_hand():
     # A Z = [[1.4, -1.4], [2.6, 0.4]] -> LeakyReLU(0.2) -> [[1.4, -0.28], [2.6, 0.4]] -> A . = W
     w = model.classifiers()
     assert w.shape == (2, 2)
-    assert w.detach().numpy() == pytest.approx(np.array([[1.64, -0.144], [2.36, 0.264]]), abs=1e-6)  # ReLU would give 0.08, 0.32
+    # (a ReLU would give 0.08 and 0.32 in the second column)
+    assert w.detach().numpy() == pytest.approx(np.array([[1.64, -0.144], [2.36, 0.264]]), abs=1e-6)
     # the map's channels: (1, -3) and (2, 0) -> global MAX (1, 2) (the mean would be (-1, 1))
     x = torch.tensor([[[[1.0, -3.0]], [[2.0, 0.0]]]])
     logits = model(x)
     assert logits.shape == (1, 2)
-    assert logits.detach().numpy() == pytest.approx(np.array([[1.64 - 2 * 0.144, 2.36 + 2 * 0.264]]), abs=1e-6)  # 1.352, 2.888
+    want = [[1.64 - 2 * 0.144, 2.36 + 2 * 0.264]]  # (1.352, 2.888)
+    assert logits.detach().numpy() == pytest.approx(np.array(want), abs=1e-6)
 
 
 def test_p_gcn_scores_by_hand():
@@ -261,3 +263,24 @@ def test_a_checkpoint_without_a_graph_is_refused_in_one_line():
     cfg = SimpleNamespace(method="p-gcn")
     with pytest.raises(BadInputError, match="no label graph .*evaluate it with the method it was trained with"):
         build_p_gcn(cfg, SimpleNamespace(num_classes=3), MapBackbone(2), [], state={"score_b": torch.zeros(3)})
+
+
+def test_sweep_tables_show_the_published_rows_and_p_gcn_as_its_authors_reported(tmp_path):
+    from mlrpl_train.sweep import write_table
+
+    for method, (m10, m50) in (("gcn-ml", (0.60, 0.70)), ("p-gcn", (0.65, 0.75))):
+        for p, m in ((0.1, m10), (0.5, m50)):
+            run = tmp_path / f"{method}-p{p:.2f}-s0"
+            run.mkdir()
+            (run / "metrics.csv").write_text(f"epoch,mAP,mAP_voc,OF1,CF1\n1,{m},{m},0.5,0.4\n")
+    write_table(tmp_path, dataset="coco2014")
+    lines = (tmp_path / "table.md").read_text().splitlines()
+    assert "| GCN-ML (published) | 63.8 | 76.7 | 70.2 | 73.1 | 68.4 |" in lines  # Table 1, MS-COCO, 10% and 50%
+    assert "| Δ gcn-ml − published | -3.8 | -6.7 | -5.2 | | |" in lines
+    assert "| P-GCN (published, reported by its authors) | 67.5 | 77.4 | 72.5 | - | - |" in lines  # no OF1/CF1
+    assert any(ln.startswith("P-GCN (published): reported by its authors") for ln in lines)
+    write_table(tmp_path, dataset="vg200")  # the paper has no P-GCN figure on VG-200: "-", never a number
+    lines = (tmp_path / "table.md").read_text().splitlines()
+    assert "| P-GCN (published, reported by its authors) | - | - | - | - | - |" in lines
+    assert "| Δ p-gcn − published | - | - | - | | |" in lines
+    assert "| GCN-ML (published) | 32.0 | 39.6 | 35.8 | 38.7 | 25.6 |" in lines
