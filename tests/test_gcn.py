@@ -284,3 +284,16 @@ def test_sweep_tables_show_the_published_rows_and_p_gcn_as_its_authors_reported(
     assert "| P-GCN (published, reported by its authors) | - | - | - | - | - |" in lines
     assert "| Δ p-gcn − published | - | - | - | | |" in lines
     assert "| GCN-ML (published) | 32.0 | 39.6 | 35.8 | 38.7 | 25.6 |" in lines
+
+
+def test_evaluate_marks_p_gcn_published_figures_as_its_authors(monkeypatch):
+    from mlrpl_data.specs import load_spec
+    from mlrpl_train import engine
+
+    monkeypatch.setattr(engine, "read_card", lambda d: {"name": "coco2014"})
+    coco = [c["name"] for c in load_spec("coco80")["categories"]]
+    pub = engine._published_beside("d", coco, "p-gcn", "uniform-p0.10-s0", {"mAP_voc": 0.7})
+    assert pub["source"] == "arXiv 2205.13092, Table 1; reported by its authors"
+    assert pub["mAP"] == pytest.approx(0.675) and pub["delta_mAP_voc"] == pytest.approx(0.025)
+    pub = engine._published_beside("d", coco, "gcn-ml", "uniform-p0.10-s0", {"mAP_voc": 0.7})
+    assert pub["source"] == "arXiv 2205.13092, Table 1" and pub["mAP"] == pytest.approx(0.638)
