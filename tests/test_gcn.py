@@ -52,7 +52,7 @@ def test_paper_adjacency_by_hand():
     assert correlation_matrix(PARTIAL, 3, "paper", tau=0.4, p=0.25)[0].tolist() == pytest.approx([0.75, 0.25, 0])
 
 
-def test_a_class_without_known_positive_has_a_finite_zero_row():
+def test_a_class_without_known_positive_has_a_finite_zero_row(capsys):
     partial = np.concatenate([PARTIAL, np.array([[-1], [0], [-1], [0], [0]], dtype=np.int8)], axis=1)
     m, n = label_counts(partial, 4)
     p = conditional_probability(m, n)
@@ -64,6 +64,14 @@ def test_a_class_without_known_positive_has_a_finite_zero_row():
     assert paper[3].tolist() == pytest.approx([0, 0, 0, 0.8])
     # the other classes' graph is what it was without the fourth class
     assert code[:3, :3].numpy() == pytest.approx(correlation_matrix(PARTIAL, 3, "code").numpy(), abs=1e-7)
+    from types import SimpleNamespace
+
+    from mlrpl_train.model.gcn import _graph
+    from mlrpl_train.options import GcnOptions
+
+    spec = SimpleNamespace(num_classes=4, fit_partial=lambda: partial)
+    assert torch.equal(_graph(SimpleNamespace(gcn=GcnOptions()), spec, None), code)  # the run's graph, said so:
+    assert "1 class(es) have no known positive" in capsys.readouterr().err
     # no training labels at all: the identity (code), 1 - p on the diagonal (paper)
     assert correlation_matrix(None, 2, "code").tolist() == [[1, 0], [0, 1]]
     with pytest.raises(ValueError, match="adjacency form"):
