@@ -298,7 +298,9 @@ def test_evaluate_marks_p_gcn_published_figures_as_its_authors(monkeypatch):
     from mlrpl_data.specs import load_spec
     from mlrpl_train import engine
 
-    monkeypatch.setattr(engine, "read_card", lambda d: {"name": "coco2014"})
+    from mlrpl_train.published import whole_counts
+
+    monkeypatch.setattr(engine, "read_card", lambda d: {"name": "coco2014", "counts": whole_counts("coco2014")})
     coco = [c["name"] for c in load_spec("coco80")["categories"]]
     pub = engine._published_beside("d", coco, "p-gcn", "uniform-p0.10-s0", {"mAP_voc": 0.7})
     assert pub["source"] == "arXiv 2205.13092, Table 1; reported by its authors"
