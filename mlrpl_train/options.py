@@ -33,6 +33,7 @@ Select = choices("Select", "val test-as-published", __name__)
 Precision = choices("Precision", "auto bf16 fp32", __name__)
 Prototypes = choices("Prototypes", "mean kmeans", __name__)
 ParamShape = choices("ParamShape", "class scalar", __name__)
+Adjacency = choices("Adjacency", "code paper", __name__)
 
 
 def default_workers() -> int:
@@ -131,6 +132,24 @@ class KggrOptions:
 
 
 @dataclass
+class GcnOptions:
+    """GCN-ML's and P-GCN's options: the label graph (ML-GCN eq. 6-8) and the graph layers' width."""
+
+    adjacency: Adjacency = field(default=Adjacency.code, metadata=opt(
+        "Re-weighted label graph: code = the authors' gen_A + gen_adj (p / column sums + I, then D^-1/2 A^T "
+        "D^-1/2; the published numbers), paper = eq. 8 (p / row sums off the diagonal, 1 - p on it)"))
+    gcn_tau: float = field(default=0.4, metadata=opt(
+        "Binarisation threshold tau of P(j | i) (eq. 7; the paper and the authors' code: 0.4)", min=0, max=1))
+    gcn_p: float | None = field(default=None, metadata=opt(
+        "Re-weighting p (eq. 8); default: the form's own, 0.25 for code (gen_A), 0.2 for paper (Sec. 4.1)",
+        min=0, max=1))
+    gcn_hidden: int = field(default=1024, metadata=opt("Width of the first graph layer (the authors': 1024)", min=1))
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+@dataclass
 class TrainConfig:
     """One training run: what to train on, where to write, and how (the engine's options + DSRB's)."""
 
@@ -183,6 +202,7 @@ class TrainConfig:
     dsrb: DsrbOptions = field(default_factory=DsrbOptions, metadata=opt("DSRB/SSGRL options", cli=False))
     baselines: BaselineOptions = field(default_factory=BaselineOptions, metadata=opt("ASL / LL options", cli=False))
     kggr: KggrOptions = field(default_factory=KggrOptions, metadata=opt("KGGR options", cli=False))
+    gcn: GcnOptions = field(default_factory=GcnOptions, metadata=opt("GCN-ML / P-GCN options", cli=False))
 
     def __post_init__(self) -> None:
         check_ranges(self)

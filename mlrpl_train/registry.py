@@ -34,6 +34,7 @@ class MethodSpec:
     uses_embeddings: bool = False  # reads label embeddings (DIR/label_embeddings.npy or --embeddings)
     ddp_unused: bool = False  # some parameters take no gradient in some steps (DDP find_unused_parameters)
     source: str = ""  # the method's paper (and public code)
+    published_note: str = ""  # how its Table 1 figures were obtained when the paper did not run it (sweep tables say so)
 
     def build(self) -> Callable:
         module, fn = self.builder.split(":")
@@ -45,9 +46,17 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("ssgrl", "SSGRL: semantic decoupling + gated graph network (DSRB without blending)",
                "mlrpl_train.model.dsrb:build", group="dsrb", table1="SSGRL", uses_embeddings=True,
                ddp_unused=True, source="Chen, Xu, Hui, Wu, Lin, ICCV 2019"),
+    MethodSpec("gcn-ml", "GCN-ML: ML-GCN, a two-layer GCN over label embeddings gives the classifiers of the "
+               "max-pooled features (--adjacency code|paper)", "mlrpl_train.model.gcn:build_gcn_ml", group="gcn",
+               table1="GCN-ML", uses_embeddings=True,
+               source="Chen, Wei, Wang, Guo, CVPR 2019; megvii-research/ML-GCN"),
     MethodSpec("kggr", "KGGR: semantic decoupling + graph propagation of features and of classifiers",
                "mlrpl_train.model.kggr:build", group="kggr", table1="KGGR", uses_embeddings=True,
                source="Chen, Lin, Chen, Hui, Wu, TPAMI 44(3) 2022, arXiv 2009.09450; zizizihua/WS-MLR model/KGGR.py"),
+    MethodSpec("p-gcn", "P-GCN: a GCN over label-aware features gives inter-dependent scores (layers our reading: "
+               "no public code)", "mlrpl_train.model.gcn:build_p_gcn", group="gcn", table1="P-GCN",
+               source="Chen, Wei, Wang, Guo, TPAMI 2021; no code released: its Table 1 figures are its authors' own",
+               published_note="reported by its authors"),
     MethodSpec("asl", "ASL: asymmetric loss on the partial-BCE architecture (--asl-gamma-neg ...)",
                "mlrpl_train.model.pbce:build", group="baselines", table1="ASL",
                source="Ridnik et al., ICCV 2021; Alibaba-MIIL/ASL"),

@@ -20,7 +20,7 @@ from mlrpl_data.manifest import read_manifest
 
 from .engine import CHECKPOINT_LAST, load_checkpoint, train
 from .options import Precision, TrainConfig
-from .registry import method_names
+from .registry import BY_NAME, method_names
 from mlrpl_data.ownership import releasing
 
 RUN_NAME = re.compile(r"^(?P<method>[a-z0-9_+-]+?)-p(?P<p>\d\.\d+)-s(?P<seed>\d+)$")
@@ -144,7 +144,7 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
     header = (["Method"] + [f"{100 * p:g}%" for p in props] + [f"Avg. {name}", "Avg. OF1", "Avg. CF1"]
               + ([f"Avg. {name}, best epoch on test (as published)"] if best_on_test else []))
     md = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
-    rows_csv = []
+    rows_csv, notes_extra = [], []
     for method, per in table.items():
         cells, csv_row = [], {"method": method}
         for p in props:
@@ -164,7 +164,7 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
         md.append(f"| {method} | {' | '.join(cells)} |")
         rows_csv.append(csv_row)
         pub = [published(dataset, method, p) for p in props]
-        if dataset and any(r and r["mAP"] is not None for r in pub):
+        if dataset and any(pub):  # a method the paper lists without a number here (P-GCN on VG-200) shows "-"
             got = [float(np.mean([r[metric] for r in per[p]])) if p in per else None for p, r in zip(props, pub)]
             pairs = [(100 * g, r["mAP"]) for g, r in zip(got, pub) if g is not None and r and r["mAP"] is not None]
             pub_cells = [f"{r['mAP']:.1f}" if r and r["mAP"] is not None else "-" for r in pub]
@@ -174,7 +174,12 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
             avg_pub = f"{np.mean([b for _, b in pairs]):.1f}" if pairs else "-"
             avg_delta = f"{np.mean([a - b for a, b in pairs]):+.1f}" if pairs else "-"
             row0 = next(r for r in pub if r)
-            md.append(f"| {table1_name(method)} (published) | {' | '.join(pub_cells)} | {avg_pub} | "
+            note = BY_NAME[method].published_note if method in BY_NAME else ""
+            if note:
+                notes_extra.append(f"{table1_name(method)} (published): {note}, copied into the paper's Table 1 "
+                                   f"(not run by the paper's authors).")
+            label = f"{table1_name(method)} (published{', ' + note if note else ''})"
+            md.append(f"| {label} | {' | '.join(pub_cells)} | {avg_pub} | "
                       f"{row0['avg_OF1'] or '-'} | {row0['avg_CF1'] or '-'} |{' | '.join(extra) + ' |' if extra else ''}")
             md.append(f"| Δ {method} − published | {' | '.join(delta)} | {avg_delta} | | |{' |' if extra else ''}")
             csv_row["published_avg_mAP_same_proportions"] = float(np.mean([b for _, b in pairs])) / 100 if pairs else ""
@@ -183,7 +188,7 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
     if dataset:
         notes.append("Published: arXiv 2205.13092, Table 1 (VOC-interpolated mAP, best epoch on the test set); its "
                      "average here is over the proportions shown, and OF1/CF1 are the paper's over all nine.")
-    notes += scope_notes(out)
+    notes += notes_extra + scope_notes(out)
     if best_on_test:
         notes.append("'best epoch on test' picks, per run, the epoch with the best TEST mAP: a selection on the test "
                      "set, shown only because the published numbers were obtained so.")
