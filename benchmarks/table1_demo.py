@@ -85,9 +85,10 @@ def main() -> None:
     for name in args.datasets.split(","):
         dataset = build(args.out, name)
         sweep_dir = args.out / f"sweep{name}"
-        for method in args.methods.split(","):
-            run_sweep(recipe(method, dataset, DATASETS[name][1], args.epochs), list(PROPORTIONS), list(SEEDS),
-                      sweep_dir)
+        for seed in SEEDS:  # seed by seed: an interrupted benchmark has every method on the first seeds
+            for method in args.methods.split(","):
+                run_sweep(recipe(method, dataset, DATASETS[name][1], args.epochs), list(PROPORTIONS), [seed],
+                          sweep_dir)
         results[name] = {m: {f"{p:.2f}": {k: [r[k] for r in runs] for k in ("mAP", "mAP_voc")}
                              for p, runs in per.items()} for m, per in collect(sweep_dir).items()}
     text = (f"Last epoch of {args.epochs}, mean ± std over seeds {', '.join(map(str, SEEDS))}\n\n"
