@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlrpl_data.errors import BadInputError
 from mlrpl_data.options import (check_ranges, choices, from_dict, opt, parse_int_list, progress_field, show_int_list,
                                 to_dict)
 
@@ -27,6 +28,7 @@ Blend = choices("Blend", "map vector", __name__)
 Form = choices("Form", "cheap naive", __name__)
 Select = choices("Select", "val test-as-published", __name__)
 Precision = choices("Precision", "auto bf16 fp32", __name__)
+Curriculum = choices("Curriculum", "bayes threshold proportion positive none", __name__)
 
 
 def default_workers() -> int:
@@ -93,6 +95,38 @@ class BaselineOptions:
     delta_rel: float = field(default=0.2, metadata=opt(
         "Large Loss Matters: per cent of the batch's entries rejected/corrected, added each epoch after the first "
         "(LL-Cp: per batch, fixed); the authors' range is 0.1-0.5", min=0, max=100))
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+@dataclass
+class ClOptions:
+    """Curriculum Labeling (Durand, Mehrasa, Mori, CVPR 2019): the normalised partial BCE and the
+    curriculum that turns the most confident unknown labels into pseudo-labels (model/cl.py)."""
+
+    norm_gamma: float = field(default=1.0, metadata=opt(
+        "gamma of the partial-BCE normalisation g(p) = alpha p^gamma + beta (the paper: 1)"))
+    g_at_tenth: float = field(default=5.0, metadata=opt(
+        "g(0.1): the weight of an image with a tenth of its labels known, g(1) = 1 (the paper: 5)", min=0,
+        min_open=True))
+    curriculum: Curriculum = field(default=Curriculum.bayes, metadata=opt(
+        "Which unknown labels become pseudo-labels: bayes = low Bayesian (MC-dropout) uncertainty (the paper's "
+        "best), threshold = |score| > --score-threshold, proportion = the --label-fraction most confident, "
+        "positive = score > --score-threshold as positives only, none = no curriculum (partial-BCE alone)"))
+    max_uncertainty: float = field(default=0.3, metadata=opt(
+        "bayes: label an unknown entry when the entropy (bits) of its MC-averaged probability is below this",
+        min=0, max=1))
+    score_threshold: float = field(default=2.0, metadata=opt(
+        "threshold/positive: the logit magnitude above which an unknown entry is labelled", min=0))
+    label_fraction: float = field(default=0.1, metadata=opt(
+        "proportion: the fraction of the still-unknown entries labelled at each labelling epoch", min=0, max=1))
+    label_start: int = field(default=10, metadata=opt(
+        "First labelling epoch (0-based): the model trains on the known labels alone before it", min=0))
+    label_every: int = field(default=1, metadata=opt("Label again every N epochs from --label-start", min=1))
+    mc_samples: int = field(default=10, metadata=opt("bayes: dropout samples per image when labelling", min=1))
+    head_dropout: float = field(default=0.5, metadata=opt(
+        "Dropout before the classifier (trained with it; MC-sampled by bayes)", min=0, max=1))
 
     def __post_init__(self) -> None:
         check_ranges(self)
