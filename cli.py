@@ -35,6 +35,7 @@ from mlrpl_data.shards import ShardConfig, ShardSplit
 from mlrpl_data.vg import VgConfig
 from mlrpl_data.voc import VocConfig
 from mlrpl_train.options import Method, TrainConfig
+from mlrpl_train.registry import help_list, method_names
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Multi-label recognition with partial labels: datasets, masks, shards, DSRB.")
@@ -484,8 +485,7 @@ def _launch_torchrun(nproc: int) -> None:
 @command("train", "mlrpl train dsrb /data/mlrpl/coco2014 --masks uniform-p0.30-s0 --out runs/coco-dsrb-p0.3")
 @with_options(TrainConfig)
 def train(ctx: typer.Context,
-          method: Method = typer.Argument(..., help="pbce (partial BCE baseline) | ssgrl (the paper's baseline) | dsrb | asl (asymmetric loss) "
-                                                    "| llr (Large Loss Matters: --variant r|ct|cp)"),
+          method: Method = typer.Argument(..., help=help_list()),
           dataset: str = typer.Argument(..., help="Dataset folder or URL with shards/ and masks/"),
           masks: str = typer.Option("", help="Mask name, e.g. uniform-p0.30-s0 (mlrpl masks DIR lists them)"),
           out: str = typer.Option("runs/run", help="Run directory"),
@@ -538,7 +538,7 @@ PAPER_FREE = {"workers", "device", "progress", "checkpoint_every", "eval_every",
 @command("sweep", "mlrpl sweep dsrb /data/mlrpl/coco2014 --preset paper --seeds 0,1,2 --out runs/coco-sweep")
 @with_options(TrainConfig, exclude=("seed",), defaults={"val_fraction": 0.0})
 def sweep(ctx: typer.Context,
-          method: Method = typer.Argument(..., help="pbce | ssgrl | dsrb | asl | llr"),
+          method: Method = typer.Argument(..., help=" | ".join(method_names())),
           dataset: str = typer.Argument(..., help="Dataset folder with shards/"),
           proportions: str = typer.Option("0.1:0.9:0.1", help="Known proportions: 0.1,0.5,0.9 or 0.1:0.9:0.1"),
           seeds: str = typer.Option("0", help="Seeds (of the mask and of training), e.g. 0,1,2"),
@@ -577,6 +577,21 @@ def sweep(ctx: typer.Context,
                     dataset=paper_dataset(name, read_class_names(dataset)), best_on_test=preset == "paper")
     typer.echo(t["markdown"])
     typer.echo(f"{out}: {', '.join(t['files'])}")  # what write_table wrote (no table.csv without a mAP)
+
+
+@command("methods", "mlrpl methods")
+def methods(as_json: bool = JSON):
+    """List the methods `mlrpl train` knows (the method registry): name, Table 1 row, summary, source."""
+    from mlrpl_train.registry import METHODS
+
+    rows = [{"method": m.name, "table1": m.table1, "summary": m.summary, "options": m.group,
+             "uses_embeddings": m.uses_embeddings, "source": m.source} for m in METHODS]
+    if as_json:
+        return echo_json(rows)
+    for r in rows:
+        typer.echo(f"{r['method']:<8} {r['table1'] or '(not in Table 1)':<16} {r['summary']}")
+        typer.echo(f"{'':<8} {'':<16} {r['source']}" + ("; uses label embeddings (mlrpl embed-labels)"
+                                                        if r["uses_embeddings"] else ""))
 
 
 @command("embed-labels", "mlrpl embed-labels /data/mlrpl/coco2014 --from glove.840B.300d.txt")

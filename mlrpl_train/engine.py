@@ -35,7 +35,8 @@ from .loader import StreamConfig, batches_per_epoch, check_readers, make_loader
 from .memory import process_peak_mb
 from .metrics import evaluate_scores
 from .model.factory import build_model
-from .options import TrainConfig, config_from_json
+from .options import TrainConfig, config_from_json, option_groups
+from .registry import get as get_method
 
 CHECKPOINT_LAST, CHECKPOINT_BEST = "last.pt", "best.pt"
 CONFIG_JSON = "config.json"
@@ -69,7 +70,7 @@ def run_inputs(run_or_file: str | Path) -> dict[str, Path]:
 def train_inputs(cfg: TrainConfig) -> dict[str, str | Path | None]:
     """A training's inputs that are local paths: the dataset, a --weights or --embeddings file."""
     found: dict[str, str | Path | None] = {"the dataset": cfg.dataset}
-    for flag, value in (("--weights", cfg.weights), ("--embeddings", cfg.dsrb.embeddings)):
+    for flag, value in (("--weights", cfg.weights), ("--embeddings", cfg.embeddings)):
         if value and Path(value).exists():
             found[f"the {flag} file"] = value
     return found
@@ -110,8 +111,8 @@ def _flag(name: str) -> str:
 
 
 def _holder(cfg: TrainConfig, name: str) -> Any:
-    """The dataclass holding option `name`: the config itself or one of its groups (dsrb, baselines)."""
-    for obj in (cfg, cfg.dsrb, cfg.baselines):
+    """The dataclass holding option `name`: the config itself or one of its option groups (dsrb, baselines...)."""
+    for obj in (cfg, *option_groups(cfg)):
         if name in {f.name for f in dataclasses.fields(obj)} and not dataclasses.is_dataclass(getattr(obj, name)):
             return obj
     return None
@@ -526,10 +527,10 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
             record_config(run, cfg, spec)  # with the changes --resume applied (more epochs, other workers...)
             drop_rows_after(run / "metrics.csv", st.epoch)  # epochs logged after the checkpoint are trained again
     if info.world > 1:
-        # DSRB's alpha/beta take no gradient before blending starts (or without prototypes)
+        # the registry says which methods have parameters without a gradient in some steps (DSRB's alpha/beta)
         st.model = torch.nn.parallel.DistributedDataParallel(
             core, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.method in ("ssgrl", "dsrb"))
+            find_unused_parameters=get_method(cfg.method).ddp_unused)
     if info.main:
         from torch.utils.tensorboard import SummaryWriter
 

@@ -6,6 +6,7 @@ The defaults are the paper's recipe (Sec. 5.1) and, where the paper is silent, t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,9 @@ from mlrpl_data.options import (check_ranges, choices, from_dict, opt, parse_int
                                 to_dict)
 
 
-Method = choices("Method", "pbce ssgrl dsrb asl llr", __name__)
+from .registry import help_list, method_names
+
+Method = choices("Method", " ".join(method_names()), __name__)  # the registry's names, in its order
 LlVariant = choices("LlVariant", "r ct cp", __name__)
 Backbone = choices("Backbone", "resnet18 resnet34 resnet50 resnet101 resnet152 tiny", __name__)
 Freeze = choices("Freeze", "auto none layer1 layer2 layer3 layer4", __name__)
@@ -63,8 +66,6 @@ class DsrbOptions:
     contrastive: ContrastiveForm = field(default=ContrastiveForm.published, metadata=opt(
         "published = the authors' loss (known pairs only, 2P random + P hardest negatives, mean, ramped in over the "
         "first epoch); literal = eq. 3-4 summed over all pairs, unknown labels as negatives"))
-    embeddings: str | None = field(default=None, metadata=opt(
-        "Label embeddings .npy (default DATASET/label_embeddings.npy, else learned)"))
     feat_dim: int = field(default=1024, metadata=opt("Feature size after the 1x1 conv (the paper: 1024)", min=1))
     attn_dim: int = field(default=512, metadata=opt("Width of the semantic-decoupling attention (authors' code: 512)",
                                                     min=1))
@@ -136,10 +137,12 @@ class ClOptions:
 class TrainConfig:
     """One training run: what to train on, where to write, and how (the engine's options + DSRB's)."""
 
-    method: Method = field(metadata=opt("pbce (partial BCE baseline) | ssgrl | dsrb | asl | llr", cli=False))
+    method: Method = field(metadata=opt(help_list(), cli=False))
     dataset: str = field(metadata=opt("Dataset folder or URL", cli=False))
     masks: str = field(default="", metadata=opt("Mask name (a run needs one; a sweep makes its own)", cli=False))
     out: str = field(default="runs/run", metadata=opt("Run directory", cli=False))
+    embeddings: str | None = field(default=None, metadata=opt(
+        "Label embeddings .npy of the methods that use them (default DATASET/label_embeddings.npy, else learned)"))
     backbone: Backbone = field(default=Backbone.resnet101, metadata=opt(
         "Backbone network (tiny: a small CNN for tests and the CPU demo)"))
     weights: str = field(default="imagenet", metadata=opt(
@@ -194,6 +197,15 @@ class TrainConfig:
         return to_dict(self)
 
 
+def option_groups(cfg: TrainConfig) -> list[Any]:
+    """The option groups of a config (cfg.dsrb, cfg.baselines, ...): its dataclass-valued fields."""
+    return [getattr(cfg, f.name) for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]
+
+
 def config_from_json(data: Any, where: str) -> TrainConfig:
-    """A TrainConfig read back from config.json or a checkpoint: unknown keys are an error."""
+    """A TrainConfig read back from config.json or a checkpoint: unknown keys are an error.
+    A config written before --embeddings left the dsrb group (mlrpl <= 0.19) is read as it meant."""
+    if isinstance(data, dict) and isinstance(data.get("dsrb"), dict) and "embeddings" in data["dsrb"]:
+        data = {**data, "dsrb": {k: v for k, v in data["dsrb"].items() if k != "embeddings"},
+                "embeddings": data.get("embeddings", data["dsrb"]["embeddings"])}
     return from_dict(TrainConfig, data, where)

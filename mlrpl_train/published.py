@@ -13,8 +13,9 @@ from typing import Any
 
 from mlrpl_data.specs import load_spec, specs_dir, voc20_names
 
+from .registry import BY_NAME
+
 TABLES = ("dsrb_table1.csv", "dsrb_table2.csv")
-TABLE1_METHOD = {"pbce": "Partial BCE", "ssgrl": "SSGRL", "dsrb": "DSRB", "asl": "ASL"}
 SOURCE = "arXiv 2205.13092"
 
 
@@ -41,13 +42,20 @@ def paper_dataset(name: str, class_names: list[str]) -> str | None:
     return None
 
 
+def table1_name(method: str) -> str | None:
+    """The Table 1 row of mlrpl's `method` (the registry's `table1`), None for a method outside the paper."""
+    entry = BY_NAME.get(str(method))
+    return entry.table1 if entry else None
+
+
 def published(dataset: str | None, method: str, proportion: float | None = None) -> dict[str, Any] | None:
     """Table 1's row for mlrpl's `method` on `dataset` (at `proportion`, else its first row); None when
     the paper has no such number."""
-    if dataset is None or method not in TABLE1_METHOD:
+    row_name = table1_name(method)
+    if dataset is None or row_name is None:
         return None
     for r in published_rows():
-        if r["table"] == 1 and r["dataset"] == dataset and r["method"] == TABLE1_METHOD[method] and (
+        if r["table"] == 1 and r["dataset"] == dataset and r["method"] == row_name and (
                 proportion is None or abs(r["proportion"] - proportion) < 1e-9):
             return r
     return None

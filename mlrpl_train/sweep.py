@@ -20,6 +20,7 @@ from mlrpl_data.manifest import read_manifest
 
 from .engine import CHECKPOINT_LAST, load_checkpoint, train
 from .options import TrainConfig
+from .registry import method_names
 from mlrpl_data.ownership import releasing
 
 RUN_NAME = re.compile(r"^(?P<method>[a-z0-9_+-]+?)-p(?P<p>\d\.\d+)-s(?P<seed>\d+)$")
@@ -113,8 +114,8 @@ def collect(out: Path) -> dict[str, dict[float, list[dict[str, float]]]]:
         metrics = final_metrics(run)
         if metrics:
             table.setdefault(match["method"], {}).setdefault(float(match["p"]), []).append(metrics)
-    order = {"pbce": 0, "ssgrl": 1, "dsrb": 2}  # the paper's row order, then others by name
-    return dict(sorted(table.items(), key=lambda kv: (order.get(kv[0], 9), kv[0])))
+    order = {name: i for i, name in enumerate(method_names())}  # the registry's order: Table 1's, then others
+    return dict(sorted(table.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
 
 def _cell(values: list[float]) -> str:
@@ -135,7 +136,7 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
     the difference; `best_on_test` adds the test-selected best epoch as a column named as such."""
     from mlrpl_data.masks import proportion_text
 
-    from .published import TABLE1_METHOD, published
+    from .published import published, table1_name
 
     name = {"mAP": "mAP", "mAP_voc": "mAP (VOC)"}[metric]
     table = collect(out)
@@ -173,7 +174,7 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
             avg_pub = f"{np.mean([b for _, b in pairs]):.1f}" if pairs else "-"
             avg_delta = f"{np.mean([a - b for a, b in pairs]):+.1f}" if pairs else "-"
             row0 = next(r for r in pub if r)
-            md.append(f"| {TABLE1_METHOD[method]} (published) | {' | '.join(pub_cells)} | {avg_pub} | "
+            md.append(f"| {table1_name(method)} (published) | {' | '.join(pub_cells)} | {avg_pub} | "
                       f"{row0['avg_OF1'] or '-'} | {row0['avg_CF1'] or '-'} |{' | '.join(extra) + ' |' if extra else ''}")
             md.append(f"| Δ {method} − published | {' | '.join(delta)} | {avg_delta} | | |{' |' if extra else ''}")
             csv_row["published_avg_mAP_same_proportions"] = float(np.mean([b for _, b in pairs])) / 100 if pairs else ""

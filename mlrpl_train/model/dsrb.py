@@ -357,11 +357,12 @@ class DSRB(nn.Module):
         """See accumulate_extra."""
 
 
-def load_embeddings(spec, opts: DsrbOptions) -> torch.Tensor | None:
-    """DIR/label_embeddings.npy (or --embeddings PATH); None -> learned, with a warning."""
+def load_embeddings(spec, path: str | None) -> torch.Tensor | None:
+    """DIR/label_embeddings.npy (or --embeddings PATH): (C, E) float; None -> learned, with a warning.
+    Every method whose registry entry says uses_embeddings reads them here."""
     from mlrpl_data.embeddings import read_embeddings
 
-    emb = read_embeddings(spec.dataset, opts.embeddings, spec.num_classes)
+    emb = read_embeddings(spec.dataset, path, spec.num_classes)
     if emb is None:
         print("warning: no label embeddings (mlrpl embed-labels DIR --from glove.txt): learning them from scratch",
               file=sys.stderr)
@@ -386,10 +387,17 @@ def build_dsrb(cfg, spec, backbone: nn.Module, frozen: list[nn.Module],
     if cfg.method == "ssgrl":
         opts = replace(opts, iprb=False, pprb=False, contrastive_weight=0.0)
     if not from_checkpoint:
-        embeddings = load_embeddings(spec, opts)
+        embeddings = load_embeddings(spec, cfg.embeddings)
     partial = spec.fit_partial()
     cls = DSRB
     if opts.form == "naive":
         from .naive import NaiveDSRB as cls
     return cls(backbone, spec.num_classes, embeddings, cooccurrence(partial, spec.num_classes), opts, frozen,
                seed=cfg.seed, bce=cfg.bce)
+
+
+def build(cfg, spec, backbone: nn.Module, frozen: list[nn.Module], state: dict | None) -> DSRB:
+    """The registry's builder of dsrb and ssgrl: a model rebuilt from a checkpoint `state` takes its
+    label embeddings from it (None there: they were learned and come with the state)."""
+    return build_dsrb(cfg, spec, backbone, frozen, embeddings=None if state is None else state.get("embeddings"),
+                      from_checkpoint=state is not None)

@@ -1,4 +1,4 @@
-"""One place that turns a run's config into its model."""
+"""One place that turns a run's config into its model: the backbone, then the method's builder from the registry."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..registry import get
 from .backbone import build_backbone, freeze_until
-from .pbce import PartialBCEModel
 
 
 def build_model(cfg, spec, state: dict[str, Any] | None = None) -> nn.Module:
@@ -15,13 +15,7 @@ def build_model(cfg, spec, state: dict[str, Any] | None = None) -> nn.Module:
     backbone is not given pretrained weights and the state is loaded instead (evaluation, predict)."""
     backbone = build_backbone(cfg.backbone, "none" if state is not None else cfg.weights)
     frozen = freeze_until(backbone, cfg.freeze)
-    if cfg.method in ("pbce", "asl", "llr"):
-        model = PartialBCEModel(backbone, spec.num_classes, frozen, cfg.bce, loss=str(cfg.method), options=cfg.baselines)
-    else:
-        from .dsrb import build_dsrb
-
-        model = build_dsrb(cfg, spec, backbone, frozen, embeddings=None if state is None else state.get("embeddings"),
-                           from_checkpoint=state is not None)
+    model = get(cfg.method).build()(cfg, spec, backbone, frozen, state)
     if state is not None:
         model.load_state_dict(state)  # DSRB's prototypes and graph are buffers: they come with it
     return model

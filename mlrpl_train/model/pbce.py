@@ -72,3 +72,8 @@ class PartialBCEModel(nn.Module):
                 self.corrections.record(keys, chosen)
             return loss, {"ll_changed": float(chosen.float().mean())}
         return partial_bce(z, partial, self.bce), {}
+
+
+def build(cfg, spec, backbone: nn.Module, frozen: list[nn.Module], state: dict | None) -> PartialBCEModel:
+    """The registry's builder of pbce, asl and llr: one architecture, the loss named by the method."""
+    return PartialBCEModel(backbone, spec.num_classes, frozen, cfg.bce, loss=str(cfg.method), options=cfg.baselines)
