@@ -185,6 +185,7 @@ class TrainConfig:
         "batch = one mean over the batch's known labels (the authors' code); per-image = eq. 14-15"))
     dsrb: DsrbOptions = field(default_factory=DsrbOptions, metadata=opt("DSRB/SSGRL options", cli=False))
     baselines: BaselineOptions = field(default_factory=BaselineOptions, metadata=opt("ASL / LL options", cli=False))
+    cl: ClOptions = field(default_factory=ClOptions, metadata=opt("Curriculum Labeling options", cli=False))
 
     def __post_init__(self) -> None:
         check_ranges(self)

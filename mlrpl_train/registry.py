@@ -48,6 +48,10 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("asl", "ASL: asymmetric loss on the partial-BCE architecture (--asl-gamma-neg ...)",
                "mlrpl_train.model.pbce:build", group="baselines", table1="ASL",
                source="Ridnik et al., ICCV 2021; Alibaba-MIIL/ASL"),
+    MethodSpec("cl", "CL: curriculum labeling, the normalised partial BCE + the most confident unknown labels as "
+                     "pseudo-labels (--curriculum bayes|threshold|proportion|positive)",
+               "mlrpl_train.model.cl:build", group="cl", table1="CL",
+               source="Durand, Mehrasa, Mori, CVPR 2019 (arXiv 1902.09720; no public code)"),
     MethodSpec("pbce", "Partial BCE: backbone, average pool, linear; BCE on the known labels",
                "mlrpl_train.model.pbce:build", table1="Partial BCE",
                source="Durand, Mehrasa, Mori, CVPR 2019 (as the DSRB authors train it)"),

@@ -149,3 +149,61 @@ def test_an_unknown_label_has_no_gradient_until_pseudo_labelled():
     assert torch.count_nonzero(model.fc.weight.grad[2]) > 0 and logs["pseudo_labels"] == 1.0
     # b now has 2 of 3 labels (g(2/3) = 67/27 instead of g(1/3) = 107/27) and a term more
     assert float(loss2.detach()) != float(loss.detach())
+
+
+# ---- through the engine ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from trainkit import tiny_training_set
+
+    return tiny_training_set(tmp_path_factory.mktemp("cl"), n_train=16, n_test=8)
+
+
+def cl_config(data, out, **cl):
+    from mlrpl_train.options import TrainConfig
+
+    opts = {"label_start": 1, "max_uncertainty": 0.995, **cl}
+    return TrainConfig(method="cl", dataset=str(data), masks="uniform-p0.50-s0", out=str(out), backbone="tiny",
+                       weights="none", freeze="none", epochs=3, batch_size=4, lr=3e-3, image_size=32, workers=0,
+                       progress=False, shuffle_buffer=8, val_fraction=0.0, cl=ClOptions(**opts))
+
+
+def test_cl_trains_and_a_resumed_run_ends_with_the_same_pseudo_labels_and_weights(data, tmp_path, monkeypatch):
+    import csv
+
+    from mlrpl_train import engine
+    from mlrpl_train.data import resolve_data
+    from mlrpl_train.engine import load_checkpoint, train
+
+    ref = train(cl_config(data, tmp_path / "ref"))
+    real, calls = engine.train_step, {"n": 0}
+
+    def dying(*a, **k):  # 4 batches per epoch: step 7 is the 3rd of epoch 2, after its first labelling
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_step", dying)
+    c = cl_config(data, tmp_path / "killed")
+    c.checkpoint_every = 2
+    with pytest.raises(KeyboardInterrupt):
+        train(c)
+    monkeypatch.setattr(engine, "train_step", real)
+    mid = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert (mid["epoch"], mid["step"]) == (1, 2) and mid["model"]["pseudo._extra_state"]  # labelled, then killed
+    train(engine.load_run_config(tmp_path / "killed"), resume=True)
+    a, b = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(tmp_path / "killed" / "last.pt")["model"]
+    pseudo = a.pop("pseudo._extra_state")
+    assert b.pop("pseudo._extra_state") == pseudo
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # two labelling rounds (epochs 2 and 3): pseudo-labels only where the mask's label is unknown
+    partial = resolve_data(str(data), "uniform-p0.50-s0").partial
+    entries = [(key, j, v) for key, row in pseudo.items() for j, v in row]
+    assert len(entries) > 0 and all(partial[key][j] == 0 and v in (-1, 1) for key, j, v in entries)
+    rows = list(csv.DictReader(open(ref / "metrics.csv")))
+    resumed = list(csv.DictReader(open(tmp_path / "killed" / "metrics.csv")))
+    assert [r["mAP"] for r in rows] == [r["mAP"] for r in resumed] and len(rows) == 3
+    assert float(rows[-1]["mAP"]) > 0.6  # it learns (chance is about 0.45)

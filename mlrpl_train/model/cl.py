@@ -234,7 +234,7 @@ class CurriculumLabelingModel(nn.Module):
         return added
 
 
-def build_cl(cfg, spec, backbone: nn.Module, frozen: list[nn.Module], state=None) -> CurriculumLabelingModel:
+def build(cfg, spec, backbone: nn.Module, frozen: list[nn.Module], state=None) -> CurriculumLabelingModel:
     """The CL model of `cfg` (its options: cfg.cl) for the data of `spec`; a checkpoint's `state` brings
     the pseudo-labels with it (extra state), loaded by the caller."""
     return CurriculumLabelingModel(backbone, spec.num_classes, frozen, cfg.cl, seed=cfg.seed)
