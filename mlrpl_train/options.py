@@ -127,10 +127,17 @@ class ClOptions:
     label_every: int = field(default=1, metadata=opt("Label again every N epochs from --label-start", min=1))
     mc_samples: int = field(default=10, metadata=opt("bayes: dropout samples per image when labelling", min=1))
     head_dropout: float = field(default=0.5, metadata=opt(
-        "Dropout before the classifier (trained with it; MC-sampled by bayes)", min=0, max=1))
+        "Dropout before the classifier (trained with it; MC-sampled by bayes)", min=0, max=0.9))
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.norm_gamma == 0:
+            raise BadInputError("--norm-gamma 0: g(p) = alpha p^gamma + beta would be constant and cannot meet both "
+                                "g(1) = 1 and g(0.1) = --g-at-tenth; use a non-zero gamma (the paper: 1)")
+        if self.curriculum == Curriculum.bayes and self.head_dropout == 0:
+            raise BadInputError("--curriculum bayes with --head-dropout 0: every MC-dropout sample would be the same "
+                                "and the uncertainty meaningless; use --head-dropout above 0 (default 0.5) or another "
+                                "--curriculum")
 
 
 @dataclass

@@ -48,8 +48,7 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("asl", "ASL: asymmetric loss on the partial-BCE architecture (--asl-gamma-neg ...)",
                "mlrpl_train.model.pbce:build", group="baselines", table1="ASL",
                source="Ridnik et al., ICCV 2021; Alibaba-MIIL/ASL"),
-    MethodSpec("cl", "CL: curriculum labeling, the normalised partial BCE + the most confident unknown labels as "
-                     "pseudo-labels (--curriculum bayes|threshold|proportion|positive)",
+    MethodSpec("cl", "CL: curriculum labeling, normalised partial BCE + confident unknown labels as pseudo-labels",
                "mlrpl_train.model.cl:build", group="cl", table1="CL",
                source="Durand, Mehrasa, Mori, CVPR 2019 (arXiv 1902.09720; no public code)"),
     MethodSpec("pbce", "Partial BCE: backbone, average pool, linear; BCE on the known labels",

@@ -207,3 +207,15 @@ def test_cl_trains_and_a_resumed_run_ends_with_the_same_pseudo_labels_and_weight
     resumed = list(csv.DictReader(open(tmp_path / "killed" / "metrics.csv")))
     assert [r["mAP"] for r in rows] == [r["mAP"] for r in resumed] and len(rows) == 3
     assert float(rows[-1]["mAP"]) > 0.6  # it learns (chance is about 0.45)
+
+
+def test_bad_options_are_one_line_errors_naming_the_flag():
+    from mlrpl_data.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=r"^--norm-gamma 0: .*use a non-zero gamma"):
+        ClOptions(norm_gamma=0.0)
+    with pytest.raises(BadInputError, match=r"^--curriculum bayes with --head-dropout 0: "):
+        ClOptions(head_dropout=0.0)
+    with pytest.raises(BadInputError, match=r"--label-fraction"):
+        ClOptions(label_fraction=1.5)
+    ClOptions(head_dropout=0.0, curriculum="threshold")  # no MC sampling: no dropout needed
