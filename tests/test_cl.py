@@ -119,9 +119,11 @@ def test_pseudo_labels_never_replace_a_known_label_and_are_checkpointed():
     # b's pseudo +1 at class 2 does not replace its known -1; c has no pseudo-label
     assert got.tolist() == [[1, -1, 0, -1], [0, 0, -1, 1], [0, 0, 0, 0]]
     assert table.count() == (4, 2)
+    assert table.record(["c", "a"], torch.tensor([[0, 0, 0, 0], [1, 0, 0, 0]], dtype=torch.int8)) == 1
     other = PseudoLabels()
     other.load_state_dict(table.state_dict())
-    assert other.table == table.table == {"a": {1: -1, 3: -1}, "b": {2: 1, 3: 1}}
+    assert other.as_dict() == table.as_dict() == {"a": {0: 1, 1: -1, 3: -1}, "b": {2: 1, 3: 1}}  # c: none
+    assert other.apply(["a"], torch.tensor([[-1, 0, 0, 0]], dtype=torch.int8)).tolist() == [[-1, -1, 0, -1]]
 
 
 class Features(nn.Module):
@@ -192,16 +194,17 @@ def test_cl_trains_and_a_resumed_run_ends_with_the_same_pseudo_labels_and_weight
         train(c)
     monkeypatch.setattr(engine, "train_step", real)
     mid = load_checkpoint(tmp_path / "killed" / "last.pt")
-    assert (mid["epoch"], mid["step"]) == (1, 2) and mid["model"]["pseudo._extra_state"]  # labelled, then killed
+    assert (mid["epoch"], mid["step"]) == (1, 2) and mid["model"]["pseudo._extra_state"]["keys"]  # labelled, killed
     train(engine.load_run_config(tmp_path / "killed"), resume=True)
     a, b = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(tmp_path / "killed" / "last.pt")["model"]
-    pseudo = a.pop("pseudo._extra_state")
-    assert b.pop("pseudo._extra_state") == pseudo
+    pseudo, other = a.pop("pseudo._extra_state"), b.pop("pseudo._extra_state")
+    assert pseudo["keys"] == other["keys"] and torch.equal(pseudo["labels"], other["labels"])
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # two labelling rounds (epochs 2 and 3): pseudo-labels only where the mask's label is unknown
     partial = resolve_data(str(data), "uniform-p0.50-s0").partial
-    entries = [(key, j, v) for key, row in pseudo.items() for j, v in row]
+    entries = [(key, j, int(pseudo["labels"][i, j])) for i, key in enumerate(pseudo["keys"])
+               for j in pseudo["labels"][i].nonzero().flatten().tolist()]
     assert len(entries) > 0 and all(partial[key][j] == 0 and v in (-1, 1) for key, j, v in entries)
     rows = list(csv.DictReader(open(ref / "metrics.csv")))
     resumed = list(csv.DictReader(open(tmp_path / "killed" / "metrics.csv")))

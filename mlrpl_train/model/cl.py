@@ -89,39 +89,65 @@ def choose_pseudo_labels(logits: torch.Tensor, unknown: torch.Tensor, strategy: 
 
 
 class PseudoLabels(nn.Module):
-    """The curriculum's pseudo-labels: key -> {class: +1 or -1}, kept in the checkpoint (extra state)."""
+    """The curriculum's pseudo-labels: one int8 row in {-1, 0, 1} per image key that has any (0: none),
+    kept in the checkpoint (extra state: the keys and an (N, C) int8 tensor; on COCO at most
+    82,783 x 80 bytes, where a dict per entry would take hundreds of megabytes)."""
 
     def __init__(self):
         super().__init__()
-        self.table: dict[str, dict[int, int]] = {}
+        self.keys: list[str] = []
+        self.index: dict[str, int] = {}
+        self.labels = torch.zeros((0, 0), dtype=torch.int8)
 
     def apply(self, keys: list[str], partial: torch.Tensor) -> torch.Tensor:
         """The training targets (B, C): the known labels, and the pseudo-labels where the label is unknown."""
-        dense = np.zeros(tuple(partial.shape), dtype=np.int8)
-        for i, k in enumerate(keys):
-            for j, v in self.table.get(k, {}).items():
-                dense[i, j] = v
-        pseudo = torch.from_numpy(dense).to(device=partial.device, dtype=partial.dtype)
+        rows = torch.tensor([self.index.get(k, -1) for k in keys], dtype=torch.long)
+        pseudo = torch.zeros(tuple(partial.shape), dtype=torch.int8)
+        have = rows >= 0
+        if have.any():
+            pseudo[have] = self.labels[rows[have]]
+        pseudo = pseudo.to(device=partial.device, dtype=partial.dtype)
         return torch.where(partial == 0, pseudo, partial)  # a known label is never replaced
 
     def record(self, keys: list[str], labels: torch.Tensor) -> int:
         """Add the non-zero entries of `labels` (N, C) as pseudo-labels of `keys`; returns how many."""
-        n = 0
-        for i, j in labels.nonzero().tolist():
-            self.table.setdefault(keys[i], {})[j] = int(labels[i, j])
-            n += 1
-        return n
+        labels = labels.to(torch.int8).cpu()
+        if self.labels.numel() == 0:
+            self.labels = torch.zeros((0, labels.shape[1]), dtype=torch.int8)
+        rows = []
+        for i in labels.any(dim=1).nonzero().flatten().tolist():
+            if keys[i] not in self.index:
+                self.index[keys[i]] = len(self.keys)
+                self.keys.append(keys[i])
+            rows.append((i, self.index[keys[i]]))
+        if len(self.keys) > len(self.labels):
+            grow = torch.zeros((len(self.keys) - len(self.labels), labels.shape[1]), dtype=torch.int8)
+            self.labels = torch.cat([self.labels, grow])
+        if not rows:
+            return 0
+        src, dst = (torch.tensor(x, dtype=torch.long) for x in zip(*rows))
+        new = labels[src]
+        self.labels[dst] = torch.where(new != 0, new, self.labels[dst])
+        return int((new != 0).sum())
 
     def count(self) -> tuple[int, int]:
         """(pseudo-labels, of which positive)."""
-        vals = [v for row in self.table.values() for v in row.values()]
-        return len(vals), sum(v > 0 for v in vals)
+        return int((self.labels != 0).sum()), int((self.labels > 0).sum())
+
+    def as_dict(self) -> dict[str, dict[int, int]]:
+        """{key: {class: label}}, for reading and tests."""
+        return {k: {int(j): int(self.labels[i, j]) for j in self.labels[i].nonzero().flatten().tolist()}
+                for i, k in enumerate(self.keys)}
 
     def get_extra_state(self):
-        return {k: [[j, v] for j, v in sorted(row.items())] for k, row in sorted(self.table.items())}
+        return {"keys": list(self.keys), "labels": self.labels.clone()}
 
     def set_extra_state(self, state) -> None:
-        self.table = {str(k): {int(j): int(v) for j, v in row} for k, row in dict(state).items()}
+        keys, labels = list(state["keys"]), torch.as_tensor(state["labels"]).to(torch.int8)
+        if labels.dim() != 2 or len(keys) != len(labels):
+            raise ValueError(f"pseudo-labels: {len(keys)} keys for labels of shape {tuple(labels.shape)}")
+        self.keys, self.labels = [str(k) for k in keys], labels.clone()
+        self.index = {k: i for i, k in enumerate(self.keys)}
 
 
 class CurriculumLabelingModel(nn.Module):
