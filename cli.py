@@ -314,7 +314,12 @@ for _args in (
 def build_vg200(out: Path = OUT, force: bool = FORCE_BUILD,
                 ssgrl_lists: Optional[Tuple[Path, Path]] = typer.Option(
                     None, help="TRAIN TEST: SSGRL's train_list_500.txt test_list_500.txt (the papers' benchmark split)"),
-                ssgrl_labels: Optional[Path] = typer.Option(None, help="SSGRL's vg_category_500_labels_index.json"),
+                ssgrl_labels: Optional[Path] = typer.Option(
+                    None, help="SSGRL's labels JSON: vg_category_200_labels_index.json (the papers' VG-200)"),
+                ssgrl_classes: Optional[int] = typer.Option(
+                    None, help="Classes the labels file indexes: 200, or 500 (vg_category_500_labels_index.json: "
+                               "keep classes 0..199 of VG-500, not the published benchmark); default: read from the "
+                               "file, refused when it is a VG-500 file or unclear"),
                 cfg=None):
     """Build VG-200 from the raw release, or the papers' benchmark split with --ssgrl-lists."""
     from mlrpl_data import vg
@@ -322,12 +327,15 @@ def build_vg200(out: Path = OUT, force: bool = FORCE_BUILD,
 
     refuse_overlap(out, {**option_inputs(cfg), "--ssgrl-labels": ssgrl_labels,
                          **dict(zip(("--ssgrl-lists TRAIN", "--ssgrl-lists TEST"), ssgrl_lists or ()))}, "--out")
+    if ssgrl_classes is not None and not ssgrl_labels:
+        raise MlrplError("--ssgrl-classes says what --ssgrl-labels JSON indexes: pass it with --ssgrl-lists and "
+                         "--ssgrl-labels")
     if ssgrl_lists or ssgrl_labels:
         if not (ssgrl_lists and ssgrl_labels):
             raise MlrplError("--ssgrl-lists TRAIN TEST and --ssgrl-labels JSON go together")
         m = vg.build_vg200_ssgrl(vg.SsgrlConfig(root=cfg.root, train_list=ssgrl_lists[0], test_list=ssgrl_lists[1],
                                                 labels=ssgrl_labels, num_classes=cfg.num_classes,
-                                                allow_missing=cfg.allow_missing))
+                                                allow_missing=cfg.allow_missing, label_classes=ssgrl_classes))
     else:
         m = vg.build_vg200(cfg)
     _report_build(m, out, force)
@@ -556,8 +564,8 @@ def sweep(ctx: typer.Context,
     from mlrpl_data.masks import parse_proportions
     from mlrpl_data.options import parse_int_list
     from mlrpl_train.data import read_class_names
-    from mlrpl_train.published import paper_dataset
-    from mlrpl_train.sweep import run_sweep, write_table
+    from mlrpl_train.published import benchmark_dataset
+    from mlrpl_train.sweep import paper_preset, run_sweep, write_table
 
     try:
         seed_list = list(parse_int_list(seeds))
@@ -570,11 +578,13 @@ def sweep(ctx: typer.Context,
         if pinned:
             raise MlrplError(f"--preset paper fixes the protocol; drop {', '.join('--' + n.replace('_', '-') for n in pinned)}")
         proportions = "0.1:0.9:0.1"
+        cfg = paper_preset(cfg)  # fp32 and the label embeddings, refused before any training
     run_sweep(cfg, parse_proportions(proportions), seed_list, Path(out), scheme)
     name = read_card(dataset)["name"]
     t = write_table(Path(out), title=f"{name}: final-epoch test metrics ({scheme} masks)",
                     metric="mAP" if metric == "map" else "mAP_voc",
-                    dataset=paper_dataset(name, read_class_names(dataset)), best_on_test=preset == "paper")
+                    dataset=benchmark_dataset(read_card(dataset), read_class_names(dataset)),
+                    best_on_test=preset == "paper")
     typer.echo(t["markdown"])
     typer.echo(f"{out}: {', '.join(t['files'])}")  # what write_table wrote (no table.csv without a mAP)
 

@@ -56,6 +56,36 @@ class SsgrlConfig:
     labels: Path
     num_classes: int = 200
     allow_missing: bool = False
+    label_classes: int | None = None  # classes the labels file indexes: 200, 500, or None (read from the file)
+
+
+VG200_BENCHMARK = "vg200-ssgrl"  # the card's `benchmark` of the papers' VG-200 (published rows apply)
+
+
+def ssgrl_label_classes(labels_map: dict, path: Path, given: int | None) -> int:
+    """How many classes SSGRL's labels file indexes: 200 (vg_category_200_labels_index.json, the file
+    the authors' code reads for VG-200: HCP-MLR-PL utils/dataloader.py) or 500
+    (vg_category_500_labels_index.json, VG-500). `given` (--ssgrl-classes) decides; without it an
+    index >= 200 makes it a VG-500 file, which is refused (its first 200 classes are not shown to be
+    the benchmark's 200), and a file named *500* with no such index is ambiguous and refused too."""
+    top = max((k for v in labels_map.values() if isinstance(v, list) for k in v if isinstance(k, int)), default=-1)
+    if given not in (None, 200, 500):
+        raise BadInputError(f"--ssgrl-classes {given}: use 200 (vg_category_200_labels_index.json) or 500 "
+                            f"(vg_category_500_labels_index.json)")
+    if given == 200 and top >= 200:
+        raise BadInputError(f"{path}: indexes class {top}, so it is not a 200-class labels file; pass "
+                            f"vg_category_200_labels_index.json, or --ssgrl-classes 500 for a VG-500 file")
+    if given is not None:
+        return given
+    if top >= 200:
+        raise BadInputError(f"{path}: indexes classes up to {top}: a VG-500 labels file. The papers' VG-200 is "
+                            f"vg_category_200_labels_index.json (what the authors' code reads): pass that file, or "
+                            f"--ssgrl-classes 500 to keep classes 0..199 of VG-500 (not the published benchmark: "
+                            f"no published rows)")
+    if "500" in Path(path).name:
+        raise BadInputError(f"{path}: named like a VG-500 file but indexes no class >= 200: say which it is "
+                            f"with --ssgrl-classes 200 or --ssgrl-classes 500")
+    return 200
 
 
 def normalise_name(name: str) -> str:
@@ -213,7 +243,7 @@ def build_vg200(cfg: VgConfig) -> Manifest:
         sources=[{"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
                  for p in (img_path, obj_path, Path(alias_path)) if p.exists()],
         root=str(root.resolve()),
-        extra={"vocabulary": "vg200-raw", "image_counts": {n: image_counts[n] for n in vocab}, "missing": missing,
+        extra={"vocabulary": "vg200-raw", "benchmark": None, "image_counts": {n: image_counts[n] for n in vocab}, "missing": missing,
                "warnings": warnings},
     )
     validate(m, str(root))
@@ -230,7 +260,12 @@ def read_name_list(path: Path) -> list[tuple[str, str]]:
 
 
 def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
-    """VG-200 as the papers' benchmark: SSGRL's lists + labels JSON, classes 0..num_classes-1 of VG-500."""
+    """VG-200 as the papers' benchmark: SSGRL's lists + a labels JSON (image name -> class indices).
+
+    With the 200-class file (vg_category_200_labels_index.json, as the authors' code) the card's
+    `benchmark` is "vg200-ssgrl" and the published rows apply; with a VG-500 file, only when
+    --ssgrl-classes 500 says so, classes 0..num_classes-1 of VG-500 are kept and the card's
+    `benchmark` is null (see ssgrl_label_classes)."""
     root = Path(cfg.root)
     train_at, test_at = read_name_list(cfg.train_list), read_name_list(cfg.test_list)
     refuse_duplicates([*train_at, *test_at], "image")
@@ -238,6 +273,10 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
     labels_map = load_json(Path(cfg.labels))
     if not isinstance(labels_map, dict):
         raise BadInputError(f"{cfg.labels}: expected an object mapping image name -> class indices")
+    label_classes = ssgrl_label_classes(labels_map, Path(cfg.labels), cfg.label_classes)
+    if label_classes == 200 and cfg.num_classes != 200:
+        raise BadInputError(f"--num-classes {cfg.num_classes}: a 200-class labels file ({cfg.labels}) gives 200 "
+                            f"classes; drop --num-classes")
     sizes = {}
     if (root / "image_data.json").exists():
         records = load_json(root / "image_data.json")
@@ -252,8 +291,9 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
             if name not in labels_map:
                 raise BadInputError(f"{cfg.labels}: no labels for {name} (listed in {src})")
             idx = labels_map[name]
-            if not isinstance(idx, list) or not all(isinstance(k, int) and 0 <= k < 500 for k in idx):
-                raise BadInputError(f"{cfg.labels}: {name}: labels must be class indices 0..499, got {str(idx)[:60]}")
+            if not isinstance(idx, list) or not all(isinstance(k, int) and 0 <= k < label_classes for k in idx):
+                raise BadInputError(f"{cfg.labels}: {name}: labels must be class indices 0..{label_classes - 1}, "
+                                    f"got {str(idx)[:60]}")
             lab = np.full(c, -1, dtype=np.int8)
             lab[[k for k in idx if k < c]] = 1
             stem = name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
@@ -271,7 +311,8 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
         for r in np.flatnonzero(unknown):
             size = header_size(root / frame["path"].iat[r])
             frame.iloc[r, frame.columns.get_loc("width")], frame.iloc[r, frame.columns.get_loc("height")] = size
-    names = [f"vg500_class_{k:03d}" for k in range(c)]
+    names = [f"vg{label_classes}_class_{k:03d}" for k in range(c)]
+    benchmark = VG200_BENCHMARK if label_classes == 200 else None
     m = Manifest(
         name="vg200",
         version="ssgrl",
@@ -279,11 +320,12 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
         category_source_ids=[str(k) for k in range(c)],
         images=frame,
         labels=labels,
-        options={"format": "vg-ssgrl", "num_classes": c},
+        options={"format": "vg-ssgrl", "num_classes": c, "label_classes": label_classes},
         sources=[{"file": Path(p).name, "sha256": sha256_file(Path(p)), "bytes": Path(p).stat().st_size}
                  for p in (cfg.train_list, cfg.test_list, cfg.labels)],
         root=str(root.resolve()),
-        extra={"vocabulary": "vg500[0:200] (SSGRL)", "missing": missing},
+        extra={"vocabulary": "vg200 (SSGRL's 200-class labels)" if benchmark else f"vg500[0:{c}] (SSGRL's VG-500 labels)",
+               "benchmark": benchmark, "missing": missing},
     )
     validate(m, str(root))
     return m

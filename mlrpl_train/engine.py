@@ -783,10 +783,10 @@ def _published_beside(dataset: str, class_names: list[str], method: str, mask: s
     mAP, the AP of the published evaluation)."""
     import re
 
-    from .published import SOURCE, paper_dataset, published
+    from .published import SOURCE, benchmark_dataset, published
 
     m = re.search(r"-p(\d\.\d+)-", mask)
-    row = published(paper_dataset(read_card(dataset)["name"], class_names), method, float(m.group(1)) if m else None)
+    row = published(benchmark_dataset(read_card(dataset), class_names), method, float(m.group(1)) if m else None)
     if row is None or row["mAP"] is None or not m or metrics["mAP_voc"] is None:
         return None
     return {"source": f"{SOURCE}, Table {row['table']}", "method": row["method"], "dataset": row["dataset_label"],

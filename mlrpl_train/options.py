@@ -31,6 +31,8 @@ Blend = choices("Blend", "map vector", __name__)
 Form = choices("Form", "cheap naive", __name__)
 Select = choices("Select", "val test-as-published", __name__)
 Precision = choices("Precision", "auto bf16 fp32", __name__)
+Prototypes = choices("Prototypes", "mean kmeans", __name__)
+ParamShape = choices("ParamShape", "class scalar", __name__)
 Curriculum = choices("Curriculum", "bayes threshold proportion positive none", __name__)
 
 
@@ -50,14 +52,23 @@ class DsrbOptions:
         "Instance-perspective blending (eq. 6-9); --no-iprb is the Table 2 ablation", flags="--iprb/--no-iprb"))
     pprb: bool = field(default=True, metadata=opt(
         "Prototype-perspective blending (eq. 10-13); --no-pprb is the Table 2 ablation", flags="--pprb/--no-pprb"))
+    alpha_shape: ParamShape = field(default=ParamShape("class"), metadata=opt(
+        "IPRB's alpha and PPRB's beta: class = one per class (the paper's eq. 8 and 12), scalar = one each for "
+        "all classes (the authors' code)"))
     learn_alpha: bool = field(default=True, metadata=opt(
-        "Learn IPRB's per-class alpha from 0.5, or keep it at 0.5 (Table 2 'fixed alpha')",
+        "Learn IPRB's alpha (--alpha-shape) from 0.5, or keep it at 0.5 (Table 2 'fixed alpha')",
         flags="--learn-alpha/--fixed-alpha"))
     learn_beta: bool = field(default=True, metadata=opt(
-        "Learn PPRB's per-class beta from 0.5, or keep it at 0.5 (Table 2 'fixed beta')",
+        "Learn PPRB's beta (--alpha-shape) from 0.5, or keep it at 0.5 (Table 2 'fixed beta')",
         flags="--learn-beta/--fixed-beta"))
     blend: Blend = field(default=Blend.map, metadata=opt(
         "PPRB prototypes: map = one per grid cell (location-sensitive), vector = one per class (Table 2 'w/ RV')"))
+    prototypes: Prototypes = field(default=Prototypes.mean, metadata=opt(
+        "mean = the mean known-positive representation of each class (per grid cell with --blend map: DSRB); "
+        "kmeans = K-means centres of each class's known-positive representations (SARB, AAAI 2022; "
+        "--blend and --grid-k then play no part)"))
+    prototype_clusters: int = field(default=10, metadata=opt(
+        "K centres per class with --prototypes kmeans (SARB's script: 10)", min=1))
     grid_k: int = field(default=1, metadata=opt("Prototypes on a 2^K x 2^K grid (the paper: K = 1)", min=0, max=4))
     blend_start: int = field(default=5, metadata=opt("Epoch (0-based) from which IPRB and PPRB blend", min=0))
     prototype_every: int = field(default=5, metadata=opt("Recompute the prototypes every N epochs from --blend-start",
@@ -80,6 +91,9 @@ class DsrbOptions:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.prototypes == Prototypes.kmeans and self.form == Form.naive:
+            raise BadInputError("--prototypes kmeans: K-means centres are pooled vectors (SARB), which the naive "
+                                "feature-map form has no use for; drop --form naive")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from mlrpl_data.masks import MaskConfig, compute_masks, proportion_text, write_m
 from mlrpl_data.manifest import read_manifest
 
 from .engine import CHECKPOINT_LAST, load_checkpoint, train
-from .options import TrainConfig
+from .options import Precision, TrainConfig
 from .registry import method_names
 from mlrpl_data.ownership import releasing
 
@@ -222,3 +222,26 @@ def _plot(table, props, path: Path, metric: str = "mAP") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def paper_preset(base: TrainConfig) -> TrainConfig:
+    """The training options `sweep --preset paper` pins beyond the defaults, checked before any run.
+
+    fp32: the authors' code (HCP-MLR-PL) trains without autocast, so `--precision auto` (bf16 on a
+    GPU) is not their protocol. Label embeddings: a method whose registry entry says
+    uses_embeddings (SSGRL, DSRB: semantic decoupling, eq. 1) needs the dataset's (or
+    --embeddings) file; learning random ones is not the paper's model, so a missing file is a
+    BadInputError naming `mlrpl embed-labels` instead of train's warning."""
+    from mlrpl_data.embeddings import read_embeddings
+    from mlrpl_data.errors import BadInputError
+    from mlrpl_data.manifest import read_card
+
+    from .registry import get
+
+    cfg = dataclasses.replace(base, precision=Precision.fp32)
+    if get(cfg.method).uses_embeddings and cfg.dsrb.csrl == "sd":
+        if read_embeddings(cfg.dataset, cfg.embeddings, int(read_card(cfg.dataset)["num_classes"])) is None:
+            raise BadInputError(f"{cfg.dataset}: no label_embeddings.npy, and --preset paper trains {cfg.method} with "
+                                f"the paper's fixed label embeddings: run `mlrpl embed-labels {cfg.dataset} --from "
+                                f"glove.840B.300d.txt` first (or pass --embeddings FILE.npy)")
+    return cfg

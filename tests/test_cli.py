@@ -62,7 +62,7 @@ def test_build_vg200_both_sources(tmp_path):
     (tmp_path / "labels.json").write_text(json.dumps({"1.jpg": [0], "2.jpg": [1, 2], "3.jpg": [], "4.jpg": [199, 300]}))
     r = runner.invoke(app, ["build-vg200", "--root", str(raw), "--out", str(tmp_path / "s"),
                             "--ssgrl-lists", str(tmp_path / "train.txt"), str(tmp_path / "test.txt"),
-                            "--ssgrl-labels", str(tmp_path / "labels.json")])
+                            "--ssgrl-labels", str(tmp_path / "labels.json"), "--ssgrl-classes", "500"])
     assert r.exit_code == 0, r.output
     assert "200 classes, train 3, test 1" in r.output
     r = runner.invoke(app, ["build-vg200", "--root", str(raw), "--out", str(tmp_path / "x"),
@@ -128,3 +128,24 @@ def test_resume_refuses_conflicting_options_and_applies_allowed_ones(tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "run/config.json").read_text())["config"]["epochs"] == 2  # applied and recorded
     assert (tmp_path / "run/metrics.csv").read_text().count("\n") == 3  # header + epochs 1 and 2
+
+
+def test_paper_preset_trains_in_fp32_and_refuses_without_label_embeddings(tmp_path):
+    """The authors trained without autocast and with fixed GloVe label embeddings: --preset paper pins
+    fp32, and refuses SSGRL/DSRB before any mask or run when the dataset has no embeddings."""
+    import numpy as np
+
+    from mlrpl_train.options import TrainConfig
+    from mlrpl_train.sweep import paper_preset
+    from trainkit import tiny_training_set
+
+    d = tiny_training_set(tmp_path, n_train=8, n_test=4)
+    out = tmp_path / "sweep"
+    r = runner.invoke(app, ["sweep", "dsrb", str(d), "--preset", "paper", "--out", str(out), "--workers", "0",
+                            "--no-progress"])
+    assert r.exit_code == 1 and "run `mlrpl embed-labels" in r.output and "--preset paper" in r.output
+    assert not out.exists() and not list((d / "masks").glob("*p0.10*"))  # nothing trained, no mask made
+    assert paper_preset(TrainConfig(method="pbce", dataset=str(d))).precision == "fp32"  # pbce reads no embeddings
+    np.save(d / "label_embeddings.npy", np.ones((3, 300), dtype=np.float32))
+    cfg = TrainConfig(method="ssgrl", dataset=str(d))
+    assert cfg.precision == "auto" and paper_preset(cfg).precision == "fp32"

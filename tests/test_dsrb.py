@@ -370,3 +370,156 @@ def test_save_memory_gives_the_same_loss_and_gradients(data, tmp_path, blend):
     assert torch.allclose(l1, l2, atol=1e-6) and g1.keys() == g2.keys() and len(g1) > 10
     for n in g1:
         assert torch.allclose(g1[n], g2[n], atol=1e-5, rtol=1e-4), n
+
+
+# ---- SARB's K-means prototypes (--prototypes kmeans) and --alpha-shape ---------------------------------------------
+
+TWO_CLUSTERS = np.array([[0, 0], [3, 0], [0, 3],  # centre (1, 1), 3 vectors
+                         [10, 10], [12, 10], [10, 12], [12, 12], [11, 11]], dtype=np.float32)  # (11, 11), 5
+
+
+def test_kmeans_centres_of_two_hand_made_clusters():
+    from mlrpl_train.model.blending import kmeans_prototypes
+
+    centres, sizes = kmeans_prototypes(TWO_CLUSTERS, 2, seed=0)
+    order = np.argsort(centres[:, 0])
+    assert np.allclose(centres[order], [[1, 1], [11, 11]], atol=1e-6)  # not the mean of all, (6.875, 6.875)
+    assert sizes[order].tolist() == [3, 5]
+    again, _ = kmeans_prototypes(TWO_CLUSTERS, 2, seed=0)
+    assert np.array_equal(again, centres)  # seeded: a resumed run recomputes the same centres
+    # fewer known positives than K: each is its own centre, the other slots are empty (size 0)
+    centres, sizes = kmeans_prototypes(TWO_CLUSTERS[:2], 3, seed=0)
+    assert centres.tolist() == [[0, 0], [3, 0], [0, 0]] and sizes.tolist() == [1, 1, 0]
+    centres, sizes = kmeans_prototypes(np.zeros((0, 2), np.float32), 3, seed=0)
+    assert sizes.tolist() == [0, 0, 0] and not centres.any()
+
+
+def test_pprb_draws_among_a_class_s_kmeans_centres():
+    """Grid prototypes avoid the image's own cell; K-means centres have no location (own = -1):
+    any non-empty centre may be drawn, an empty one never."""
+    y = torch.zeros(64, 1, dtype=torch.int8)
+    valid = torch.tensor([[True, True, False]])
+    g = torch.Generator().manual_seed(0)
+    _, cell = choose_pprb(y, torch.zeros(64, 1, dtype=torch.long), valid, g)
+    assert set(cell.tolist()) == {1}  # the grid rule: never the own cell 0
+    _, cell = choose_pprb(y, torch.full((64, 1), -1), valid, g)
+    assert set(cell.tolist()) == {0, 1}  # K-means: both centres, never the empty slot 2
+
+
+class _Vectors:
+    """A loader of given (B, C, D) representations; the model's features() is replaced to pass them on."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_kmeans_prototypes_use_known_positives_only_in_key_order(data, tmp_path, monkeypatch):
+    spec = resolve_data(str(data), "uniform-p0.50-s0")
+    model = build_model(cfg(data, tmp_path, prototypes="kmeans", prototype_clusters=2, feat_dim=2), spec)
+    monkeypatch.setattr("mlrpl_train.model.dsrb.to_device", lambda images, device: images)
+    model.features = lambda x: (None, None, x, None)
+    c = spec.num_classes
+    f = torch.zeros(8, c, 2)
+    f[:, 0] = torch.from_numpy(TWO_CLUSTERS)
+    y = torch.zeros(8, c, dtype=torch.int8)
+    y[:, 0] = 1
+    y[0, 1], f[0, 1] = 1, torch.tensor([5.0, 7.0])  # class 1: one known positive
+    f[1, 1], f[2, 1] = torch.tensor([100.0, 100.0]), torch.tensor([-9.0, 3.0])
+    y[2, 1] = -1  # image 1's class 1 is unknown, image 2's a known negative: neither counts
+    keys = [f"k{i}" for i in range(8)]
+    batches = [{"images": f[i:i + 4], "partial": y[i:i + 4], "keys": keys[i:i + 4]} for i in (0, 4)]
+    model.compute_prototypes(_Vectors(batches), torch.device("cpu"))
+    assert model.prototypes.shape == (c, 2, 2)
+    p0 = model.prototypes[0][model.prototypes[0][:, 0].argsort()]
+    assert torch.allclose(p0, torch.tensor([[1.0, 1.0], [11.0, 11.0]]), atol=1e-5)
+    assert sorted(model.proto_counts[0].tolist()) == [3.0, 5.0]
+    assert model.prototypes[1].tolist() == [[5.0, 7.0], [0.0, 0.0]] and model.proto_counts[1].tolist() == [1.0, 0.0]
+    assert model.proto_counts[2:].sum() == 0
+    first = model.prototypes.clone()
+    model.compute_prototypes(_Vectors(batches[::-1]), torch.device("cpu"))  # another loader order
+    assert torch.equal(model.prototypes, first)
+
+
+def test_kmeans_prototypes_train_and_resume_to_the_same_weights(data, tmp_path, monkeypatch):
+    """Prototypes from epoch 1 (blend_start 1), a kill in epoch 1 after a checkpoint at step 12: the
+    resumed run takes the centres from the checkpoint's buffers and ends where an unbroken run does."""
+    from mlrpl_train import engine
+
+    opts = dict(prototypes="kmeans", prototype_clusters=2)
+    ref = train(cfg(data, tmp_path / "ref", **opts))
+    real = engine.train_step
+    n = {"k": 0}
+
+    def dying(*a, **k):
+        n["k"] += 1
+        if n["k"] == 13:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_step", dying)
+    c = cfg(data, tmp_path / "killed", **opts)
+    c.checkpoint_every = 2
+    with pytest.raises(KeyboardInterrupt):
+        train(c)
+    monkeypatch.setattr(engine, "train_step", real)
+    train(engine.load_run_config(tmp_path / "killed"), resume=True)
+    a, b = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(tmp_path / "killed/last.pt")["model"]
+    assert a["prototypes"].shape[1] == 2 and a["proto_counts"].sum() > 0
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    last = lambda r: (r / "metrics.csv").read_text().splitlines()[-1].split(",")[3:9]  # noqa: E731 (mAP..CF1_top3)
+    assert last(ref) == last(tmp_path / "killed")
+
+
+def test_kmeans_with_the_naive_form_is_refused():
+    with pytest.raises(BadInputError, match="--prototypes kmeans.*drop --form naive"):
+        DsrbOptions(prototypes="kmeans", form="naive")
+
+
+def test_scalar_alpha_blends_every_class_alike():
+    """Eq. 8-9 with per-class alpha (the paper) and one scalar (the authors' code)."""
+    f = torch.tensor([[[1.0], [2.0]], [[3.0], [4.0]]])  # (B=2, C=2, D=1)
+    y = torch.tensor([[0, 1], [1, 0]])  # image 0 blends class 0 with image 1; image 1 class 1 with image 0
+    f_hat, y_hat = iprb_blend(f, y, torch.tensor([0.25, 0.75]))
+    assert f_hat[:, :, 0].tolist() == [[2.5, 2.0], [3.0, 3.5]]  # 0.25*1 + 0.75*3; 0.75*4 + 0.25*2
+    assert y_hat.tolist() == [[0.75, 1.0], [1.0, 0.25]]
+    f_hat, y_hat = iprb_blend(f, y, torch.tensor([0.25]))
+    assert f_hat[:, :, 0].tolist() == [[2.5, 2.0], [3.0, 2.5]]  # 0.25*4 + 0.75*2
+    assert y_hat.tolist() == [[0.75, 1.0], [1.0, 0.75]]
+
+
+def test_scalar_alpha_and_beta_train_as_one_number_each(data, tmp_path):
+    run = train(cfg(data, tmp_path / "run", alpha_shape="scalar"))
+    m = load_checkpoint(run / "last.pt")["model"]
+    assert m["alpha"].shape == (1,) and m["beta"].shape == (1,)
+    assert m["alpha"].item() != 0.5 and m["beta"].item() != 0.5  # learned once blending is on
+
+
+def test_authors_graph_with_a_class_lacking_known_positives_makes_every_node_nan():
+    """A numpy re-enactment of HCP-MLR-PL's graph (utils/dataloader.py: rows divided by their diagonal;
+    its np.nan_to_num result is discarded) and one step of their GatedGNN (messages [A h, A^T h]):
+    class 2 has no known positive, so row 2 is 0/0 = NaN, and the outgoing message A^T h of EVERY node
+    sums A[2, j] h_2: all nodes NaN after one step, not only node 2. Ours has a zero row instead."""
+    partial = np.array([[1, 1, 0], [1, 0, -1], [0, 1, 0]])
+    pos = (partial == 1).astype(np.float64)
+    graph = pos.T @ pos
+    with np.errstate(invalid="ignore"):
+        for i in range(3):
+            graph[i] /= graph[i, i]
+    np.nan_to_num(graph)  # as in their code: the result is thrown away
+    assert np.isnan(graph[2]).all() and not np.isnan(graph[:2]).any()  # one NaN row
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(3, 4))
+    a_in, a_out = graph @ h, graph.T @ h
+    assert np.isnan(a_in).any(axis=1).tolist() == [False, False, True]  # the incoming message: node 2 only
+    assert np.isnan(a_out).all()  # the outgoing one: every node
+    w, u = rng.normal(size=(8, 4)), rng.normal(size=(4, 4))
+    a = np.concatenate([a_in, a_out], axis=1)
+    z = 1 / (1 + np.exp(-(a @ w + h @ u)))
+    h_new = (1 - z) * h + z * np.tanh(a @ w + h @ u)
+    assert np.isnan(h_new).all()  # every node of every image, after one propagation step
+    ours = cooccurrence(partial, 3).numpy()
+    assert ours[2].tolist() == [0.0, 0.0, 0.0] and np.isfinite(ours.T @ h).all()

@@ -48,7 +48,7 @@ def test_a_dataset_is_the_papers_by_name_and_classes():
     assert paper_dataset("voc2007", voc20_names()) == "voc2007" and paper_dataset("vg200", ["x"] * 200) == "vg200"
 
 
-def test_a_sweep_on_voc2007_shows_the_published_rows(tmp_path):
+def test_a_sweep_on_voc2007_shows_the_published_rows(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from mlrpl.cli import app
@@ -61,6 +61,8 @@ def test_a_sweep_on_voc2007_shows_the_published_rows(tmp_path):
     raw = make_voc(tmp_path / "raw", trainval=trainval, test=test)
     d = tmp_path / "voc"
     runner = CliRunner()
+    # the published rows need the whole benchmark: this 12 + 6 image subset stands in for VOC 2007's 5011 + 4952
+    monkeypatch.setattr("mlrpl_train.published.whole_counts", lambda dataset: {"train": 12, "test": 6})
     for args in (["build-voc07", "--root", str(raw), "--out", str(d), "--subset"],
                  ["write-shards", str(d), "--max-samples", "6", "--no-progress"],
                  ["sweep", "pbce", str(d), "--proportions", "0.1,0.5", "--out", str(tmp_path / "sweep"), "--backbone", "tiny",
@@ -79,3 +81,26 @@ def test_a_sweep_on_voc2007_shows_the_published_rows(tmp_path):
     r = runner.invoke(app, ["evaluate", str(tmp_path / "sweep" / "pbce-p0.10-s0"), str(d), "--workers", "0"])
     assert r.exit_code == 0, r.output
     assert "published: Partial BCE on VOC 2007 at 10% known (arXiv 2205.13092, Table 1): 80.7 mAP" in r.output
+    monkeypatch.undo()  # the subset as it is: not VOC 2007 as published, so no published number beside it
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "sweep" / "pbce-p0.10-s0"), str(d), "--workers", "0"])
+    assert r.exit_code == 0 and "published:" not in r.output, r.output
+
+
+def test_published_rows_only_for_the_whole_benchmark_as_published():
+    from mlrpl_data.specs import load_spec, voc20_names
+    from mlrpl_train.published import benchmark_dataset, whole_counts
+
+    coco = [c["name"] for c in load_spec("coco80")["categories"]]
+    assert whole_counts("coco2014") == {"train": 82783, "test": 40504}
+    assert whole_counts("voc2007") == {"train": 5011, "test": 4952}
+    assert whole_counts("vg200") == {"train": 82904, "test": 10000}
+    card = lambda name, train, test, **kw: {"name": name, "counts": {"train": train, "test": test}, **kw}  # noqa: E731
+    assert benchmark_dataset(card("coco2014", 82783, 40504), coco) == "coco2014"
+    assert benchmark_dataset(card("coco2014", 82783, 40503), coco) is None  # one image short: a subset
+    assert benchmark_dataset(card("voc2007", 5011, 4952), voc20_names()) == "voc2007"
+    assert benchmark_dataset(card("voc2007", 4952, 5011), voc20_names()) is None  # counts of the wrong splits
+    vg = [f"vg200_class_{k:03d}" for k in range(200)]
+    assert benchmark_dataset(card("vg200", 82904, 10000, benchmark="vg200-ssgrl"), vg) == "vg200"
+    assert benchmark_dataset(card("vg200", 82904, 10000, benchmark=None), vg) is None  # VG-500's first 200
+    assert benchmark_dataset(card("vg200", 82904, 10000, vocabulary="vg200-raw"), vg) is None  # mlrpl's own split
+    assert benchmark_dataset(card("vg200", 82900, 10000, benchmark="vg200-ssgrl"), vg) is None

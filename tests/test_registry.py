@@ -94,3 +94,12 @@ def test_a_config_from_before_embeddings_moved_up_reads_as_meant():
     doc["dsrb"]["embeddings"] = "glove.npy"
     del doc["embeddings"]
     assert config_from_json(doc, "old config.json").embeddings == "glove.npy"
+
+
+def test_the_readme_shows_every_method():
+    """The docs read the registry: every method has a runnable `mlrpl train NAME` example in the README."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [m.name for m in registry.METHODS if f"mlrpl train {m.name} " not in readme]
+    assert not missing, f"README.md has no `mlrpl train NAME ...` example for {missing}"

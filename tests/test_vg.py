@@ -103,7 +103,7 @@ def test_ssgrl_split(real, tmp_path):
     labels = {n: [i, 150 + i, 300 + i] for i, n in enumerate(train + test)}  # classes >= 200 are outside VG-200
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     m = build_vg200_ssgrl(SsgrlConfig(root=raw, train_list=tmp_path / "train.txt", test_list=tmp_path / "test.txt",
-                                      labels=tmp_path / "labels.json"))
+                                      labels=tmp_path / "labels.json", label_classes=500))
     assert m.num_classes == 200 and m.counts() == {"train": 4, "test": 3}
     assert m.images["key"][0] == "vg_" + train[0][:-4]
     assert (m.labels == 1).sum(axis=1).tolist() == [2] * 7
@@ -114,4 +114,37 @@ def test_ssgrl_split(real, tmp_path):
     with pytest.raises(BadInputError, match="also in"):
         (tmp_path / "test.txt").write_text(train[0] + "\n")
         build_vg200_ssgrl(SsgrlConfig(root=raw, train_list=tmp_path / "train.txt", test_list=tmp_path / "test.txt",
-                                      labels=tmp_path / "labels.json"))
+                                      labels=tmp_path / "labels.json", label_classes=500))
+
+
+def test_ssgrl_labels_file_kind_is_explicit_and_recorded(tmp_path):
+    """The authors' VG-200 reads a 200-class labels file; a VG-500 file's first 200 classes are
+    taken only when --ssgrl-classes 500 says so, and such a dataset is not the benchmark."""
+    raw = tmp_path / "vg"
+    for n in ("1.jpg", "2.jpg", "3.jpg"):
+        write_jpeg(raw / "VG_100K" / n)
+    (tmp_path / "train.txt").write_text("1.jpg\n2.jpg\n")
+    (tmp_path / "test.txt").write_text("3.jpg\n")
+
+    def build(labels, name="labels.json", **kw):
+        (tmp_path / name).write_text(json.dumps(labels))
+        return build_vg200_ssgrl(SsgrlConfig(root=raw, train_list=tmp_path / "train.txt",
+                                             test_list=tmp_path / "test.txt", labels=tmp_path / name, **kw))
+
+    m = build({"1.jpg": [0, 199], "2.jpg": [5], "3.jpg": []})
+    assert m.extra["benchmark"] == "vg200-ssgrl" and m.options["label_classes"] == 200
+    assert m.category_names[199] == "vg200_class_199" and m.labels[0, 199] == 1 and m.labels[1, 5] == 1
+    assert m.dataset_card()["benchmark"] == "vg200-ssgrl"  # dataset.json says which VG-200 it is
+    vg500 = {"1.jpg": [0, 150, 300], "2.jpg": [5], "3.jpg": [499]}
+    with pytest.raises(BadInputError, match=r"labels\.json: indexes classes up to 499: a VG-500 labels file.*"
+                                            r"vg_category_200_labels_index\.json.*--ssgrl-classes 500"):
+        build(vg500)
+    m = build(vg500, label_classes=500)
+    assert m.extra["benchmark"] is None and m.options["label_classes"] == 500
+    assert m.labels[0].tolist().count(1) == 2 and m.labels[0, 150] == 1 and (m.labels[2] == -1).all()  # 300, 499 dropped
+    with pytest.raises(BadInputError, match=r"indexes class 499, so it is not a 200-class labels file"):
+        build(vg500, label_classes=200)
+    with pytest.raises(BadInputError, match=r"named like a VG-500 file.*--ssgrl-classes 200 or --ssgrl-classes 500"):
+        build({"1.jpg": [0], "2.jpg": [1], "3.jpg": [2]}, name="vg_category_500_labels_index.json")
+    with pytest.raises(BadInputError, match=r"--num-classes 150: a 200-class labels file"):
+        build({"1.jpg": [0], "2.jpg": [1], "3.jpg": [2]}, num_classes=150)

@@ -10,6 +10,7 @@ enters only through its pooled vector. The blends therefore run on (B, C, D) vec
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -50,7 +51,11 @@ def choose_pprb(y: torch.Tensor, own_cell: torch.Tensor, proto_valid: torch.Tens
     y (B, C), own_cell (B, C), proto_valid (C, cells) bool -> (cls (B,), cell (B,)); cls = -1
     for an image with no unknown class that has a prototype (nothing is blended then).
     Cells without a prototype are never chosen; when a class's only prototype is the image's
-    own cell, that cell is used (there is no other)."""
+    own cell, that cell is used (there is no other). An own cell of -1 (K-means prototypes,
+    which have no location) excludes nothing: the draw is uniform over the class's non-empty
+    centres. SARB's code draws one centre index per batch for every image; here each image draws
+    its own (the same uniform marginal, and never an empty slot of a class with fewer than K
+    known positives)."""
     b, c = y.shape
     cells = proto_valid.shape[1]
     cand = (y == 0) & proto_valid.any(dim=1).unsqueeze(0)  # unknown and blendable
@@ -102,3 +107,32 @@ def accumulate_prototypes(f: torch.Tensor, y: torch.Tensor, own_cell: torch.Tens
     flat = c_idx * cells + k_idx
     sums.view(-1, sums.shape[-1]).index_add_(0, flat, f[n_idx, c_idx].to(sums.dtype))
     counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=counts.dtype))
+
+
+def kmeans_prototypes(vectors: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """SARB's prototypes of one class: K-means centres of its known positives' representations.
+
+    vectors (N, D) float, in a fixed order (the caller sorts them by sample key); -> centres (k, D)
+    float32 and sizes (k,) int64, the number of vectors in each centre's cluster. As SARB's
+    `computePrototype` (HCP-MLR-PL model/SARB.py): scikit-learn's KMeans with k clusters, but
+    seeded (random_state=seed) with n_init=10 fixed (the authors' scikit-learn default then), so a
+    run and its resume compute the same centres. N <= k (SARB's KMeans raises there): each vector
+    is its own centre and the k - N other slots are empty (size 0, never chosen by choose_pprb);
+    N = 0: every slot is empty."""
+    n, d = vectors.shape
+    centres = np.zeros((k, d), dtype=np.float32)
+    sizes = np.zeros(k, dtype=np.int64)
+    if n <= k:
+        centres[:n], sizes[:n] = vectors, 1
+        return centres, sizes
+    import warnings
+
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():  # fewer distinct vectors than k: the surplus clusters come back empty
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(np.asarray(vectors, dtype=np.float64))
+    centres[:] = km.cluster_centers_
+    sizes[:] = np.bincount(km.labels_, minlength=k)
+    return centres, sizes

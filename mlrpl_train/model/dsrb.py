@@ -32,8 +32,8 @@ from .. import dist as D
 from ..device import to_device
 from ..losses import contrastive_literal, contrastive_published, contrastive_weight, partial_bce
 from ..options import DsrbOptions
-from .blending import (accumulate_prototypes, choose_pprb, iprb_blend, iprb_mask, peak_cells, pprb_blend,
-                       pprb_mask)
+from .blending import (accumulate_prototypes, choose_pprb, iprb_blend, iprb_mask, kmeans_prototypes, peak_cells,
+                       pprb_blend, pprb_mask)
 
 
 # ---- CSRL (eq. 1-2) -----------------------------------------------------------------------------------
@@ -193,7 +193,8 @@ class Head(nn.Module):
 def cooccurrence(partial: np.ndarray | None, num_classes: int) -> torch.Tensor:
     """A[i, j] = P(j known positive | i known positive) from the training partial labels: the
     co-occurrence counts with each row divided by its diagonal, so A[i, i] = 1, as in the authors'
-    code. A class with no known positive has a zero row (their code gives NaN there)."""
+    code. A class with no known positive has a zero row (their code gives a NaN row there, which
+    the outgoing message A^T h spreads to every node in one propagation step)."""
     if partial is None or len(partial) == 0:
         return torch.zeros(num_classes, num_classes)
     pos = (np.asarray(partial) == 1).astype(np.float64)
@@ -224,10 +225,14 @@ class DSRB(nn.Module):
         else:
             self.csrl = SemanticAttention(d, num_classes)
         self.head = Head(d, num_classes, adjacency, opts.ggnn_steps, opts.save_memory)
-        # eq. 8 and 12: per-class alpha and beta, initialised at 0.5, kept in [0, 1]
-        self.alpha = nn.Parameter(torch.full((num_classes,), 0.5), requires_grad=opts.learn_alpha)
-        self.beta = nn.Parameter(torch.full((num_classes,), 0.5), requires_grad=opts.learn_beta)
-        self.cells = 1 if opts.blend == "vector" else 4 ** opts.grid_k
+        # eq. 8 and 12: per-class alpha and beta (--alpha-shape class), or one scalar each as the
+        # authors' code has (scalar: shape (1,), broadcast over the classes); 0.5 at first, kept in [0, 1]
+        n_ab = num_classes if opts.alpha_shape == "class" else 1
+        self.alpha = nn.Parameter(torch.full((n_ab,), 0.5), requires_grad=opts.learn_alpha)
+        self.beta = nn.Parameter(torch.full((n_ab,), 0.5), requires_grad=opts.learn_beta)
+        self.kmeans = opts.prototypes == "kmeans"
+        # prototype slots per class: SARB's K centres, one vector, or the 4^K grid cells of eq. 10-11
+        self.cells = opts.prototype_clusters if self.kmeans else 1 if opts.blend == "vector" else 4 ** opts.grid_k
         self.register_buffer("prototypes", torch.zeros(num_classes, self.cells, d))
         self.register_buffer("proto_counts", torch.zeros(num_classes, self.cells))
 
@@ -295,7 +300,7 @@ class DSRB(nn.Module):
                 loss = loss + l_i
                 logs["loss_iprb"] = float(l_i.detach())
             if self.opts.pprb and bool(self.proto_counts.sum() > 0):  # eq. 10-13
-                own = peak_cells(self.peak_map(xs, att, hw).detach(), self.grid_k)
+                own = self.own_cells(xs, att, hw)
                 cls, cell = choose_pprb(y.cpu(), own.cpu(), (self.proto_counts > 0).cpu(), self.step_generator(step, 0))
                 s_tilde, y_tilde = self.pprb_outputs(f, y, cache, xs, att, cls, cell)
                 l_p = partial_bce(s_tilde.float(), y_tilde, self.bce)
@@ -315,7 +320,14 @@ class DSRB(nn.Module):
 
     @property
     def grid_k(self) -> int:
-        return 0 if self.cells == 1 else self.opts.grid_k
+        return 0 if self.cells == 1 or self.kmeans else self.opts.grid_k
+
+    def own_cells(self, xs, att, hw) -> torch.Tensor:
+        """(B, C) each class's own grid cell (the one PPRB avoids), or -1 with K-means prototypes,
+        which have no location (SARB draws among all of a class's centres)."""
+        if self.kmeans:
+            return torch.full(att.shape[:2], -1, dtype=torch.long)
+        return peak_cells(self.peak_map(xs, att, hw).detach(), self.grid_k)
 
     # -- prototypes (eq. 10-13) -----------------------------------------------------------------------------------
     def before_epoch(self, epoch: int, make_loader: Callable, device: torch.device, info) -> None:
@@ -329,9 +341,15 @@ class DSRB(nn.Module):
     def compute_prototypes(self, loader, device: torch.device, info=None) -> None:
         """Mean representation of ALL known positives per (class, cell) (the published code used
         only the first 100 per cell). A class with no known positive has no prototype and is
-        never chosen by PPRB; an empty cell is never chosen either."""
+        never chosen by PPRB; an empty cell is never chosen either. With --prototypes kmeans:
+        SARB's K-means centres instead (`compute_kmeans_prototypes`)."""
         was_training = self.training
         self.eval()
+        if self.kmeans:
+            counts = self.compute_kmeans_prototypes(loader, device, info)
+            self._warn_missing(counts)
+            self.train(was_training)
+            return
         sums = torch.zeros_like(self.prototypes, dtype=torch.float64, device="cpu")
         counts = torch.zeros_like(self.proto_counts, dtype=torch.float64, device="cpu")
         for batch in loader:
@@ -344,11 +362,49 @@ class DSRB(nn.Module):
         self.prototypes.copy_((sums / counts.clamp(min=1).unsqueeze(-1)).to(self.prototypes.dtype))
         self.proto_counts.copy_(counts.to(self.proto_counts.dtype))
         self.finish_extra(counts)
+        self._warn_missing(counts)
+        self.train(was_training)
+
+    @staticmethod
+    def _warn_missing(counts: torch.Tensor) -> None:
         missing = int((counts.sum(dim=1) == 0).sum())
         if missing:
             print(f"warning: {missing} class(es) have no known positive: no prototype, PPRB never blends them",
                   file=sys.stderr)
-        self.train(was_training)
+
+    def compute_kmeans_prototypes(self, loader, device: torch.device, info=None) -> torch.Tensor:
+        """SARB's prototypes (HCP-MLR-PL model/SARB.py `computePrototype`): the pooled representation
+        f_c of every known positive of class c, K-means with K = --prototype-clusters per class
+        (`kmeans_prototypes`, seeded from the run's seed and the class). The vectors are sorted by
+        sample key first, so the centres depend neither on the loader's order nor on the number of
+        processes (every rank gathers all vectors and clusters the same). Memory: every known
+        positive's vector, N_pos x D x 4 bytes on the CPU (as SARB keeps them). Returns the
+        cluster sizes (C, K), also stored in proto_counts."""
+        c = self.prototypes.shape[0]
+        keys: list[list[str]] = [[] for _ in range(c)]
+        vecs: list[list[np.ndarray]] = [[] for _ in range(c)]
+        for batch in loader:
+            _, _, f, _ = self.features(to_device(batch["images"], device))
+            f = f.float().cpu().numpy()
+            n_idx, c_idx = torch.nonzero(batch["partial"] == 1, as_tuple=True)
+            for n, k in zip(n_idx.tolist(), c_idx.tolist()):
+                keys[k].append(batch["keys"][n])
+                vecs[k].append(f[n, k])
+        if info is not None and info.world > 1:
+            parts = D.gather_objects((keys, vecs), info)
+            keys = [[x for p in parts for x in p[0][k]] for k in range(c)]
+            vecs = [[x for p in parts for x in p[1][k]] for k in range(c)]
+        protos = np.zeros(tuple(self.prototypes.shape), dtype=np.float32)
+        sizes = np.zeros(tuple(self.proto_counts.shape), dtype=np.int64)
+        dim = protos.shape[-1]
+        for k in range(c):
+            order = sorted(range(len(keys[k])), key=keys[k].__getitem__)
+            x = np.stack([vecs[k][i] for i in order]) if order else np.zeros((0, dim), dtype=np.float32)
+            protos[k], sizes[k] = kmeans_prototypes(x, self.cells, (self.seed * 100_003 + k) % 2 ** 32)
+        self.prototypes.copy_(torch.from_numpy(protos).to(self.prototypes.dtype))
+        counts = torch.from_numpy(sizes).to(torch.float64)
+        self.proto_counts.copy_(counts.to(self.proto_counts.dtype))
+        return counts
 
     def accumulate_extra(self, xs, att, partial, own) -> None:
         """A hook for forms that keep more than pooled prototypes (the naive oracle keeps maps)."""
