@@ -160,3 +160,44 @@ def large_loss(logits: torch.Tensor, targets: torch.Tensor, epoch: int, delta_re
     else:
         raise ValueError(f"large_loss variant {variant!r}: use one of {LL_VARIANTS}")
     return loss.mean(), chosen
+
+
+# ---- Curriculum Labeling's normalised partial BCE (Durand, Mehrasa, Mori, CVPR 2019, eq. 2-3) ------------------
+
+def normalisation_coefficients(gamma: float = 1.0, g_at_tenth: float = 5.0) -> tuple[float, float]:
+    """(alpha, beta) of g(p) = alpha p^gamma + beta from its two constraints: g(1) = 1 (the loss is
+    plain BCE when every label is known) and g(0.1) = `g_at_tenth`. Durand et al. fix gamma = 1 and
+    g(0.1) = 5, so alpha = -40/9 and beta = 49/9 (public re-implementations round to -4.45, 5.45).
+    Raises ValueError for gamma = 0 (g would be constant: the two constraints cannot both hold)."""
+    if gamma == 0:
+        raise ValueError("normalisation gamma 0: g(p) = alpha + beta is constant; use a non-zero gamma")
+    alpha = (g_at_tenth - 1.0) / (0.1 ** gamma - 1.0)
+    return alpha, 1.0 - alpha
+
+
+def label_proportion_weight(proportion: torch.Tensor, gamma: float = 1.0, g_at_tenth: float = 5.0) -> torch.Tensor:
+    """g(p) = alpha p^gamma + beta (Durand et al. eq. 3) of each image's known-label proportion p in [0, 1]
+    (B,) -> (B,). An image with p = 0 has no loss term to weight: its g is returned as 0 (with gamma < 0
+    g(0) would be infinite)."""
+    alpha, beta = normalisation_coefficients(gamma, g_at_tenth)
+    p = proportion.clamp(min=0.0, max=1.0)
+    has = p > 0
+    safe = torch.where(has, p, torch.ones_like(p))
+    return torch.where(has, alpha * safe.pow(gamma) + beta, torch.zeros_like(p))
+
+
+def normalised_partial_bce(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 1.0,
+                           g_at_tenth: float = 5.0) -> torch.Tensor:
+    """Durand et al.'s partial-BCE (eq. 2): l(x, y) = g(p_y) / C * sum over the KNOWN labels of the BCE
+    terms, p_y = the image's proportion of known labels, then the mean over the B images of the batch.
+
+    logits (B, C); targets (B, C) in {-1, 0, 1} (0 = unknown: no term, no gradient). Unlike mlrpl's
+    `partial_bce` (one mean over the batch's known labels), an image with few known labels is
+    weighted up by g (g(0.1) = 5 by default) rather than averaged with the others."""
+    t = targets.to(logits.dtype)
+    pos, neg = t > 0, t < 0
+    known = pos | neg
+    terms = torch.where(pos, F.softplus(-logits), torch.where(neg, F.softplus(logits), torch.zeros_like(logits)))
+    c = logits.shape[1]
+    g = label_proportion_weight(known.sum(dim=1).to(logits.dtype) / c, gamma, g_at_tenth)
+    return (g * terms.sum(dim=1) / c).mean()

@@ -34,6 +34,7 @@ Precision = choices("Precision", "auto bf16 fp32", __name__)
 Prototypes = choices("Prototypes", "mean kmeans", __name__)
 ParamShape = choices("ParamShape", "class scalar", __name__)
 Adjacency = choices("Adjacency", "code paper", __name__)
+Curriculum = choices("Curriculum", "bayes threshold proportion positive none", __name__)
 
 
 def default_workers() -> int:
@@ -150,6 +151,45 @@ class GcnOptions:
 
 
 @dataclass
+class ClOptions:
+    """Curriculum Labeling (Durand, Mehrasa, Mori, CVPR 2019): the normalised partial BCE and the
+    curriculum that turns the most confident unknown labels into pseudo-labels (model/cl.py)."""
+
+    norm_gamma: float = field(default=1.0, metadata=opt(
+        "gamma of the partial-BCE normalisation g(p) = alpha p^gamma + beta (the paper: 1)"))
+    g_at_tenth: float = field(default=5.0, metadata=opt(
+        "g(0.1): the weight of an image with a tenth of its labels known, g(1) = 1 (the paper: 5)", min=0,
+        min_open=True))
+    curriculum: Curriculum = field(default=Curriculum.bayes, metadata=opt(
+        "Which unknown labels become pseudo-labels: bayes = low Bayesian (MC-dropout) uncertainty (the paper's "
+        "best), threshold = |score| > --score-threshold, proportion = the --label-fraction most confident, "
+        "positive = score > --score-threshold as positives only, none = no curriculum (partial-BCE alone)"))
+    max_uncertainty: float = field(default=0.3, metadata=opt(
+        "bayes: label an unknown entry when the entropy (bits) of its MC-averaged probability is below this",
+        min=0, max=1))
+    score_threshold: float = field(default=2.0, metadata=opt(
+        "threshold/positive: the logit magnitude above which an unknown entry is labelled", min=0))
+    label_fraction: float = field(default=0.1, metadata=opt(
+        "proportion: the fraction of the still-unknown entries labelled at each labelling epoch", min=0, max=1))
+    label_start: int = field(default=10, metadata=opt(
+        "First labelling epoch (0-based): the model trains on the known labels alone before it", min=0))
+    label_every: int = field(default=1, metadata=opt("Label again every N epochs from --label-start", min=1))
+    mc_samples: int = field(default=10, metadata=opt("bayes: dropout samples per image when labelling", min=1))
+    head_dropout: float = field(default=0.5, metadata=opt(
+        "Dropout before the classifier (trained with it; MC-sampled by bayes)", min=0, max=0.9))
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.norm_gamma == 0:
+            raise BadInputError("--norm-gamma 0: g(p) = alpha p^gamma + beta would be constant and cannot meet both "
+                                "g(1) = 1 and g(0.1) = --g-at-tenth; use a non-zero gamma (the paper: 1)")
+        if self.curriculum == Curriculum.bayes and self.head_dropout == 0:
+            raise BadInputError("--curriculum bayes with --head-dropout 0: every MC-dropout sample would be the same "
+                                "and the uncertainty meaningless; use --head-dropout above 0 (default 0.5) or another "
+                                "--curriculum")
+
+
+@dataclass
 class TrainConfig:
     """One training run: what to train on, where to write, and how (the engine's options + DSRB's)."""
 
@@ -203,6 +243,7 @@ class TrainConfig:
     baselines: BaselineOptions = field(default_factory=BaselineOptions, metadata=opt("ASL / LL options", cli=False))
     kggr: KggrOptions = field(default_factory=KggrOptions, metadata=opt("KGGR options", cli=False))
     gcn: GcnOptions = field(default_factory=GcnOptions, metadata=opt("GCN-ML / P-GCN options", cli=False))
+    cl: ClOptions = field(default_factory=ClOptions, metadata=opt("Curriculum Labeling options", cli=False))
 
     def __post_init__(self) -> None:
         check_ranges(self)
