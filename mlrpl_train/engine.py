@@ -768,7 +768,8 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
         "file": str(ckpt_path), "epoch": ckpt["epoch"], "epochs": cfg.epochs, "method": str(cfg.method),
         "mask": ckpt.get("mask") or "",
         "selection": (ckpt["selection"] or "unknown") if is_best else "none: the last epoch"}
-    metrics["published"] = _published_beside(dataset, spec.class_names, str(cfg.method), ckpt.get("mask") or "", metrics)
+    metrics["published"] = _published_beside(dataset, spec.class_names, str(cfg.method), ckpt.get("mask") or "", metrics,
+                                             float(cfg.val_fraction))
     atomic_write_text(out / "eval_metrics.json", json.dumps(metrics, indent=1))
     atomic_write_text(out / "per_class_ap.json", json.dumps(metrics["per_class_ap"], indent=1))
     title = (f"{read_card(dataset)['name']} test, {cfg.method} ({metrics['checkpoint']['mask'] or 'full labels'}, "
@@ -778,9 +779,11 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
     return metrics
 
 
-def _published_beside(dataset: str, class_names: list[str], method: str, mask: str, metrics: dict) -> dict | None:
+def _published_beside(dataset: str, class_names: list[str], method: str, mask: str, metrics: dict,
+                      val_fraction: float = 0.0) -> dict | None:
     """Table 1's number for this method, dataset and known proportion, and ours minus it (VOC-interpolated
-    mAP, the AP of the published evaluation)."""
+    mAP, the AP of the published evaluation); a run that held images out of training says so (the paper
+    trained on the whole training split)."""
     import re
 
     from .published import SOURCE, benchmark_dataset, published
@@ -791,7 +794,9 @@ def _published_beside(dataset: str, class_names: list[str], method: str, mask: s
         return None
     note = get_method(method).published_note  # P-GCN: its authors' own figures
     return {"source": f"{SOURCE}, Table {row['table']}{'; ' + note if note else ''}", "method": row["method"], "dataset": row["dataset_label"],
-            "proportion": row["proportion"], "mAP": row["mAP"] / 100, "delta_mAP_voc": metrics["mAP_voc"] - row["mAP"] / 100}
+            "proportion": row["proportion"], "mAP": row["mAP"] / 100, "delta_mAP_voc": metrics["mAP_voc"] - row["mAP"] / 100,
+            "note": (f"this run trained on {1 - val_fraction:.0%} of the training split (--val-fraction {val_fraction:g}), "
+                     f"the paper on all of it (sweep's default, --val-fraction 0)") if val_fraction > 0 else None}
 
 
 def plot_per_class_ap(ap: dict[str, float | None], path: Path, title: str = "") -> None:

@@ -156,5 +156,6 @@ def format_metrics(m: dict[str, Any]) -> str:
     pub = m.get("published")
     if pub and m["mAP"] is not None:
         lines.append(f"published: {pub['method']} on {pub['dataset']} at {pub['proportion']:.0%} known ({pub['source']}): "
-                     f"{100 * pub['mAP']:.1f} mAP; ours (VOC-interpolated) - published = {100 * pub['delta_mAP_voc']:+.2f}")
+                     f"{100 * pub['mAP']:.1f} mAP; ours (VOC-interpolated) - published = {100 * pub['delta_mAP_voc']:+.2f}"
+                     + (f"; {pub['note']}" if pub.get("note") else ""))
     return "\n".join(lines)

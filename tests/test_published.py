@@ -104,3 +104,18 @@ def test_published_rows_only_for_the_whole_benchmark_as_published():
     assert benchmark_dataset(card("vg200", 82904, 10000, benchmark=None), vg) is None  # VG-500's first 200
     assert benchmark_dataset(card("vg200", 82904, 10000, vocabulary="vg200-raw"), vg) is None  # mlrpl's own split
     assert benchmark_dataset(card("vg200", 82900, 10000, benchmark="vg200-ssgrl"), vg) is None
+
+
+def test_a_run_that_held_images_out_says_so_beside_the_published_figure(monkeypatch):
+    """The paper trained on the whole training split: a run with --val-fraction 0.1 trained on 90%."""
+    from mlrpl_data.specs import load_spec
+    from mlrpl_train import engine
+    from mlrpl_train.published import whole_counts
+
+    monkeypatch.setattr(engine, "read_card", lambda d: {"name": "coco2014", "counts": whole_counts("coco2014")})
+    coco = [c["name"] for c in load_spec("coco80")["categories"]]
+    whole = engine._published_beside("d", coco, "dsrb", "uniform-p0.10-s0", {"mAP_voc": 0.7})
+    held = engine._published_beside("d", coco, "dsrb", "uniform-p0.10-s0", {"mAP_voc": 0.7}, val_fraction=0.1)
+    assert whole["note"] is None and whole["mAP"] == pytest.approx(0.725)
+    assert held["note"].startswith("this run trained on 90% of the training split (--val-fraction 0.1)")
+    assert held["delta_mAP_voc"] == pytest.approx(0.7 - 0.725)
