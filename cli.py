@@ -555,8 +555,9 @@ def sweep_methods(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in method_names()]
     if unknown or not names:
-        raise MlrplError(f"METHOD {text!r}: {', '.join(unknown) or 'no method'} is not a method; use one of "
-                         f"{', '.join(method_names())}, several comma-separated, or table1")
+        what = f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a method" if unknown else "names no method"
+        raise MlrplError(f"METHOD {text!r}: {what}; use one of {', '.join(method_names())}, several "
+                         f"comma-separated, or table1")
     return list(dict.fromkeys(names))
 
 

@@ -548,6 +548,19 @@ def cases(w: dict[str, Path], outs: Path) -> list[Case]:
     add("net-pull-timeout-0", "pull", silent, o, "--no-progress", env={"MLRPL_TIMEOUT": "0"})
     add("net-verify-timeout-text", "verify", silent, env={"MLRPL_TIMEOUT": "soon"})
     add("net-pull-min-bytes-neg", "pull", silent, o, "--no-progress", env={"MLRPL_MIN_BYTES": "-5"})
+    # the method registry (issue 20): every new method's options out of range or outside their choices,
+    # an unknown method in a sweep list; each must fail in one line before anything is written
+    for method, extra in (("gcn-ml", ["--gcn-tau", "1.5"]), ("gcn-ml", ["--gcn-p", "-0.1"]),
+                          ("gcn-ml", ["--adjacency", "learned"]), ("p-gcn", ["--gcn-hidden", "0"]),
+                          ("kggr", ["--kggr-steps", "0"]), ("kggr", ["--kggr-feat-dim", "0"]),
+                          ("cl", ["--norm-gamma", "0"]), ("cl", ["--curriculum", "oracle"]),
+                          ("cl", ["--head-dropout", "1"]), ("cl", ["--label-fraction", "-0.5"]),
+                          ("dsrb", ["--prototypes", "median"]), ("dsrb", ["--prototype-clusters", "0"]),
+                          ("dsrb", ["--alpha-shape", "row"])):
+        add(f"methods-{method}-{extra[0][2:]}-{extra[1]}", "train", method, d, "--masks", "uniform-p0.50-s0", "--out", o,
+            *tiny, *extra)
+    add("methods-sweep-unknown", "sweep", "gcn-ml,nope", d, "--out", o, *tiny)
+    add("methods-sweep-empty", "sweep", ",", d, "--out", o, *tiny)
     return c
 
 
