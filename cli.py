@@ -555,7 +555,7 @@ def sweep_methods(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in method_names()]
     if unknown or not names:
-        what = f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a method" if unknown else "names no method"
+        what = f"{', '.join(unknown)} {'is not a method' if len(unknown) == 1 else 'are not methods'}" if unknown else "names no method"
         raise MlrplError(f"METHOD {text!r}: {what}; use one of {', '.join(method_names())}, several "
                          f"comma-separated, or table1")
     return list(dict.fromkeys(names))
