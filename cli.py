@@ -584,6 +584,7 @@ def sweep(ctx: typer.Context,
     from mlrpl_data.masks import parse_proportions
     from mlrpl_data.options import parse_int_list
     from mlrpl_train.data import read_class_names
+    from mlrpl_train.engine import PUBLISHED_SCHEMES
     from mlrpl_train.published import benchmark_dataset
     from mlrpl_train.sweep import paper_preset, run_sweep, write_table
 
@@ -607,7 +608,8 @@ def sweep(ctx: typer.Context,
     name = read_card(dataset)["name"]
     t = write_table(Path(out), title=f"{name}: final-epoch test metrics ({scheme} masks)",
                     metric="mAP" if metric == "map" else "mAP_voc",
-                    dataset=benchmark_dataset(read_card(dataset), read_class_names(dataset)),
+                    dataset=benchmark_dataset(read_card(dataset), read_class_names(dataset))
+                    if f"{scheme}-" in PUBLISHED_SCHEMES else None,  # the paper's masks only
                     best_on_test=preset == "paper")
     typer.echo(t["markdown"])
     typer.echo(f"{out}: {', '.join(t['files'])}")  # what write_table wrote (no table.csv without a mAP)

@@ -513,8 +513,15 @@ def _start(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Run
         if (run / CHECKPOINT_BEST).exists():  # a damaged best.pt is not carried on as the run's result
             check_sealed(run / CHECKPOINT_BEST, "checkpoint", f"delete it to resume (a later epoch that beats "
                                                               f"{ckpt['best_score']:.4f} writes a new one) or retrain")
-        core.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            core.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError) as e:  # another model than the one trained: say what can cause it
+            raise BadInputError(
+                f"{run / CHECKPOINT_LAST}: the model built for this resume differs from the one it trained "
+                f"({str(e).splitlines()[0][:160]}); the usual cause is label embeddings that were learned in the run "
+                f"and now exist as {cfg.embeddings or 'DATASET/label_embeddings.npy'} (or the reverse): put the "
+                f"dataset back as it was trained, or train a new run") from None
         scheduler.load_state_dict(ckpt["scheduler"])
         st.epoch, st.step, st.global_step, st.best_score = ckpt["epoch"], ckpt["step"], ckpt["global_step"], ckpt["best_score"]
         if st.step:  # the epoch's loss so far: its train_loss is the uninterrupted run's
@@ -779,6 +786,11 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
     return metrics
 
 
+# the mask schemes of the paper's protocol (labels dropped uniformly at random): the only ones beside which
+# the published figures mean anything (per-image and single-positive masks are other experiments)
+PUBLISHED_SCHEMES = ("uniform-", "hcp-")
+
+
 def _published_beside(dataset: str, class_names: list[str], method: str, mask: str, metrics: dict,
                       val_fraction: float = 0.0) -> dict | None:
     """Table 1's number for this method, dataset and known proportion, and ours minus it (VOC-interpolated
@@ -788,7 +800,7 @@ def _published_beside(dataset: str, class_names: list[str], method: str, mask: s
 
     from .published import SOURCE, benchmark_dataset, published
 
-    m = re.search(r"-p(\d\.\d+)-", mask)
+    m = re.search(r"-p(\d\.\d+)-", mask) if mask.startswith(PUBLISHED_SCHEMES) else None
     row = published(benchmark_dataset(read_card(dataset), class_names), method, float(m.group(1)) if m else None)
     if row is None or row["mAP"] is None or not m or metrics["mAP_voc"] is None:
         return None

@@ -16,7 +16,7 @@ from mlrpl_data.options import (check_ranges, choices, from_dict, opt, parse_int
                                 to_dict)
 
 
-from .registry import help_list, method_names
+from .registry import get as get_method, help_list, method_names
 
 Method = choices("Method", " ".join(method_names()), __name__)  # the registry's names, in its order
 LlVariant = choices("LlVariant", "r ct cp", __name__)
@@ -180,6 +180,12 @@ class ClOptions:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+
+    def check(self, cfg: "TrainConfig") -> None:
+        """What only a CL run must satisfy (TrainConfig calls the method's group's check)."""
+        if cfg.bce != BceForm.batch:
+            raise BadInputError(f"--bce {cfg.bce}: CL trains with its own normalised partial BCE (g(p)/C per image, "
+                                f"--norm-gamma, --g-at-tenth), not --bce; drop --bce")
         if self.norm_gamma == 0:
             raise BadInputError("--norm-gamma 0: g(p) = alpha p^gamma + beta would be constant and cannot meet both "
                                 "g(1) = 1 and g(0.1) = --g-at-tenth; use a non-zero gamma (the paper: 1)")
@@ -247,6 +253,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        group = get_method(self.method).group  # a method's own rules, checked only when it is the one trained
+        if group and hasattr(getattr(self, group), "check"):
+            getattr(self, group).check(self)
         if self.freeze == Freeze.auto:
             self.freeze = Freeze.layer3 if self.weights not in ("none", "") else Freeze.none
         if self.workers is None:

@@ -175,9 +175,12 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
             avg_delta = f"{np.mean([a - b for a, b in pairs]):+.1f}" if pairs else "-"
             row0 = next(r for r in pub if r)
             note = BY_NAME[method].published_note if method in BY_NAME else ""
-            if note:
+            if note and pairs:
                 notes_extra.append(f"{table1_name(method)} (published): {note}, copied into the paper's Table 1 "
                                    f"(not run by the paper's authors).")
+            elif note:
+                notes_extra.append(f"{table1_name(method)} (published): the paper has no figure here (its figures "
+                                   f"elsewhere are {note}).")
             label = f"{table1_name(method)} (published{', ' + note if note else ''})"
             md.append(f"| {label} | {' | '.join(pub_cells)} | {avg_pub} | "
                       f"{row0['avg_OF1'] or '-'} | {row0['avg_CF1'] or '-'} |{' | '.join(extra) + ' |' if extra else ''}")
@@ -234,7 +237,7 @@ def paper_preset(base: TrainConfig) -> TrainConfig:
 
     fp32: the authors' code (HCP-MLR-PL) trains without autocast, so `--precision auto` (bf16 on a
     GPU) is not their protocol. Label embeddings: a method whose registry entry says
-    uses_embeddings (SSGRL, DSRB: semantic decoupling, eq. 1) needs the dataset's (or
+    uses_embeddings (SSGRL, DSRB: semantic decoupling, eq. 1; GCN-ML, KGGR) needs the dataset's (or
     --embeddings) file; learning random ones is not the paper's model, so a missing file is a
     BadInputError naming `mlrpl embed-labels` instead of train's warning."""
     from mlrpl_data.embeddings import read_embeddings
@@ -244,7 +247,8 @@ def paper_preset(base: TrainConfig) -> TrainConfig:
     from .registry import get
 
     cfg = dataclasses.replace(base, precision=Precision.fp32)
-    if get(cfg.method).uses_embeddings and cfg.dsrb.csrl == "sd":
+    # SSGRL/DSRB with --csrl sa (Table 2's semantic attention) read no embeddings; every other such method does
+    if get(cfg.method).uses_embeddings and not (get(cfg.method).group == "dsrb" and cfg.dsrb.csrl != "sd"):
         if read_embeddings(cfg.dataset, cfg.embeddings, int(read_card(cfg.dataset)["num_classes"])) is None:
             raise BadInputError(f"{cfg.dataset}: no label_embeddings.npy, and --preset paper trains {cfg.method} with "
                                 f"the paper's fixed label embeddings: run `mlrpl embed-labels {cfg.dataset} --from "

@@ -2,6 +2,10 @@
 
 import json
 
+import pytest
+
+from mlrpl_data.errors import MlrplError
+
 from typer.testing import CliRunner
 
 from mlrpl.cli import app
@@ -146,6 +150,9 @@ def test_paper_preset_trains_in_fp32_and_refuses_without_label_embeddings(tmp_pa
     assert r.exit_code == 1 and "run `mlrpl embed-labels" in r.output and "--preset paper" in r.output
     assert not out.exists() and not list((d / "masks").glob("*p0.10*"))  # nothing trained, no mask made
     assert paper_preset(TrainConfig(method="pbce", dataset=str(d))).precision == "fp32"  # pbce reads no embeddings
+    for method in ("gcn-ml", "kggr"):  # every method the registry says reads label embeddings is held to them
+        with pytest.raises(MlrplError, match="embed-labels"):
+            paper_preset(TrainConfig(method=method, dataset=str(d)))
     np.save(d / "label_embeddings.npy", np.ones((3, 300), dtype=np.float32))
     cfg = TrainConfig(method="ssgrl", dataset=str(d))
     assert cfg.precision == "auto" and paper_preset(cfg).precision == "fp32"

@@ -307,3 +307,32 @@ def test_evaluate_marks_p_gcn_published_figures_as_its_authors(monkeypatch):
     assert pub["mAP"] == pytest.approx(0.675) and pub["delta_mAP_voc"] == pytest.approx(0.025)
     pub = engine._published_beside("d", coco, "gcn-ml", "uniform-p0.10-s0", {"mAP_voc": 0.7})
     assert pub["source"] == "arXiv 2205.13092, Table 1" and pub["mAP"] == pytest.approx(0.638)
+
+
+def test_tau_zero_links_no_class_that_never_co_occurs():
+    """P >= 0 holds everywhere: at --gcn-tau 0 only observed co-occurrence (P > 0) makes an edge, so a
+    class without a known positive keeps no edge (the warning's claim), in both forms."""
+    from mlrpl_train.model.gcn import correlation_matrix
+
+    partial = np.array([[1, 1, 0], [1, 0, -1]])
+    code = correlation_matrix(partial, 3, "code", tau=0.0)
+    assert code[2].tolist() == [0.0, 0.0, 1.0] and code[:, 2].tolist() == [0.0, 0.0, 1.0]
+    paper = correlation_matrix(partial, 3, "paper", tau=0.0, p=0.2)
+    assert paper[2].tolist() == pytest.approx([0.0, 0.0, 0.8]) and paper[0].tolist() == pytest.approx([0.8, 0.2, 0.0])
+
+
+def test_resume_after_the_embeddings_appeared_is_one_clear_line(tmp_path):
+    """Learned in the run (no file), then `embed-labels` before the resume: the model built now has a
+    buffer where the checkpoint has a parameter. One line naming the file and the fix, not Adam's error."""
+    import dataclasses
+
+    from mlrpl_data.errors import BadInputError
+    from mlrpl_train.engine import train
+    from trainkit import tiny_training_set
+
+    d = tiny_training_set(tmp_path / "d", n_train=8, n_test=4)
+    cfg = _config(d, tmp_path / "run", "gcn-ml", epochs=1, checkpoint_every=0)
+    train(cfg)
+    np.save(d / "label_embeddings.npy", np.ones((3, 300), dtype=np.float32))
+    with pytest.raises(BadInputError, match=r"last\.pt: the model built for this resume differs .*learned in the run"):
+        train(dataclasses.replace(cfg, epochs=2), resume=True)

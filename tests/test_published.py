@@ -119,3 +119,17 @@ def test_a_run_that_held_images_out_says_so_beside_the_published_figure(monkeypa
     assert whole["note"] is None and whole["mAP"] == pytest.approx(0.725)
     assert held["note"].startswith("this run trained on 90% of the training split (--val-fraction 0.1)")
     assert held["delta_mAP_voc"] == pytest.approx(0.7 - 0.725)
+
+
+def test_published_figures_only_beside_the_papers_masks(monkeypatch):
+    """Per-image and single-positive masks are other experiments: no published figure, no delta."""
+    from mlrpl_data.specs import load_spec
+    from mlrpl_train import engine
+    from mlrpl_train.published import whole_counts
+
+    monkeypatch.setattr(engine, "read_card", lambda d: {"name": "coco2014", "counts": whole_counts("coco2014")})
+    coco = [c["name"] for c in load_spec("coco80")["categories"]]
+    for mask, shown in (("uniform-p0.10-s0", True), ("hcp-p0.10-s0", True), ("per-image-p0.10-s0", False),
+                        ("single-positive-p0.10-s0", False)):
+        pub = engine._published_beside("d", coco, "dsrb", mask, {"mAP_voc": 0.7})
+        assert (pub is not None) == shown, mask

@@ -117,3 +117,32 @@ def test_sweep_takes_one_several_or_table1_methods():
     assert sweep_methods("dsrb, pbce,dsrb") == ["dsrb", "pbce"]
     with pytest.raises(MlrplError, match="nope is not a method"):
         sweep_methods("dsrb,nope")
+
+
+@pytest.mark.parametrize("entry", [m for m in registry.METHODS if not m.ddp_unused], ids=lambda m: m.name)
+def test_a_method_that_tells_ddp_every_parameter_learns_gives_each_a_gradient(entry, tmp_path):
+    """DDP is told find_unused_parameters=False for these: one training step must give every trainable
+    parameter a gradient, or a multi-GPU run would hang or fail at its first step."""
+    import numpy as np
+    import torch
+
+    from mlrpl_train.model.factory import build_model
+    from mlrpl_train.options import GcnOptions, KggrOptions
+
+    class Spec:  # what the builders read of a DataSpec
+        num_classes, dataset, fingerprint = 3, str(tmp_path), "x"
+
+        def fit_partial(self):
+            return np.array([[1, 1, -1], [1, 0, 1], [-1, 1, 0], [1, -1, 1]])
+
+    cfg = TrainConfig(method=Method(entry.name), dataset=str(tmp_path), backbone="tiny", weights="none",
+                      freeze="none", image_size=32, gcn=GcnOptions(gcn_hidden=8), kggr=KggrOptions(kggr_feat_dim=16))
+    torch.manual_seed(0)
+    model = build_model(cfg, Spec()).train()
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor(Spec().fit_partial(), dtype=torch.float32)
+    extra = {"keys": [f"k{i}" for i in range(4)]} if getattr(model, "wants_keys", False) else {}
+    loss, _ = model(x, partial=y, epoch=0, step=0, progress=0.5, **extra)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{entry.name}: no gradient for {missing[:5]}"

@@ -130,7 +130,11 @@ def kmeans_prototypes(vectors: np.ndarray, k: int, seed: int) -> tuple[np.ndarra
     from sklearn.cluster import KMeans
     from sklearn.exceptions import ConvergenceWarning
 
-    with warnings.catch_warnings():  # fewer distinct vectors than k: the surplus clusters come back empty
+    from threadpoolctl import threadpool_limits
+
+    # one thread: a multithreaded fit sums its per-thread buffers in lock order, so a resume could differ in the
+    # last bits; fewer distinct vectors than k: the surplus clusters come back empty
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(np.asarray(vectors, dtype=np.float64))
     centres[:] = km.cluster_centers_

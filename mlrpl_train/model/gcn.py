@@ -76,12 +76,12 @@ def conditional_probability(m: np.ndarray, n: np.ndarray) -> np.ndarray:
 
 
 def adjacency_code(p_cond: np.ndarray, tau: float, p: float) -> np.ndarray:
-    """The authors' gen_A + gen_adj: B = [P >= tau]; A = p B / colsum(B) + I; D^-1/2 A^T D^-1/2.
+    """The authors' gen_A + gen_adj: B = [P >= tau] (and P > 0); A = p B / colsum(B) + I; D^-1/2 A^T D^-1/2.
 
     gen_A divides by (colsum + 1e-6); here an empty column stays 0 and every other entry is exact
     (a relative difference below 1e-6)."""
     c = p_cond.shape[0]
-    b = (p_cond >= tau).astype(np.float64)
+    b = ((p_cond >= tau) & (p_cond > 0)).astype(np.float64)  # tau = 0 links no class that never co-occurs
     col = b.sum(axis=0, keepdims=True)
     a = np.divide(b * p, col, out=np.zeros_like(b), where=col > 0) + np.eye(c)
     d = a.sum(axis=1) ** -0.5  # every row sum >= 1 (the identity): never a division by zero
@@ -89,11 +89,11 @@ def adjacency_code(p_cond: np.ndarray, tau: float, p: float) -> np.ndarray:
 
 
 def adjacency_paper(p_cond: np.ndarray, tau: float, p: float) -> np.ndarray:
-    """Eq. 7-8 (eq. 8 as corrected in the authors' README): B = [P >= tau] off the diagonal;
+    """Eq. 7-8 (eq. 8 as corrected in the authors' README): B = [P >= tau] (and P > 0) off the diagonal;
     A'_ij = p B_ij / sum_{k != i} B_ik (i != j), A'_ii = 1 - p. A row without neighbours: (1 - p) on its
     diagonal and zeros elsewhere."""
     c = p_cond.shape[0]
-    b = (p_cond >= tau).astype(np.float64) * (1 - np.eye(c))
+    b = ((p_cond >= tau) & (p_cond > 0)).astype(np.float64) * (1 - np.eye(c))
     row = b.sum(axis=1, keepdims=True)
     return np.divide(b * p, row, out=np.zeros_like(b), where=row > 0) + (1 - p) * np.eye(c)
 

@@ -74,6 +74,13 @@ class PartialBCEModel(nn.Module):
         return partial_bce(z, partial, self.bce), {}
 
 
-def build(cfg, spec, backbone: nn.Module, frozen: list[nn.Module], state: dict | None) -> PartialBCEModel:
-    """The registry's builder of pbce, asl and llr: one architecture, the loss named by the method."""
-    return PartialBCEModel(backbone, spec.num_classes, frozen, cfg.bce, loss=str(cfg.method), options=cfg.baselines)
+def _builder(loss: str):
+    def build(cfg, spec, backbone: nn.Module, frozen: list[nn.Module], state: dict | None) -> PartialBCEModel:
+        return PartialBCEModel(backbone, spec.num_classes, frozen, cfg.bce, loss=loss, options=cfg.baselines)
+
+    build.__doc__ = f"The registry's builder of the partial-BCE architecture trained with the {loss} loss."
+    return build
+
+
+# the registry's builders: one architecture, three losses
+build_pbce, build_asl, build_llr = _builder("pbce"), _builder("asl"), _builder("llr")
