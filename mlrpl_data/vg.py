@@ -259,11 +259,25 @@ def read_name_list(path: Path) -> list[tuple[str, str]]:
     return names
 
 
+def ssgrl_lists_match(train: list[str], test: list[str]) -> bool:
+    """Are these SSGRL's lists (HCPLab-SYSU/SSGRL data/VG/{train,test}_list_500.txt)? The md5 of the
+    names one per line (LF, so a CRLF or BOM copy still matches) against manifests/vg200/rules.json."""
+    from .specs import load_spec
+
+    want = load_spec("vg200/rules")["benchmark_split"]
+
+    def md5(names: list[str]) -> str:
+        return hashlib.md5(("\n".join(names) + "\n").encode()).hexdigest()
+
+    return md5(train) == want["train_list_md5"] and md5(test) == want["test_list_md5"]
+
+
 def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
     """VG-200 as the papers' benchmark: SSGRL's lists + a labels JSON (image name -> class indices).
 
-    With the 200-class file (vg_category_200_labels_index.json, as the authors' code) the card's
-    `benchmark` is "vg200-ssgrl" and the published rows apply; with a VG-500 file, only when
+    With SSGRL's own lists (their md5, ssgrl_lists_match) and the 200-class file
+    (vg_category_200_labels_index.json, as the authors' code) the card's `benchmark` is
+    "vg200-ssgrl" and the published rows apply; other lists give `benchmark` null; with a VG-500 file, only when
     --ssgrl-classes 500 says so, classes 0..num_classes-1 of VG-500 are kept and the card's
     `benchmark` is null (see ssgrl_label_classes)."""
     root = Path(cfg.root)
@@ -312,7 +326,9 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
             size = header_size(root / frame["path"].iat[r])
             frame.iloc[r, frame.columns.get_loc("width")], frame.iloc[r, frame.columns.get_loc("height")] = size
     names = [f"vg{label_classes}_class_{k:03d}" for k in range(c)]
-    benchmark = VG200_BENCHMARK if label_classes == 200 else None
+    # the benchmark is SSGRL's lists with a 200-class labels file: other lists of the same sizes are not
+    same_lists = ssgrl_lists_match(train, test)
+    benchmark = VG200_BENCHMARK if label_classes == 200 and same_lists else None
     m = Manifest(
         name="vg200",
         version="ssgrl",
@@ -325,7 +341,7 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
                  for p in (cfg.train_list, cfg.test_list, cfg.labels)],
         root=str(root.resolve()),
         extra={"vocabulary": "vg200 (SSGRL's 200-class labels)" if benchmark else f"vg500[0:{c}] (SSGRL's VG-500 labels)",
-               "benchmark": benchmark, "missing": missing},
+               "benchmark": benchmark, "ssgrl_lists": same_lists, "missing": missing},
     )
     validate(m, str(root))
     return m

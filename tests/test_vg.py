@@ -117,7 +117,7 @@ def test_ssgrl_split(real, tmp_path):
                                       labels=tmp_path / "labels.json", label_classes=500))
 
 
-def test_ssgrl_labels_file_kind_is_explicit_and_recorded(tmp_path):
+def test_ssgrl_labels_file_kind_is_explicit_and_recorded(tmp_path, monkeypatch):
     """The authors' VG-200 reads a 200-class labels file; a VG-500 file's first 200 classes are
     taken only when --ssgrl-classes 500 says so, and such a dataset is not the benchmark."""
     raw = tmp_path / "vg"
@@ -131,6 +131,11 @@ def test_ssgrl_labels_file_kind_is_explicit_and_recorded(tmp_path):
         return build_vg200_ssgrl(SsgrlConfig(root=raw, train_list=tmp_path / "train.txt",
                                              test_list=tmp_path / "test.txt", labels=tmp_path / name, **kw))
 
+    m = build({"1.jpg": [0, 199], "2.jpg": [5], "3.jpg": []})
+    assert m.extra["benchmark"] is None and not m.extra["ssgrl_lists"]  # three names are not SSGRL's lists
+    from mlrpl_data import vg
+
+    monkeypatch.setattr(vg, "ssgrl_lists_match", lambda train, test: True)  # as if they were
     m = build({"1.jpg": [0, 199], "2.jpg": [5], "3.jpg": []})
     assert m.extra["benchmark"] == "vg200-ssgrl" and m.options["label_classes"] == 200
     assert m.category_names[199] == "vg200_class_199" and m.labels[0, 199] == 1 and m.labels[1, 5] == 1
@@ -148,3 +153,20 @@ def test_ssgrl_labels_file_kind_is_explicit_and_recorded(tmp_path):
         build({"1.jpg": [0], "2.jpg": [1], "3.jpg": [2]}, name="vg_category_500_labels_index.json")
     with pytest.raises(BadInputError, match=r"--num-classes 150: a 200-class labels file"):
         build({"1.jpg": [0], "2.jpg": [1], "3.jpg": [2]}, num_classes=150)
+
+
+def test_only_ssgrls_own_lists_are_the_benchmark(real, tmp_path):
+    """The real lists (as a lab has them, also with CRLF and a BOM) match; one name changed does not."""
+    from mlrpl_data.rawfiles import read_lines
+    from mlrpl_data.vg import ssgrl_lists_match
+
+    def names(path):
+        return [line.strip() for _, line in read_lines(path, "list file")]
+
+    train, test = names(real / "ssgrl-vg/train_list_500.txt"), names(real / "ssgrl-vg/test_list_500.txt")
+    assert (len(train), len(test)) == (82904, 10000) and ssgrl_lists_match(train, test)
+    crlf = tmp_path / "test.txt"
+    crlf.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(test).encode() + b"\r\n")
+    assert ssgrl_lists_match(train, names(crlf))
+    assert not ssgrl_lists_match(train, test[:-1] + ["1.jpg"])  # the same size, another image
+    assert not ssgrl_lists_match(test, train)
