@@ -64,7 +64,8 @@ def table(results: dict, metric: str) -> str:
             cells = []
             for p in PROPORTIONS:
                 v = 100 * np.asarray(per.get(f"{p:.2f}", {}).get(metric, []))
-                cells.append(f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else (f"{v[0]:.1f}" if len(v) else "-"))
+                cell = f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else (f"{v[0]:.1f}" if len(v) else "-")
+                cells.append(cell + (f" (n={len(v)})" if 0 < len(v) < len(SEEDS) else ""))  # a stopped benchmark says so
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -79,16 +80,18 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--methods", default=",".join(m.name for m in METHODS if m.table1))
     ap.add_argument("--datasets", default="A,B")
+    ap.add_argument("--report-only", action="store_true", help="train nothing: the table of the runs already finished")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     for name in args.datasets.split(","):
-        dataset = build(args.out, name)
         sweep_dir = args.out / f"sweep{name}"
-        for seed in SEEDS:  # seed by seed: an interrupted benchmark has every method on the first seeds
+        for seed in () if args.report_only else SEEDS:
+            dataset = build(args.out, name)  # seed by seed: an interrupted benchmark has every method on the first seeds
             for method in args.methods.split(","):
                 run_sweep(recipe(method, dataset, DATASETS[name][1], args.epochs), list(PROPORTIONS), [seed],
                           sweep_dir)
+        # collect() keeps a run only once its last epoch is evaluated: a run still training is not counted
         results[name] = {m: {f"{p:.2f}": {k: [r[k] for r in runs] for k in ("mAP", "mAP_voc")}
                              for p, runs in per.items()} for m, per in collect(sweep_dir).items()}
     text = (f"Last epoch of {args.epochs}, mean ± std over seeds {', '.join(map(str, SEEDS))}\n\n"
