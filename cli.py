@@ -506,6 +506,7 @@ def train(ctx: typer.Context,
     """Train a model on a dataset's shards and a mask (one GPU, CPU, or many with --nproc)."""
     from mlrpl_train.engine import missing_best_reason, resume_config, run_files, train as run_training
 
+    refuse_foreign(ctx, [str(method)])
     if nproc > 1:
         _launch_torchrun(nproc)
     if resume:
@@ -524,6 +525,16 @@ def train(ctx: typer.Context,
         return  # one summary per run, from the first process (every rank of --nproc returns here)
     files = run_files(run)  # what was written, never a list of what might have been
     typer.echo(f"{run}: {', '.join(files)}" + ("" if "best.pt" in files else f" (no best.pt: {missing_best_reason(run)})"))
+
+
+def refuse_foreign(ctx: typer.Context, methods: list[str]) -> None:
+    """An option typed for a method that is not trained (--gcn-tau for pbce) would be ignored: refused."""
+    from mlrpl_train.options import foreign_options
+
+    bad = foreign_options(given_options(ctx), methods)
+    if bad:
+        raise MlrplError(f"{'; '.join(bad)}: not an option of {', '.join(methods)}, so it would be ignored; "
+                         f"drop {'it' if len(bad) == 1 else 'them'}")
 
 
 def resume_hint(method: str, dataset: str, run: Path) -> str:
@@ -600,6 +611,7 @@ def sweep(ctx: typer.Context,
             raise MlrplError(f"--preset paper fixes the protocol; drop {', '.join('--' + n.replace('_', '-') for n in pinned)}")
         proportions = "0.1:0.9:0.1"
     props = parse_proportions(proportions)
+    refuse_foreign(ctx, sweep_methods(method))
     configs = [dataclasses.replace(cfg, method=Method(name)) for name in sweep_methods(method)]
     if preset == "paper":  # fp32 and the label embeddings, every method refused before any training
         configs = [paper_preset(c) for c in configs]

@@ -173,7 +173,7 @@ def resume_config(run: Path, requested: TrainConfig, given: set[str]) -> tuple[T
             setattr(old_obj, name, new)
             changed.append(f"{_flag(name)} {new} (was {old})")
         else:
-            conflicts.append(f"{_flag(name)} {new} (the run has {old})")
+            conflicts.append(f"{'METHOD' if name == 'method' else _flag(name)} {new} (the run has {old})")
     if conflicts:
         raise BadInputError(f"{run}: --resume continues the stored run, and these options conflict with it: "
                             f"{'; '.join(conflicts)}. Drop them, or start a new run with another --out "

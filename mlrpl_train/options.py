@@ -265,6 +265,23 @@ class TrainConfig:
         return to_dict(self)
 
 
+def foreign_options(names: set[str], methods: list[str]) -> list[str]:
+    """The flags among option `names` that belong to another method's options group than those of
+    `methods` (e.g. --gcn-tau for pbce): the option would be ignored, so it is refused. Lines like
+    "--gcn-tau (an option of gcn-ml, p-gcn)"."""
+    from .registry import METHODS
+
+    own = {get_method(m).group for m in methods}
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in own or not (isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory)):
+            continue
+        users = [m.name for m in METHODS if m.group == f.name]
+        out += [f"--{g.name.replace('_', '-')} (an option of {', '.join(users)})"
+                for g in dataclasses.fields(f.default_factory) if g.name in names]
+    return out
+
+
 def option_groups(cfg: TrainConfig) -> list[Any]:
     """The option groups of a config (cfg.dsrb, cfg.baselines, ...): its dataclass-valued fields."""
     return [getattr(cfg, f.name) for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]

@@ -43,7 +43,7 @@ class MethodSpec:
 
 # in the paper's Table 1 row order (sweep tables follow it), then methods outside the paper
 METHODS: tuple[MethodSpec, ...] = (
-    MethodSpec("ssgrl", "SSGRL: semantic decoupling + gated graph network (DSRB without blending)",
+    MethodSpec("ssgrl", "SSGRL: semantic decoupling + gated graph network (DSRB without blending and contrastive loss)",
                "mlrpl_train.model.dsrb:build", group="dsrb", table1="SSGRL", uses_embeddings=True,
                ddp_unused=True, source="Chen, Xu, Hui, Wu, Lin, ICCV 2019"),
     MethodSpec("gcn-ml", "GCN-ML: ML-GCN, a two-layer GCN over label embeddings gives the classifiers of the "

@@ -39,8 +39,13 @@ def finished(run: Path, epochs: int) -> bool:
 
 @releasing
 def run_sweep(base: TrainConfig, proportions: list[float], seeds: list[int], out: Path, scheme: str = "uniform") -> list[Path]:
-    """Train every (proportion, seed) not already finished; masks are made when missing."""
+    """Train every (proportion, seed) not already finished; masks are made when missing. Missing
+    backbone weights are refused before any mask or folder is written."""
     from mlrpl_data.ownership import claim, refuse_overlap
+
+    from .model.backbone import check_weights
+
+    check_weights(str(base.backbone), base.weights)
 
     refuse_overlap(out, {"the dataset": base.dataset}, "--out")
     m = read_manifest(base.dataset)

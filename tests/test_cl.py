@@ -215,10 +215,18 @@ def test_cl_trains_and_a_resumed_run_ends_with_the_same_pseudo_labels_and_weight
 def test_bad_options_are_one_line_errors_naming_the_flag():
     from mlrpl_data.errors import BadInputError
 
+    from mlrpl_train.options import TrainConfig
+
+    def cl(**kw):  # CL's own rules hold when cl is the method trained
+        return TrainConfig(method="cl", dataset="d", cl=ClOptions(**kw))
+
     with pytest.raises(BadInputError, match=r"^--norm-gamma 0: .*use a non-zero gamma"):
-        ClOptions(norm_gamma=0.0)
+        cl(norm_gamma=0.0)
     with pytest.raises(BadInputError, match=r"^--curriculum bayes with --head-dropout 0: "):
-        ClOptions(head_dropout=0.0)
+        cl(head_dropout=0.0)
+    with pytest.raises(BadInputError, match=r"^--bce per-image: CL trains with its own normalised partial BCE"):
+        TrainConfig(method="cl", dataset="d", bce="per-image")
     with pytest.raises(BadInputError, match=r"--label-fraction"):
-        ClOptions(label_fraction=1.5)
-    ClOptions(head_dropout=0.0, curriculum="threshold")  # no MC sampling: no dropout needed
+        ClOptions(label_fraction=1.5)  # a range: checked for every method
+    cl(head_dropout=0.0, curriculum="threshold")  # no MC sampling: no dropout needed
+    TrainConfig(method="pbce", dataset="d", cl=ClOptions(head_dropout=0.0))  # not CL's run: its rules do not apply

@@ -127,7 +127,7 @@ def test_resume_refuses_conflicting_options_and_applies_allowed_ones(tmp_path):
     r = runner.invoke(app, ["train", "pbce", str(d), "--resume", run, "--lr", "0.5", "--batch-size", "8", "--no-progress"])
     assert r.exit_code == 1 and "--batch-size 8 (the run has 4)" in r.output and "--lr 0.5 (the run has 1e-05)" in r.output
     r = runner.invoke(app, ["train", "dsrb", str(d), "--resume", run])
-    assert r.exit_code == 1 and "--method dsrb (the run has pbce)" in r.output
+    assert r.exit_code == 1 and "METHOD dsrb (the run has pbce)" in r.output
     r = runner.invoke(app, ["train", "pbce", str(d), "--resume", run, "--epochs", "2", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "run/config.json").read_text())["config"]["epochs"] == 2  # applied and recorded
@@ -156,3 +156,16 @@ def test_paper_preset_trains_in_fp32_and_refuses_without_label_embeddings(tmp_pa
     np.save(d / "label_embeddings.npy", np.ones((3, 300), dtype=np.float32))
     cfg = TrainConfig(method="ssgrl", dataset=str(d))
     assert cfg.precision == "auto" and paper_preset(cfg).precision == "fp32"
+
+
+def test_sweep_without_its_weights_writes_nothing(tmp_path):
+    """Missing backbone weights are refused before a mask or a sweep folder is written."""
+    from trainkit import tiny_training_set
+
+    d = tiny_training_set(tmp_path, n_train=8, n_test=4)
+    masks = sorted(p.name for p in (d / "masks").iterdir())
+    out = tmp_path / "sw"
+    r = runner.invoke(app, ["sweep", "pbce", str(d), "--proportions", "0.2", "--backbone", "resnet18",
+                            "--weights", str(tmp_path / "nope.pth"), "--out", str(out), "--no-progress"])
+    assert r.exit_code == 1 and "nope.pth: weights file not found" in r.output
+    assert not out.exists() and sorted(p.name for p in (d / "masks").iterdir()) == masks

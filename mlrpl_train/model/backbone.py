@@ -77,17 +77,13 @@ def _load_state(path: Path) -> dict:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def build_backbone(name: str, weights: str = "none") -> nn.Module:
-    """`weights`: "imagenet" (local torch cache only, never downloaded), a file path, or "none"."""
-    import torchvision
-
-    if name not in BACKBONES:
-        raise MlrplError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)}")
+def check_weights(name: str, weights: str) -> None:
+    """The weights build_backbone would load exist (a WeightsError otherwise), checked without building:
+    a sweep refuses before it writes a mask or a run folder."""
     if name == "tiny":
         if weights not in ("none", ""):
             raise WeightsError("the tiny backbone has no pretrained weights: use --weights none")
-        return TinyBackbone()
-    net = torchvision.models.get_model(name, weights=None)
+        return
     if weights == "imagenet":
         path, url = imagenet_weights_path(name)
         if not path.exists():
@@ -95,7 +91,22 @@ def build_backbone(name: str, weights: str = "none") -> nn.Module:
                 f"ImageNet weights for {name} are not in the local torch cache ({path}); nothing is downloaded at run "
                 f"time. Fetch them once on a machine with internet: `curl -L -o {path} {url}` (or set TORCH_HOME), "
                 f"or pass --weights PATH, or --weights none")
-        weights = str(path)
+    elif weights not in ("none", "") and not Path(weights).is_file():
+        raise WeightsError(f"{weights}: weights file not found")
+
+
+def build_backbone(name: str, weights: str = "none") -> nn.Module:
+    """`weights`: "imagenet" (local torch cache only, never downloaded), a file path, or "none"."""
+    import torchvision
+
+    if name not in BACKBONES:
+        raise MlrplError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)}")
+    check_weights(name, weights)
+    if name == "tiny":
+        return TinyBackbone()
+    net = torchvision.models.get_model(name, weights=None)
+    if weights == "imagenet":
+        weights = str(imagenet_weights_path(name)[0])
     if weights not in ("none", ""):
         state = _load_state(Path(weights))
         state = {k.removeprefix("module."): v for k, v in state.items()}
