@@ -11,6 +11,7 @@ from mlrpl_train.losses import (label_proportion_weight, normalisation_coefficie
                                 partial_bce)
 from mlrpl_train.model.cl import CurriculumLabelingModel, PseudoLabels, binary_entropy_bits, choose_pseudo_labels
 from mlrpl_train.options import ClOptions
+from trainkit import train_killed_at
 
 LN2 = math.log(2)
 
@@ -179,20 +180,10 @@ def test_cl_trains_and_a_resumed_run_ends_with_the_same_pseudo_labels_and_weight
     from mlrpl_train.engine import load_checkpoint, train
 
     ref = train(cl_config(data, tmp_path / "ref"))
-    real, calls = engine.train_step, {"n": 0}
-
-    def dying(*a, **k):  # 4 batches per epoch: step 7 is the 3rd of epoch 2, after its first labelling
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "train_step", dying)
     c = cl_config(data, tmp_path / "killed")
     c.checkpoint_every = 2
-    with pytest.raises(KeyboardInterrupt):
-        train(c)
-    monkeypatch.setattr(engine, "train_step", real)
+    # 4 batches per epoch: step 7 is the 3rd of epoch 2, after its first labelling
+    train_killed_at(c, 7, monkeypatch)
     mid = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert (mid["epoch"], mid["step"]) == (1, 2) and mid["model"]["pseudo._extra_state"]["keys"]  # labelled, killed
     train(engine.load_run_config(tmp_path / "killed"), resume=True)

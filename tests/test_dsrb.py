@@ -13,7 +13,7 @@ from mlrpl_train.model.blending import (accumulate_prototypes, choose_pprb, iprb
 from mlrpl_train.model.dsrb import cooccurrence
 from mlrpl_train.model.factory import build_model
 
-from trainkit import tiny_training_set
+from trainkit import tiny_training_set, train_killed_at
 
 B, C, HW, D, CELLS = 6, 5, 16, 8, 4
 
@@ -241,21 +241,9 @@ def test_dsrb_resume_reproduces_weights(data, tmp_path, monkeypatch):
     from mlrpl_train import engine
 
     ref = train(cfg(data, tmp_path / "ref"))
-    real = engine.train_step
-    n = {"k": 0}
-
-    def dying(*a, **k):
-        n["k"] += 1
-        if n["k"] == 13:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "train_step", dying)
     c = cfg(data, tmp_path / "killed")
     c.checkpoint_every = 2
-    with pytest.raises(KeyboardInterrupt):
-        train(c)
-    monkeypatch.setattr(engine, "train_step", real)
+    train_killed_at(c, 13, monkeypatch)
     train(engine.load_run_config(tmp_path / "killed"), resume=True)
     a, b = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(tmp_path / "killed/last.pt")["model"]
     for k in a:
@@ -450,21 +438,9 @@ def test_kmeans_prototypes_train_and_resume_to_the_same_weights(data, tmp_path, 
 
     opts = dict(prototypes="kmeans", prototype_clusters=2)
     ref = train(cfg(data, tmp_path / "ref", **opts))
-    real = engine.train_step
-    n = {"k": 0}
-
-    def dying(*a, **k):
-        n["k"] += 1
-        if n["k"] == 13:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "train_step", dying)
     c = cfg(data, tmp_path / "killed", **opts)
     c.checkpoint_every = 2
-    with pytest.raises(KeyboardInterrupt):
-        train(c)
-    monkeypatch.setattr(engine, "train_step", real)
+    train_killed_at(c, 13, monkeypatch)
     train(engine.load_run_config(tmp_path / "killed"), resume=True)
     a, b = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(tmp_path / "killed/last.pt")["model"]
     assert a["prototypes"].shape[1] == 2 and a["proto_counts"].sum() > 0

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from mlrpl_train.model.gcn import (MLGCN, PGCN, adjacency_code, adjacency_paper, conditional_probability,
                                    correlation_matrix, label_counts)
+from trainkit import train_killed_at
 
 # Five images, three classes. Known positives: {0,1}, {0,1}, {0,2}, {0}, {2}; the zeros are unknown and
 # must not count: counting them as positives would give N = (5, 4, 3) and M01 = 3, M02 = 2, M12 = 2.
@@ -222,18 +223,8 @@ def test_train_resume_and_evaluate(data, tmp_path, monkeypatch, method, capsys):
     rows = list(csv.DictReader(open(ref / "metrics.csv")))
     assert len(rows) == 3 and float(rows[-1]["mAP"]) > 0.6  # it learns (chance is about 0.45)
 
-    real_step, calls = engine.train_step, {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 13:  # 8 batches per epoch: the 5th step of epoch 2, after its step-3 checkpoint
-            raise KeyboardInterrupt
-        return real_step(*a, **k)
-
-    monkeypatch.setattr(engine, "train_step", dying)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(data, tmp_path / "killed", method))
-    monkeypatch.setattr(engine, "train_step", real_step)
+    # 8 batches per epoch: the 5th step of epoch 2, after its step-3 checkpoint
+    train_killed_at(_config(data, tmp_path / "killed", method), 13, monkeypatch)
     mid = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert (mid["epoch"], mid["step"]) == (1, 3)
     train(engine.load_run_config(tmp_path / "killed"), resume=True)

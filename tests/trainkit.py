@@ -39,3 +39,25 @@ def tiny_training_set(tmp: Path, n_train: int = 40, n_test: int = 12, max_sample
     make_masks(d, MaskConfig(proportions=[proportion]))
     write_shards(d, ShardConfig(split="all", shard_size=None, max_samples=max_samples, progress=False))
     return d
+
+
+def train_killed_at(cfg, step: int, monkeypatch) -> None:
+    """Train `cfg` and stop it with a KeyboardInterrupt at its `step`-th training step (1-based, counted
+    over the whole run), as Ctrl-C would; the run's checkpoints so far stay for a resume."""
+    import pytest
+
+    from mlrpl_train import engine
+    from mlrpl_train.engine import train
+
+    real, calls = engine.train_step, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(engine, "train_step", real)
