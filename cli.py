@@ -381,13 +381,14 @@ def make_masks(dataset: Path = DATASET_DIR, as_json: bool = JSON, cfg=None):
 @command("masks", "mlrpl masks /data/mlrpl/coco2014")
 def masks(dataset: Path = DATASET_DIR, as_json: bool = JSON):
     """List the masks of a dataset with their stats (checked against the manifest)."""
-    from mlrpl_data.manifest import read_card
-    from mlrpl_data.masks import format_mask_stats, list_masks, read_mask
+    from mlrpl_data.folder import DatasetFolder
+    from mlrpl_data.masks import format_mask_stats, read_mask
 
-    fp = read_card(dataset)["fingerprint"]
+    folder = DatasetFolder(dataset)
+    fp = folder.card["fingerprint"]
     metas = []
-    for meta in list_masks(dataset):
-        read_mask(dataset, meta["name"], fingerprint=fp)  # refuses stale or altered masks
+    for meta in folder.mask_sidecars():
+        read_mask(folder, meta["name"], fingerprint=fp)  # refuses stale or altered masks
         metas.append(meta)
     if as_json:
         return echo_json(metas)
@@ -591,10 +592,9 @@ def sweep(ctx: typer.Context,
           cfg=None):
     """Train one run per method, proportion and seed, then write Table 1 (Markdown, CSV) and a mAP plot;
     on COCO 2014, VOC 2007 and VG-200 as published each method's published row and the difference are added."""
-    from mlrpl_data.manifest import read_card
+    from mlrpl_data.folder import DatasetFolder
     from mlrpl_data.masks import parse_proportions
     from mlrpl_data.options import parse_int_list
-    from mlrpl_train.data import read_class_names
     from mlrpl_train.engine import PUBLISHED_SCHEMES
     from mlrpl_train.published import benchmark_dataset
     from mlrpl_train.sweep import paper_preset, run_sweep, write_table
@@ -617,10 +617,10 @@ def sweep(ctx: typer.Context,
         configs = [paper_preset(c) for c in configs]
     for c in configs:
         run_sweep(c, props, seed_list, Path(out), scheme)
-    name = read_card(dataset)["name"]
-    t = write_table(Path(out), title=f"{name}: final-epoch test metrics ({scheme} masks)",
+    folder = DatasetFolder(dataset)
+    t = write_table(Path(out), title=f"{folder.card['name']}: final-epoch test metrics ({scheme} masks)",
                     metric="mAP" if metric == "map" else "mAP_voc",
-                    dataset=benchmark_dataset(read_card(dataset), read_class_names(dataset))
+                    dataset=benchmark_dataset(folder.card, folder.class_names)
                     if f"{scheme}-" in PUBLISHED_SCHEMES else None,  # the paper's masks only
                     best_on_test=preset == "paper")
     typer.echo(t["markdown"])

@@ -1,4 +1,5 @@
-"""A dataset folder that describes itself: README.md (a Hugging Face dataset card) and files.json.
+"""The text of a dataset folder's README.md (a Hugging Face dataset card); folder.DatasetFolder.refresh
+writes it, with files.json.
 
 README.md's YAML header follows the Hugging Face dataset-card convention: `configs:` lists the
 splits (the WebDataset shards) and each mask (its Parquet file), so `datasets.load_dataset(DIR)`
@@ -12,15 +13,6 @@ or a local path, so two labs with the same data write the same bytes.
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
-from typing import Any
-
-from .fsutil import atomic_write_text, sha256_file
-
-CARD = "README.md"
-FILES = "files.json"
 
 LICENCES = {
     "coco": ("cc-by-4.0", "COCO annotations: CC BY 4.0 (https://cocodataset.org/#termsofuse); the images are "
@@ -56,34 +48,14 @@ PAPER = ("Pu et al., Dual-Perspective Semantic-Aware Representation Blending for
          "with Partial Labels, arXiv 2205.13092.")
 
 
-def refresh(dataset_dir: Path) -> None:
-    """Rewrite README.md and files.json from what the folder holds now."""
-    folder = Path(dataset_dir)
-    atomic_write_text(folder / CARD, dataset_card(folder))
-    atomic_write_text(folder / FILES, json.dumps({"files": listing(folder)}, indent=1) + "\n")
-
-
-def listing(folder: Path) -> list[dict[str, Any]]:
-    """Every file of the dataset other than the shards and local-only files, with its size and sha256."""
-    paths = [folder / n for n in ("dataset.json", "categories.parquet", "images.parquet", CARD,
-                                  "label_embeddings.npy", "label_embeddings.json",
-                                  "shards/index.json", "shards/SHA256SUMS")]
-    masks = folder / "masks"
-    if masks.is_dir():
-        paths += sorted(p for p in masks.iterdir() if p.suffix in (".json", ".parquet") and not p.name.startswith("."))
-    return [{"path": str(p.relative_to(folder)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in paths if p.is_file()]
-
-
-def dataset_card(folder: Path) -> str:
-    from .masks import list_masks
-
-    card = json.loads((folder / "dataset.json").read_text())
+def dataset_card(folder) -> str:
+    """README.md's text for a folder.DatasetFolder (passed in, not imported: folder.py calls this):
+    its card, mask sidecars and shard index. Raises BadInputError when dataset.json is damaged."""
+    card = folder.card
     fmt = card.get("options", {}).get("format", "")
     licence, licence_text = DIGITS if card["name"].startswith("digits") else LICENCES.get(fmt, ("other", "See the source."))
-    masks = list_masks(folder, skip_bad=True)  # a damaged mask is verify's to report, not the card's
-    index_path = folder / "shards" / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else None
+    masks = folder.mask_sidecars(skip_bad=True)  # a damaged mask is verify's to report, not the card's
+    index = folder.index
     configs = []
     if index:
         splits = sorted({s["split"] for s in index["shards"]})

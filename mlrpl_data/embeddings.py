@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from .errors import BadInputError, MlrplError
+from .folder import EMBEDDINGS_JSON, EMBEDDINGS_NPY, DatasetFolder
 from .fsutil import atomic_write_bytes, sha256_file
-from .manifest import read_card
-
-NPY, META = "label_embeddings.npy", "label_embeddings.json"
+from .ownership import refuse_overlap
+from .readers import MissingFileError, read_bytes
 
 
 def class_words(name: str) -> list[str]:
@@ -69,15 +69,14 @@ def from_offline_model(names: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def embed_labels(dataset: Path, source: Path | None = None) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
-    from .ownership import refuse_overlap
-
+    """Write DATASET/label_embeddings.npy ((C, E) float32, class order) and .json (provenance) from
+    `source` (see the module's doc), then refresh the folder's card; returns the provenance written."""
     dataset = Path(dataset)
-    card = read_card(dataset)
-    for name in (NPY, META):
+    folder = DatasetFolder(dataset)
+    card = folder.card
+    for name in (EMBEDDINGS_NPY, EMBEDDINGS_JSON):
         refuse_overlap(dataset / name, {"--from": source}, "the embeddings file", file=True)
-    names = pq.read_table(dataset / "categories.parquet").column("name").to_pylist()
+    names = folder.class_names
     if source is None:
         emb, meta = from_offline_model(names)
     elif str(source).endswith(".npy"):
@@ -92,21 +91,18 @@ def embed_labels(dataset: Path, source: Path | None = None) -> dict[str, Any]:
 
     buf = io.BytesIO()
     np.save(buf, emb, allow_pickle=False)
-    atomic_write_bytes(dataset / NPY, buf.getvalue())
-    atomic_write_bytes(dataset / META, (json.dumps(meta, indent=1) + "\n").encode())
-    from .card import refresh
-
-    refresh(dataset)
+    atomic_write_bytes(dataset / EMBEDDINGS_NPY, buf.getvalue())
+    atomic_write_bytes(dataset / EMBEDDINGS_JSON, (json.dumps(meta, indent=1) + "\n").encode())
+    folder.refresh()
     return meta
 
 
 def read_embeddings(dataset: str, path: str | None, num_classes: int) -> np.ndarray | None:
-    """The embeddings to use: an explicit path, else DATASET/label_embeddings.npy, else None."""
+    """The embeddings to use, (C, E) float32: an explicit path, else DATASET/label_embeddings.npy, else None.
+    BadInputError when an explicit path is missing or the rows are not `num_classes`."""
     import io
 
-    from .readers import MissingFileError, read_bytes
-
-    url = path or f"{str(dataset).rstrip('/')}/{NPY}"
+    url = path or DatasetFolder.of(dataset).embeddings_path
     try:
         emb = np.load(io.BytesIO(read_bytes(url, 2**30)), allow_pickle=False)
     except MissingFileError:

@@ -25,14 +25,14 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import AlreadyExistsError, BadInputError, FingerprintMismatchError
-from .fsutil import publish_dir, staging_dir
-from .ownership import releasing
+from .folder import (CATEGORIES_PARQUET, DATASET_ENTRIES, DATASET_JSON, DERIVED_ENTRIES, IMAGES_PARQUET, LOCAL,
+                     SCHEMA_VERSION, DatasetFolder)
+from .fsutil import atomic_write_text, publish_dir, staging_dir
+from .ownership import (MARKER, claim, is_empty_but_temporaries, mark, refuse_overlap, releasing, remove_owned,
+                        sweep_stale, unclaim)
 
-SCHEMA_VERSION = 1
 SPLITS = ("train", "test")
-DATASET_JSON = "dataset.json"
-CATEGORIES_PARQUET = "categories.parquet"
-IMAGES_PARQUET = "images.parquet"
+SHOWN = 10  # classes named in a warning
 
 
 @dataclass
@@ -96,10 +96,26 @@ class Manifest:
         }
 
     def warnings(self) -> list[str]:
-        """The builder's warnings and what the labels themselves warn of (stats.label_warnings)."""
-        from .stats import label_warnings
-
+        """The builder's warnings and what the labels themselves warn of (label_warnings)."""
         return list(dict.fromkeys([*self.extra.get("warnings", []), *label_warnings(self)]))
+
+
+def label_warnings(m: Manifest) -> list[str]:
+    """What the labels hide that a user must hear at build (kept in dataset.json; `stats` shows it):
+    no known negative anywhere (a 0/1 export read with 0 as unknown?), or classes without a known
+    negative in the test split (their AP is 1 whatever the scores)."""
+    if m.labels.size and not (m.labels == -1).any():
+        return ["no label is a known negative (-1): every 0 is unknown, so training and evaluation see positives "
+                "only; if the source's 0 means absent, rebuild with that reading (build-csv: --zero-means absent)"]
+    test = m.labels[m.split_rows("test")]
+    if not len(test):
+        return []
+    none = [n for n, has in zip(m.category_names, (test == -1).any(axis=0)) if not has]
+    if not none:
+        return []
+    more = f" and {len(none) - SHOWN} more" if len(none) > SHOWN else ""
+    return [f"{len(none)} class(es) have no known negative in the test split (their AP is 1 whatever the scores): "
+            f"{', '.join(none[:SHOWN])}{more}"]
 
 
 def check_fingerprint(found: str | None, expected: str, what: str, fix: str) -> None:
@@ -226,30 +242,10 @@ def validate(m: Manifest, where: str) -> None:
                             f"paths must be relative to it")
 
 
-# what a dataset folder holds that mlrpl wrote: --force replaces these and nothing else
-DATASET_ENTRIES = (DATASET_JSON, CATEGORIES_PARQUET, IMAGES_PARQUET)
-DERIVED_ENTRIES = ("masks", "shards", "label_embeddings.npy", "label_embeddings.json", "README.md", "files.json")
-LOCAL = ".mlrpl-local.json"  # this machine's raw root: never shared (not in files.json, not pulled)
-
-
 def write_local_root(folder: Path, root: str) -> None:
     """Record where this machine's raw release is (write-shards reads the images there)."""
-    from .fsutil import atomic_write_text
-
     if root:
         atomic_write_text(Path(folder) / LOCAL, json.dumps({"root": str(root)}) + "\n")
-
-
-def local_root(url: str) -> str:
-    """The raw root recorded on this machine, else "" (a pulled or remote dataset has none)."""
-    from .readers import is_remote
-
-    if is_remote(url):
-        return ""
-    try:
-        return str(json.loads((Path(url) / LOCAL).read_text()).get("root", ""))
-    except (OSError, ValueError, AttributeError):
-        return ""
 
 
 @releasing
@@ -258,10 +254,8 @@ def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
     "repaired" (the same dataset, but a file was damaged: rewritten) or "replaced" (--force).
 
     A folder mlrpl did not make is never written into (ownership.claim); the raw root is never
-    the output. Replacing removes only mlrpl's entries (with the old masks and shards)."""
-    from .ownership import (MARKER, claim, is_empty_but_temporaries, mark, refuse_overlap, remove_owned, sweep_stale,
-                            unclaim)
-
+    the output. Replacing removes only mlrpl's entries (with the old masks and shards). The folder's
+    README.md and files.json are rewritten (DatasetFolder.refresh)."""
     out = Path(out)
     refuse_overlap(out, {"the raw root": m.root}, "--out")
     sweep_stale(out.parent)
@@ -272,7 +266,7 @@ def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
     state = "written"
     if not made and not is_empty_but_temporaries(out, MARKER):  # only a marker: a build killed before publishing
         try:
-            old_fp = read_card(out).get("fingerprint")
+            old_fp = DatasetFolder(out).card.get("fingerprint")
         except BadInputError:
             old_fp = None
         if old_fp == card["fingerprint"]:
@@ -311,44 +305,18 @@ def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
         if state == "written":
             unclaim(out)
         raise
-    from .card import refresh
-
-    refresh(out)
+    DatasetFolder(out).refresh()
     return state
 
 
-CARD_FIELDS = {"name": str, "version": str, "schema_version": int, "fingerprint": str, "num_classes": int,
-               "counts": dict}
-
-
-def read_card(url: str | Path) -> dict[str, Any]:
-    """dataset.json alone (cheap), its fields checked: name, fingerprint, counts, num_classes."""
-    from .readers import MissingFileError, read_json_object
-
-    where = f"{str(url).rstrip('/')}/{DATASET_JSON}"
-    try:
-        card = read_json_object(where, CARD_FIELDS)
-    except MissingFileError:
-        raise BadInputError(f"{str(url).rstrip('/')}: no {DATASET_JSON}: not a complete dataset "
-                            f"(was the build interrupted? re-run it)") from None
-    if card["schema_version"] != SCHEMA_VERSION:
-        raise BadInputError(f"{where}: schema_version {card['schema_version']!r}, this mlrpl reads {SCHEMA_VERSION}")
-    if card["num_classes"] < 1 or not all(isinstance(v, int) and v >= 0 for v in card["counts"].values()):
-        raise BadInputError(f"{where}: num_classes and counts must be non-negative integers")
-    return card
-
-
-def read_manifest(url: str | Path, verify: bool = True) -> Manifest:
-    """Read a manifest from a directory or any fsspec URL; refuse incomplete, altered or invalid ones."""
-    from .readers import read_parquet
-
-    url = str(url)
-    where = url.rstrip("/")
-    card = read_card(url)
-    cats = read_parquet(f"{where}/{CATEGORIES_PARQUET}", {"name": "string", "source_id": "string"})
-    imgs = read_parquet(f"{where}/{IMAGES_PARQUET}", {"key": "string", "split": "string", "path": "string",
-                                                      "width": "int32", "height": "int32",
-                                                      "labels": "list<item: int8>"})
+def read_manifest(dataset: str | Path | DatasetFolder, verify: bool = True) -> Manifest:
+    """Read a manifest from a directory, any fsspec URL or a DatasetFolder (whose reads are reused);
+    refuse incomplete, altered or invalid ones (BadInputError naming the file)."""
+    folder = DatasetFolder.of(dataset)
+    where = folder.url
+    card = folder.card
+    cats = folder.categories
+    imgs = folder.images
     c = cats.num_rows
     if c != card["num_classes"]:
         raise BadInputError(f"{where}: {CATEGORIES_PARQUET} has {c} classes, {DATASET_JSON} says {card['num_classes']}")
@@ -365,7 +333,7 @@ def read_manifest(url: str | Path, verify: bool = True) -> Manifest:
         labels=labels,
         options=card.get("options", {}),
         sources=card.get("sources", []),
-        root=local_root(url) or card.get("root", ""),  # "root" in dataset.json: an mlrpl before 0.2
+        root=folder.local_root or card.get("root", ""),  # "root" in dataset.json: an mlrpl before 0.2
         extra={k: v for k, v in card.items() if k not in known},
     )
     validate(m, f"{where}/{IMAGES_PARQUET}")

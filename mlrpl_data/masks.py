@@ -32,16 +32,18 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import AlreadyExistsError, BadInputError
+from .folder import MASKS_DIR, DatasetFolder
 from .fsutil import atomic_write_bytes
-from .manifest import Manifest, check_fingerprint, labels_from_arrow, labels_to_arrow, read_card
+from .manifest import Manifest, check_fingerprint, labels_from_arrow, labels_to_arrow, read_manifest
 from .options import check_ranges, choices, opt
+from .ownership import sweep_stale
+from .readers import MissingFileError, read_parquet
 
 Scheme = choices("Scheme", "uniform hcp per-image single-positive", __name__)
 MaskSplit = choices("MaskSplit", "train test all", __name__)
 
 
 SCHEMES = tuple(s.value for s in Scheme)
-MASKS_DIR = "masks"
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -109,9 +111,26 @@ def proportion_text(p: float) -> str:
 
 
 def mask_name(scheme: str, proportion: float | None, seed: int, split: str = "train") -> str:
-    """uniform-p0.30-s0; a mask of another split than train says so: uniform-p0.30-s0-test."""
+    """The one writer of the grammar `<scheme>-p<proportion>-s<seed>[-test|-all]`: uniform-p0.30-s0; a
+    mask of another split than train says so: uniform-p0.30-s0-test; single-positive (no proportion)
+    is single-positive-s0. parse_mask_name reads it back."""
     base = f"{scheme}-s{seed}" if scheme == "single-positive" else f"{scheme}-p{proportion_text(proportion)}-s{seed}"
     return base if split == "train" else f"{base}-{split}"
+
+
+MASK_NAME = re.compile(r"^(?P<scheme>[a-z][a-z0-9-]*?)(-p(?P<p>\d\.\d+))?-s(?P<seed>\d+)(-(?P<split>test|all))?$")
+
+
+def parse_mask_name(name: str) -> dict[str, Any] | None:
+    """The one reader of mask_name's grammar: {"scheme", "proportion" (the name's spelling as a float, or
+    None), "seed", "split"}, or None when `name` is not such a name. The proportion a mask was made
+    with is its sidecar's ("proportion"): read it there (DatasetFolder.mask_sidecar) when the mask is
+    at hand; the name's is for names without a mask (a sweep's run folders)."""
+    m = MASK_NAME.match(name)
+    if not m:
+        return None
+    return {"scheme": m["scheme"], "proportion": float(m["p"]) if m["p"] else None, "seed": int(m["seed"]),
+            "split": m["split"] or "train"}
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
@@ -268,17 +287,10 @@ def compute_masks(m: Manifest, cfg: MaskConfig) -> list[Mask]:
     return out
 
 
-def mask_paths(dataset_dir: Path, name: str) -> tuple[Path, Path]:
-    folder = Path(dataset_dir) / MASKS_DIR  # names hold dots (p0.30): no with_suffix
-    return folder / f"{name}.parquet", folder / f"{name}.json"
-
-
 def write_mask(dataset_dir: Path, mask: Mask, force: bool = False) -> str:
     """Write atomically: "written", "unchanged" (identical content there, checked by reading it back),
     "repaired" (the same mask, but a file was damaged); other content needs --force ("replaced")."""
-    from .ownership import sweep_stale
-
-    pq_path, js_path = mask_paths(dataset_dir, mask.name)
+    pq_path, js_path = map(Path, DatasetFolder(dataset_dir).mask_files(mask.name))
     sweep_stale(pq_path.parent)
     state = "written"
     if js_path.exists() or pq_path.exists():
@@ -315,38 +327,29 @@ def _sidecar_hash(js_path: Path) -> str | None:
 
 
 def make_masks(dataset_dir: Path, cfg: MaskConfig) -> list[tuple[Mask, str]]:
-    from .manifest import read_manifest
-
-    from .card import refresh
-
+    """Compute and write the masks of `cfg` (each with write_mask's state), then refresh the folder's card."""
     m = read_manifest(dataset_dir)
     results = [(mask, write_mask(dataset_dir, mask, cfg.force)) for mask in compute_masks(m, cfg)]
-    refresh(dataset_dir)
+    DatasetFolder(dataset_dir).refresh()
     return results
 
 
-MASK_NAME = re.compile(r"^[a-z][a-z0-9-]*(-p\d\.\d+)?-s\d+(-(test|all))?$")
-SIDECAR_FIELDS = {"name": str, "fingerprint": str, "scheme": str, "seed": int, "split": str, "num_classes": int,
-                  "content_sha256": str, "stats": dict}
-
-
-def read_mask(dataset_url: str | Path, name: str, fingerprint: str | None = None) -> Mask:
+def read_mask(dataset: str | Path | DatasetFolder, name: str, fingerprint: str | None = None) -> Mask:
     """Read a mask by name (with or without .parquet), checked: sidecar fields, its manifest's
     fingerprint, the Parquet schema, values in {-1, 0, 1}, unique keys, and the content hash."""
-    from .readers import MissingFileError, read_json_object, read_parquet
-
+    folder = DatasetFolder.of(dataset)
     name = name.removesuffix(".parquet").removesuffix(".json")
-    where = f"{str(dataset_url).rstrip('/')}/{MASKS_DIR}/{name}"
-    if not MASK_NAME.match(name):
+    where = folder.path(MASKS_DIR, name)
+    if parse_mask_name(name) is None:
         raise BadInputError(f"--masks {name!r}: not a mask name (e.g. uniform-p0.30-s0; `mlrpl masks DIR` lists them)")
     try:
-        meta = read_json_object(f"{where}.json", SIDECAR_FIELDS)
-        table = read_parquet(f"{where}.parquet", {"key": "string", "labels": "list<item: int8>"})
+        meta = folder.mask_sidecar(name)
+        table = read_parquet(folder.mask_files(name)[0], {"key": "string", "labels": "list<item: int8>"})
     except MissingFileError:
         raise BadInputError(f"{where}: mask not found (make it with `mlrpl make-masks`; `mlrpl masks DIR` lists them)") from None
     if meta["name"] != name:
         raise BadInputError(f"{where}.json: names mask {meta['name']!r}, not {name!r} (renamed? remake it)")
-    expected = fingerprint or read_card(dataset_url)["fingerprint"]
+    expected = fingerprint or folder.card["fingerprint"]
     check_fingerprint(meta["fingerprint"], expected, where, "remake the mask (mlrpl make-masks)")
     keys = np.asarray(table.column("key").to_pylist(), dtype=object)
     if len(set(keys)) != len(keys):
@@ -359,21 +362,6 @@ def read_mask(dataset_url: str | Path, name: str, fingerprint: str | None = None
     if content_hash(keys, labels) != meta["content_sha256"]:
         raise BadInputError(f"{where}.parquet: content does not match its sidecar (altered or half-written); remake it")
     return Mask(keys=keys, labels=labels, meta=meta)
-
-
-def list_masks(dataset_dir: Path, skip_bad: bool = False) -> list[dict[str, Any]]:
-    """The sidecars of a dataset's masks, each checked for its fields (a bad one raises, or is left out)."""
-    from .readers import read_json_object
-
-    folder = Path(dataset_dir) / MASKS_DIR
-    metas = []
-    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            metas.append(read_json_object(str(p), SIDECAR_FIELDS))
-        except BadInputError:
-            if not skip_bad:
-                raise
-    return metas
 
 
 def format_mask_stats(metas: list[dict[str, Any]]) -> str:

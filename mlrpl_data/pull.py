@@ -21,14 +21,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import retry
-from .card import FILES
 from .errors import BadInputError, MlrplError
 from .fsutil import CHUNK, atomic_write_bytes, sha256_file, temp_name
-from .manifest import DATASET_JSON, DERIVED_ENTRIES, DATASET_ENTRIES
+from .folder import DATASET_ENTRIES, DATASET_JSON, DERIVED_ENTRIES, FILES, INDEX, SHARDS_DIR
 from .options import check_ranges, opt, progress_field
 from .progress import progress_bar
 from .readers import MissingFileError, file_size, join, open_binary, read_bytes
-from .shards import INDEX, SHARDS_DIR, ShardSplit
+from .shards import ShardSplit
 from .ownership import releasing
 from .timeouts import describe
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import __version__
 from .errors import BadInputError, check_interrupt
+from .folder import INDEX, SHARDS_DIR, SUMS, DatasetFolder
 from .fsutil import atomic_write_bytes, sha256_file
 from .images import BadImageError, probe, reencode
 from .manifest import Manifest, read_manifest
@@ -37,10 +38,7 @@ from .ownership import MARKER
 from .tar import TarWriter
 from .ownership import releasing
 
-SHARDS_DIR = "shards"
 RECORDS_DIR = ".records"
-INDEX = "index.json"
-SUMS = "SHA256SUMS"
 SAMPLE_OVERHEAD = 3 * 512 + 256  # two headers, padding, the JSON member (for planning by size)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)B?|B?)\s*$", re.IGNORECASE)
 
@@ -319,9 +317,7 @@ def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
     complete = all(_matching_record(out_dir, p, check_bytes=False) for p in plans)
     index = assemble_index(m, out_dir, plans) if complete else None
     if complete:
-        from .card import refresh
-
-        refresh(dataset_dir)
+        DatasetFolder(dataset_dir).refresh()
     return ShardResult(written=sorted(written), kept=[p.name for p in kept], complete=complete, index=index)
 
 

@@ -4,28 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from .manifest import SPLITS, Manifest
-
-SHOWN = 10
-
-
-def label_warnings(m: Manifest) -> list[str]:
-    """What the labels hide that a user must hear at build (kept in dataset.json; `stats` shows it):
-    no known negative anywhere (a 0/1 export read with 0 as unknown?), or classes without a known
-    negative in the test split (their AP is 1 whatever the scores)."""
-    if m.labels.size and not (m.labels == -1).any():
-        return ["no label is a known negative (-1): every 0 is unknown, so training and evaluation see positives "
-                "only; if the source's 0 means absent, rebuild with that reading (build-csv: --zero-means absent)"]
-    test = m.labels[m.split_rows("test")]
-    if not len(test):
-        return []
-    none = [n for n, has in zip(m.category_names, (test == -1).any(axis=0)) if not has]
-    if not none:
-        return []
-    more = f" and {len(none) - SHOWN} more" if len(none) > SHOWN else ""
-    return [f"{len(none)} class(es) have no known negative in the test split (their AP is 1 whatever the scores): "
-            f"{', '.join(none[:SHOWN])}{more}"]
 
 
 def dataset_stats(m: Manifest) -> dict[str, Any]:

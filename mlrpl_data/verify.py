@@ -23,10 +23,11 @@ import numpy as np
 from . import retry
 from .errors import BadInputError
 from .manifest import SPLITS, Manifest, read_manifest
-from .masks import MASKS_DIR, read_mask
+from .folder import INDEX, MASKS_DIR, SHARDS_DIR, DatasetFolder
+from .masks import read_mask
 from .progress import progress_bar
-from .readers import MissingFileError, file_size, is_remote, join, local_path, open_binary
-from .shards import INDEX, SHARDS_DIR, read_index
+from .readers import MissingFileError, file_size, is_remote, join, open_binary
+from .shards import read_index
 
 JSON_MEMBER_LIMIT = 1 << 20
 
@@ -167,7 +168,7 @@ def _check_member(shard_url, tar, member, members, keys, split, chain: _Chain) -
 def check_masks(url: str, m: Manifest) -> list[str]:
     """Every mask of the dataset: readable, of this manifest, holding exactly its split's keys."""
     problems = []
-    for name in _mask_names(url):
+    for name in DatasetFolder(url).mask_names():
         try:
             mask = read_mask(url, name, fingerprint=m.fingerprint)
         except BadInputError as e:
@@ -182,24 +183,6 @@ def check_masks(url: str, m: Manifest) -> list[str]:
                       f"lacks {len(lacking)} key(s) of its split, e.g. {lacking[0]}")
             problems.append(f"{join(url, MASKS_DIR, name)}: {detail} ({split})")
     return problems
-
-
-def _mask_names(url: str) -> list[str]:
-    """Mask names from the masks/ listing (local, s3, ...); a store that cannot list (plain http) has none."""
-    import fsspec
-
-    if not is_remote(url):
-        from pathlib import Path
-
-        return sorted(p.name[: -len(".json")] for p in Path(local_path(url), MASKS_DIR).glob("*.json"))
-    from .timeouts import storage_options
-
-    try:
-        fs, path = fsspec.core.url_to_fs(join(url, MASKS_DIR), **storage_options(url))
-        found = fs.glob(f"{path}/*.json")
-    except Exception:  # no listing: nothing to check here (masks are checked again when read)
-        return []
-    return sorted(p.rsplit("/", 1)[-1][: -len(".json")] for p in found)
 
 
 class _Bounded(io.RawIOBase):

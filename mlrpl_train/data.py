@@ -1,5 +1,6 @@
 """What a run trains and evaluates on, resolved once: the manifest card, the shard index and the
-mask, every fingerprint checked against the manifest's."""
+mask, every fingerprint checked against the manifest's; each file of the dataset folder read once
+(mlrpl_data.folder.DatasetFolder)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlrpl_data.errors import BadInputError
-from mlrpl_data.manifest import check_fingerprint, read_card, read_manifest
+from mlrpl_data.folder import INDEX, SHARDS_DIR, DatasetFolder
+from mlrpl_data.manifest import check_fingerprint, read_manifest
 from mlrpl_data.masks import read_mask
-from mlrpl_data.shards import read_index, shard_urls
+from mlrpl_data.shards import read_index, sample_order, shard_urls
 
 
 VAL_SALT = "mlrpl-validation"
@@ -46,6 +48,7 @@ class DataSpec:
     train_counts: list[int] | None = None  # samples per shard (index.json), as train_urls
     test_counts: list[int] | None = None
     train_held: list[int] | None = None  # held-out keys per train shard (None: not known, an older index)
+    folder: DatasetFolder | None = None  # the dataset folder as read (its card: folder.card), None without one
 
     def fit_counts(self) -> tuple[list[int] | None, int]:
         """(samples per train shard the model learns from, how many of those may yet be held out)."""
@@ -67,24 +70,15 @@ class DataSpec:
         return np.stack([row for k, row in self.partial.items() if k not in self.val_keys])
 
 
-def read_class_names(dataset: str) -> list[str]:
-    from mlrpl_data.readers import MissingFileError, read_parquet
-
-    where = f"{str(dataset).rstrip('/')}/categories.parquet"
-    try:
-        return read_parquet(where, {"name": "string"}).column("name").to_pylist()
-    except MissingFileError:
-        raise BadInputError(f"{where}: not found: an incomplete dataset") from None
-
-
 def resolve_data(dataset: str, mask: str | None, val_fraction: float = 0.0) -> DataSpec:
     """Read the manifest card, shard index and mask; refuse any fingerprint mismatch. With a mask and
     `val_fraction` > 0, hold out that fraction of its keys for validation."""
     dataset = str(dataset)
-    card = read_card(dataset)
-    manifest = read_manifest(dataset)  # the manifest itself intact (fingerprint, rows); cheap next to training
+    folder = DatasetFolder(dataset)
+    card = folder.card
+    manifest = read_manifest(folder)  # the manifest itself intact (fingerprint, rows); cheap next to training
     index = read_index(dataset)
-    where = f"{dataset.rstrip('/')}/shards/index.json"
+    where = folder.path(SHARDS_DIR, INDEX)
     check_fingerprint(index["fingerprint"], card["fingerprint"], where, "rebuild the shards (mlrpl write-shards)")
     # cheap consistency of the index with the manifest (mlrpl verify checks every sample)
     skipped = [s.get("split") for s in index["skipped"] if isinstance(s, dict)]
@@ -96,7 +90,7 @@ def resolve_data(dataset: str, mask: str | None, val_fraction: float = 0.0) -> D
                                 f"shards are missing or foreign; run mlrpl verify {dataset}")
     partial = None
     if mask:
-        m = read_mask(dataset, mask, fingerprint=card["fingerprint"])
+        m = read_mask(folder, mask, fingerprint=card["fingerprint"])
         if m.meta["split"] != "train":
             raise BadInputError(f"--masks {mask}: covers split {m.meta['split']}; training needs a mask of the train "
                                 f"split (mlrpl make-masks {dataset} --split train)")
@@ -110,18 +104,16 @@ def resolve_data(dataset: str, mask: str | None, val_fraction: float = 0.0) -> D
     return DataSpec(train_counts=counts["train"], test_counts=counts["test"],
                     train_held=held_out_per_shard(manifest, index, val_keys) if val_keys else None,
                     dataset=dataset, fingerprint=card["fingerprint"], num_classes=int(card["num_classes"]),
-                    class_names=read_class_names(dataset), train_urls=shard_urls(dataset, "train", index),
+                    class_names=folder.class_names, train_urls=shard_urls(dataset, "train", index),
                     test_urls=shard_urls(dataset, "test", index), train_samples=int(splits.get("train", 0)),
                     test_samples=int(splits.get("test", 0)), partial=partial, mask_name=mask,
-                    val_keys=val_keys)
+                    val_keys=val_keys, folder=folder)
 
 
 def held_out_per_shard(m, index: dict, held: frozenset[str]) -> list[int] | None:
     """Held-out keys in each train shard, from index.json alone: a shard holds the keys from its
     first to its last in write-shards' fixed order, less the skipped ones (None when the index does
     not say: an older one without first/last keys, or counts that do not add up)."""
-    from mlrpl_data.shards import sample_order
-
     keys = m.keys[m.split_rows("train")]
     order = keys[sample_order(keys, m.fingerprint)]
     pos = {str(k): i for i, k in enumerate(order)}

@@ -23,7 +23,9 @@ import torch
 
 from mlrpl_data.errors import AlreadyExistsError, BadInputError, MlrplError, check_interrupt
 from mlrpl_data.fsutil import atomic_copy, atomic_write_bytes, atomic_write_text, atomic_write_with, check_sealed
-from mlrpl_data.manifest import check_fingerprint, read_card
+from mlrpl_data.folder import DatasetFolder, read_card
+from mlrpl_data.manifest import check_fingerprint
+from mlrpl_data.masks import parse_mask_name
 from mlrpl_data.ownership import (MARKER, claim, claim_file, made_here, owner, parquet_kind, refuse_overlap, releasing,
                                   remove_owned, sweep_stale, unclaim)
 from mlrpl_data.progress import progress_bar
@@ -775,11 +777,11 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
         "file": str(ckpt_path), "epoch": ckpt["epoch"], "epochs": cfg.epochs, "method": str(cfg.method),
         "mask": ckpt.get("mask") or "",
         "selection": (ckpt["selection"] or "unknown") if is_best else "none: the last epoch"}
-    metrics["published"] = _published_beside(dataset, spec.class_names, str(cfg.method), ckpt.get("mask") or "", metrics,
+    metrics["published"] = _published_beside(spec.folder, spec.class_names, str(cfg.method), ckpt.get("mask") or "", metrics,
                                              float(cfg.val_fraction))
     atomic_write_text(out / "eval_metrics.json", json.dumps(metrics, indent=1))
     atomic_write_text(out / "per_class_ap.json", json.dumps(metrics["per_class_ap"], indent=1))
-    title = (f"{read_card(dataset)['name']} test, {cfg.method} ({metrics['checkpoint']['mask'] or 'full labels'}, "
+    title = (f"{read_card(spec.folder)['name']} test, {cfg.method} ({metrics['checkpoint']['mask'] or 'full labels'}, "
              f"{ckpt_path.name}): {_map_text(metrics)}")
     plot_per_class_ap(metrics["per_class_ap"], out / "per_class_ap.png", title=title)
     metrics["report_dir"] = str(out)
@@ -791,24 +793,33 @@ def evaluate_checkpoint(run_or_ckpt: Path, dataset: str, out: Path | None = None
 PUBLISHED_SCHEMES = ("uniform-", "hcp-")
 
 
-def _published_beside(dataset: str, class_names: list[str], method: str, mask: str, metrics: dict,
+def _published_beside(dataset: str | DatasetFolder, class_names: list[str], method: str, mask: str, metrics: dict,
                       val_fraction: float = 0.0) -> dict | None:
     """Table 1's number for this method, dataset and known proportion, and ours minus it (VOC-interpolated
     mAP, the AP of the published evaluation); a run that held images out of training says so (the paper
-    trained on the whole training split)."""
-    import re
-
+    trained on the whole training split). The known proportion is the mask's sidecar's (its name's only
+    when `dataset` holds no sidecar of that name)."""
     from .published import SOURCE, benchmark_dataset, published
 
-    m = re.search(r"-p(\d\.\d+)-", mask) if mask.startswith(PUBLISHED_SCHEMES) else None
-    row = published(benchmark_dataset(read_card(dataset), class_names), method, float(m.group(1)) if m else None)
-    if row is None or row["mAP"] is None or not m or metrics["mAP_voc"] is None:
+    p = _mask_proportion(dataset, mask) if mask.startswith(PUBLISHED_SCHEMES) else None
+    row = published(benchmark_dataset(read_card(dataset), class_names), method, p)
+    if row is None or row["mAP"] is None or p is None or metrics["mAP_voc"] is None:
         return None
     note = get_method(method).published_note  # P-GCN: its authors' own figures
     return {"source": f"{SOURCE}, Table {row['table']}{'; ' + note if note else ''}", "method": row["method"], "dataset": row["dataset_label"],
             "proportion": row["proportion"], "mAP": row["mAP"] / 100, "delta_mAP_voc": metrics["mAP_voc"] - row["mAP"] / 100,
             "note": (f"this run trained on {1 - val_fraction:.0%} of the training split (--val-fraction {val_fraction:g}), "
                      f"the paper on all of it (sweep's default, --val-fraction 0)") if val_fraction > 0 else None}
+
+
+def _mask_proportion(dataset: str | DatasetFolder, mask: str) -> float | None:
+    """The known proportion of `mask`: its sidecar's in `dataset`; parse_mask_name's reading of the
+    name when there is no readable sidecar (a dataset copied without its masks); None without one."""
+    try:
+        return DatasetFolder.of(dataset).mask_sidecar(mask).get("proportion")
+    except BadInputError:
+        parsed = parse_mask_name(mask)
+        return parsed["proportion"] if parsed else None
 
 
 def plot_per_class_ap(ap: dict[str, float | None], path: Path, title: str = "") -> None:

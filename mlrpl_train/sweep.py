@@ -9,25 +9,39 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlrpl_data.masks import MaskConfig, compute_masks, proportion_text, write_mask
+from mlrpl_data.folder import DatasetFolder, read_card
+from mlrpl_data.masks import MaskConfig, compute_masks, mask_name, parse_mask_name, write_mask
 from mlrpl_data.manifest import read_manifest
 
-from .engine import CHECKPOINT_LAST, load_checkpoint, train
+from .engine import CHECKPOINT_LAST, CONFIG_JSON, load_checkpoint, train
 from .options import Precision, TrainConfig
 from .registry import BY_NAME, method_names
 from mlrpl_data.ownership import releasing
 
-RUN_NAME = re.compile(r"^(?P<method>[a-z0-9_+-]+?)-p(?P<p>\d\.\d+)-s(?P<seed>\d+)$")
-
-
 def run_dir(out: Path, method: str, p: float, seed: int) -> Path:
-    return Path(out) / f"{method}-p{proportion_text(p)}-s{seed}"
+    """SWEEP/<method>-p0.30-s0: the mask-name grammar with the method in the scheme's place."""
+    return Path(out) / mask_name(method, p, seed)
+
+
+def run_name(name: str) -> dict | None:
+    """A run folder's name read back ({"scheme": the method, "proportion", "seed", ...}), None when it is not one."""
+    parsed = parse_mask_name(name)
+    return parsed if parsed and parsed["proportion"] is not None and parsed["split"] == "train" else None
+
+
+def run_proportion(run: Path, parsed: dict) -> float:
+    """The known proportion a run trained with: its mask's sidecar's (config.json names the mask and the
+    dataset); the run folder's name only when that sidecar cannot be read (a moved dataset, a bare folder)."""
+    try:
+        doc = json.loads((run / CONFIG_JSON).read_text())
+        return float(DatasetFolder(doc["config"]["dataset"]).mask_sidecar(doc["mask"])["proportion"])
+    except Exception:  # noqa: BLE001 - any unreadable piece: the name, which sweep wrote from the same value
+        return parsed["proportion"]
 
 
 def finished(run: Path, epochs: int) -> bool:
@@ -51,13 +65,11 @@ def run_sweep(base: TrainConfig, proportions: list[float], seeds: list[int], out
     m = read_manifest(base.dataset)
     claim(out, "sweep", "--out")
     runs = []
-    from mlrpl_data.card import refresh
-
     for seed in seeds:
         masks = compute_masks(m, MaskConfig(proportions=proportions, seed=seed, scheme=scheme))
         for mask in masks:
             write_mask(base.dataset, mask)  # a no-op when the same mask exists
-        refresh(base.dataset)
+        DatasetFolder(base.dataset).refresh()
         for mask in masks:
             p = mask.meta["proportion"]
             run = run_dir(out, base.method, p, seed)
@@ -99,7 +111,7 @@ def scope_notes(out: Path) -> list[str]:
     """A line per run whose last mAP is over fewer than all classes, or undefined (from metrics.csv)."""
     notes = []
     for run in sorted(Path(out).iterdir()):
-        rows = _evaluated_rows(run) if RUN_NAME.match(run.name) and run.is_dir() else []
+        rows = _evaluated_rows(run) if run_name(run.name) and run.is_dir() else []
         k, _, c = (rows[-1].get("mAP_classes") or "").partition("/") if rows else ("", "", "")
         if not (k.isdigit() and c.isdigit()) or k == c:
             continue
@@ -113,12 +125,12 @@ def scope_notes(out: Path) -> list[str]:
 def collect(out: Path) -> dict[str, dict[float, list[dict[str, float]]]]:
     table: dict[str, dict[float, list[dict[str, float]]]] = {}
     for run in sorted(Path(out).iterdir()):
-        match = RUN_NAME.match(run.name)
-        if not (match and run.is_dir()):
+        parsed = run_name(run.name)
+        if not (parsed and run.is_dir()):
             continue
         metrics = final_metrics(run)
         if metrics:
-            table.setdefault(match["method"], {}).setdefault(float(match["p"]), []).append(metrics)
+            table.setdefault(parsed["scheme"], {}).setdefault(run_proportion(run, parsed), []).append(metrics)
     order = {name: i for i, name in enumerate(method_names())}  # the registry's order: Table 1's, then others
     return dict(sorted(table.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
@@ -247,7 +259,6 @@ def paper_preset(base: TrainConfig) -> TrainConfig:
     BadInputError naming `mlrpl embed-labels` instead of train's warning."""
     from mlrpl_data.embeddings import read_embeddings
     from mlrpl_data.errors import BadInputError
-    from mlrpl_data.manifest import read_card
 
     from .registry import get
 

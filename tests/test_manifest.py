@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from mlrpl_data.errors import AlreadyExistsError, BadInputError
-from mlrpl_data.manifest import Manifest, read_manifest, write_manifest, SCHEMA_VERSION
+from mlrpl_data.folder import SCHEMA_VERSION
+from mlrpl_data.manifest import Manifest, read_manifest, write_manifest
 
 from conftest import random_labels
 

@@ -7,8 +7,9 @@ from typer.testing import CliRunner
 
 from mlrpl.cli import app
 from mlrpl_data.errors import AlreadyExistsError, BadInputError, FingerprintMismatchError
+from mlrpl_data.folder import DatasetFolder
 from mlrpl_data.manifest import Manifest, write_manifest
-from mlrpl_data.masks import (MaskConfig, compute_masks, entry_hashes, hcp_known, list_masks, make_masks,
+from mlrpl_data.masks import (MaskConfig, compute_masks, entry_hashes, hcp_known, make_masks,
                               parse_proportions, read_mask)
 
 from conftest import random_labels
@@ -138,7 +139,7 @@ def test_cli_make_masks_and_list(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["make-masks", str(tmp_path / "d"), "--proportion", "0.1:0.3:0.1", "--seed", "2"])
     assert r.exit_code == 0, r.output
-    assert [m["name"] for m in list_masks(tmp_path / "d")] == ["uniform-p0.10-s2", "uniform-p0.20-s2", "uniform-p0.30-s2"]
+    assert [m["name"] for m in DatasetFolder(tmp_path / "d").mask_sidecars()] == ["uniform-p0.10-s2", "uniform-p0.20-s2", "uniform-p0.30-s2"]
     r = runner.invoke(app, ["masks", str(tmp_path / "d")])
     assert r.exit_code == 0 and "uniform-p0.20-s2" in r.output
     r = runner.invoke(app, ["make-masks", str(tmp_path / "d"), "--proportion", "1.2"])

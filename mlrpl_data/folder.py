@@ -1,0 +1,214 @@
+"""One dataset folder: its layout, its file names, and each of its files read once.
+
+A dataset folder (a local path or an fsspec URL such as s3://bucket/coco2014) holds:
+
+    dataset.json, categories.parquet, images.parquet   the manifest (manifest.py writes it)
+    masks/<scheme>-p<proportion>-s<seed>.parquet + .json   partial labels and their sidecars (masks.py)
+    shards/<split>-NNNNNN.tar, shards/index.json, shards/SHA256SUMS   WebDataset shards (shards.py)
+    label_embeddings.npy + .json   CSRL's label embeddings (embeddings.py)
+    README.md, files.json   the dataset card and the listing `mlrpl pull` copies (card.py renders the card)
+    .mlrpl-local.json   this machine's raw root: never shared
+
+The names are declared here and every other module takes them from here. `DatasetFolder` reads
+each file at most once (cached on the object) and answers the card (dataset.json), the categories
+and class names, the manifest's tables, the masks' sidecars, the shard index and the label
+embeddings path; the Manifest, a Mask and the checked shard index are built from these reads by
+manifest.read_manifest, masks.read_mask and shards.read_index. A local path is opened as a local
+path (`a::b`, `#` or `?` in a folder name are just characters), a URL through fsspec: the one rule
+is readers.is_remote. `refresh()` is the one place README.md and files.json are rewritten.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from .card import dataset_card
+from .errors import BadInputError
+from .fsutil import atomic_write_text, sha256_file
+from .readers import MissingFileError, is_remote, join, local_path, read_json, read_json_object, read_parquet
+from .timeouts import storage_options
+
+SCHEMA_VERSION = 1  # of dataset.json + categories.parquet + images.parquet
+DATASET_JSON = "dataset.json"
+CATEGORIES_PARQUET = "categories.parquet"
+IMAGES_PARQUET = "images.parquet"
+MASKS_DIR = "masks"
+SHARDS_DIR = "shards"
+INDEX = "index.json"
+SUMS = "SHA256SUMS"
+EMBEDDINGS_NPY, EMBEDDINGS_JSON = "label_embeddings.npy", "label_embeddings.json"
+CARD = "README.md"
+FILES = "files.json"
+LOCAL = ".mlrpl-local.json"  # this machine's raw root: never shared (not in files.json, not pulled)
+
+# what a dataset folder holds that mlrpl wrote: --force replaces these and nothing else
+DATASET_ENTRIES = (DATASET_JSON, CATEGORIES_PARQUET, IMAGES_PARQUET)
+DERIVED_ENTRIES = (MASKS_DIR, SHARDS_DIR, EMBEDDINGS_NPY, EMBEDDINGS_JSON, CARD, FILES)
+# files.json lists these (when present) and every mask file; the shards are listed by shards/index.json
+SHARED_FILES = (DATASET_JSON, CATEGORIES_PARQUET, IMAGES_PARQUET, CARD, EMBEDDINGS_NPY, EMBEDDINGS_JSON,
+                f"{SHARDS_DIR}/{INDEX}", f"{SHARDS_DIR}/{SUMS}")
+
+CARD_FIELDS = {"name": str, "version": str, "schema_version": int, "fingerprint": str, "num_classes": int,
+               "counts": dict}
+SIDECAR_FIELDS = {"name": str, "fingerprint": str, "scheme": str, "seed": int, "split": str, "num_classes": int,
+                  "content_sha256": str, "stats": dict}
+
+
+class DatasetFolder:
+    """A dataset folder at `location` (a local path, `file://` path or fsspec URL). Nothing is read
+    until asked; each file is then read once and kept (the object describes the folder as it was
+    when read: make a new one after writing). Errors: BadInputError (a MissingFileError for a file
+    that is not there) naming the file and what is wrong."""
+
+    def __init__(self, location: str | Path) -> None:
+        self.url = str(location).rstrip("/") or "/"
+        self.remote = is_remote(self.url)
+        self._sidecars: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def of(cls, dataset: "str | Path | DatasetFolder") -> "DatasetFolder":
+        """`dataset` itself when it is a DatasetFolder (its reads are reused), else a new one."""
+        return dataset if isinstance(dataset, DatasetFolder) else cls(dataset)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def path(self, *parts: str) -> str:
+        """The location of a file inside the folder (a URL for a remote folder)."""
+        return join(self.url, *parts)
+
+    @property
+    def local(self) -> Path:
+        """The folder as a local Path (BadInputError for a remote folder: writing needs a local one)."""
+        if self.remote:
+            raise BadInputError(f"{self.url}: a remote dataset; this needs a local folder")
+        return Path(local_path(self.url))
+
+    # ---- the manifest's files --------------------------------------------------------------------------
+
+    @functools.cached_property
+    def card(self) -> dict[str, Any]:
+        """dataset.json, its fields checked: name, version, schema_version, fingerprint, num_classes, counts."""
+        where = self.path(DATASET_JSON)
+        try:
+            card = read_json_object(where, CARD_FIELDS)
+        except MissingFileError:
+            raise BadInputError(f"{self.url}: no {DATASET_JSON}: not a complete dataset "
+                                f"(was the build interrupted? re-run it)") from None
+        if card["schema_version"] != SCHEMA_VERSION:
+            raise BadInputError(f"{where}: schema_version {card['schema_version']!r}, this mlrpl reads {SCHEMA_VERSION}")
+        if card["num_classes"] < 1 or not all(isinstance(v, int) and v >= 0 for v in card["counts"].values()):
+            raise BadInputError(f"{where}: num_classes and counts must be non-negative integers")
+        return card
+
+    @functools.cached_property
+    def categories(self):
+        """categories.parquet as a pyarrow Table (columns name, source_id: strings)."""
+        return read_parquet(self.path(CATEGORIES_PARQUET), {"name": "string", "source_id": "string"})
+
+    @property
+    def class_names(self) -> list[str]:
+        """The C class names in class order (categories.parquet's `name` column)."""
+        return self.categories.column("name").to_pylist()
+
+    @functools.cached_property
+    def images(self):
+        """images.parquet as a pyarrow Table (key, split, path, width, height, labels list<int8>)."""
+        return read_parquet(self.path(IMAGES_PARQUET), {"key": "string", "split": "string", "path": "string",
+                                                         "width": "int32", "height": "int32",
+                                                         "labels": "list<item: int8>"})
+
+    @property
+    def local_root(self) -> str:
+        """The raw root recorded on this machine, else "" (a pulled or remote dataset has none)."""
+        if self.remote:
+            return ""
+        try:
+            return str(json.loads((self.local / LOCAL).read_text()).get("root", ""))
+        except (OSError, ValueError, AttributeError):
+            return ""
+
+    # ---- masks -----------------------------------------------------------------------------------------
+
+    def mask_files(self, name: str) -> tuple[str, str]:
+        """(Parquet, sidecar) locations of the mask `name` (names hold dots, p0.30: never with_suffix)."""
+        return self.path(MASKS_DIR, f"{name}.parquet"), self.path(MASKS_DIR, f"{name}.json")
+
+    def mask_sidecar(self, name: str) -> dict[str, Any]:
+        """masks/<name>.json, its fields checked (MissingFileError when absent)."""
+        if name not in self._sidecars:
+            self._sidecars[name] = read_json_object(self.mask_files(name)[1], SIDECAR_FIELDS)
+        return self._sidecars[name]
+
+    def mask_names(self) -> list[str]:
+        """Names of the masks with a sidecar, sorted, from the masks/ listing (a local folder listed as one;
+        s3, ... through fsspec; a store that cannot list, plain http, has none)."""
+        if not self.remote:
+            folder = self.local / MASKS_DIR
+            return sorted(p.name[: -len(".json")] for p in folder.glob("*.json")) if folder.is_dir() else []
+        import fsspec
+
+        try:
+            fs, path = fsspec.core.url_to_fs(self.path(MASKS_DIR), **storage_options(self.url))
+            found = fs.glob(f"{path}/*.json")
+        except Exception:  # no listing: nothing listed (masks are checked again when read)
+            return []
+        return sorted(p.rsplit("/", 1)[-1][: -len(".json")] for p in found)
+
+    def mask_sidecars(self, skip_bad: bool = False) -> list[dict[str, Any]]:
+        """The sidecars of every mask, sorted by name, each checked for its fields (a bad one raises,
+        or with skip_bad is left out)."""
+        metas = []
+        for name in self.mask_names():
+            try:
+                metas.append(self.mask_sidecar(name))
+            except BadInputError:
+                if not skip_bad:
+                    raise
+        return metas
+
+    # ---- shards and embeddings -------------------------------------------------------------------------
+
+    @functools.cached_property
+    def index(self) -> dict[str, Any] | None:
+        """shards/index.json as written (None when there is none yet); shards.read_index checks every
+        entry: use it before reading shards."""
+        try:
+            doc = read_json(self.path(SHARDS_DIR, INDEX))
+        except MissingFileError:
+            return None
+        if not isinstance(doc, dict):
+            raise BadInputError(f"{self.path(SHARDS_DIR, INDEX)}: expected a JSON object, got {type(doc).__name__}")
+        return doc
+
+    @property
+    def embeddings_path(self) -> str:
+        """Where the label embeddings (C, E) float32 .npy are (present or not)."""
+        return self.path(EMBEDDINGS_NPY)
+
+    # ---- the card and the listing ----------------------------------------------------------------------
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every shared file of the folder other than the shards, with its size (bytes) and sha256."""
+        folder = self.local
+        paths = [folder / n for n in SHARED_FILES]
+        masks = folder / MASKS_DIR
+        if masks.is_dir():
+            paths += sorted(p for p in masks.iterdir() if p.suffix in (".json", ".parquet") and not p.name.startswith("."))
+        return [{"path": str(p.relative_to(folder)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                for p in paths if p.is_file()]
+
+    def refresh(self) -> None:
+        """Rewrite README.md and files.json from what the folder holds now (after a command wrote into it):
+        the one place they are written. Reads the folder afresh."""
+        fresh = DatasetFolder(self.url)
+        atomic_write_text(fresh.local / CARD, dataset_card(fresh))
+        atomic_write_text(fresh.local / FILES, json.dumps({"files": fresh.listing()}, indent=1) + "\n")
+
+
+def read_card(dataset: "str | Path | DatasetFolder") -> dict[str, Any]:
+    """dataset.json of a folder or URL, checked (DatasetFolder.card; a DatasetFolder's own read is reused)."""
+    return DatasetFolder.of(dataset).card
