@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mlrpl_data.errors import BadInputError
+from mlrpl_data.folder import DATASET_JSON
 from mlrpl_data.fsutil import atomic_write_with
 from mlrpl_data.images import decode_rgb
 from mlrpl_data.readers import is_remote, local_path
@@ -231,7 +232,7 @@ def image_inputs(inputs: list[str]) -> Iterator[tuple[str, Any]]:
     dataset (folder with dataset.json, or URL): its test shards."""
     for item in inputs:
         p = Path(local_path(item))
-        if is_remote(item) or (p.is_dir() and (p / "dataset.json").is_file()):
+        if is_remote(item) or (p.is_dir() and (p / DATASET_JSON).is_file()):
             yield from _dataset_images(item)
         elif p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
