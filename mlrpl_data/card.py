@@ -48,14 +48,9 @@ PAPER = ("Pu et al., Dual-Perspective Semantic-Aware Representation Blending for
          "with Partial Labels, arXiv 2205.13092.")
 
 
-def dataset_card(folder) -> str:
-    """README.md's text for a folder.DatasetFolder (passed in, not imported: folder.py calls this):
-    its card, mask sidecars and shard index. Raises BadInputError when dataset.json is damaged."""
-    card = folder.card
-    fmt = card.get("options", {}).get("format", "")
-    licence, licence_text = DIGITS if card["name"].startswith("digits") else LICENCES.get(fmt, ("other", "See the source."))
-    masks = folder.mask_sidecars(skip_bad=True)  # a damaged mask is verify's to report, not the card's
-    index = folder.index
+def yaml_header(card: dict, licence: str, masks: list[dict], index: dict | None) -> list[str]:
+    """The card's YAML header lines (between the two ---): name, licence, tags, and a `configs:` entry
+    for the shards (one split each) and for each mask (Hugging Face's data_files convention)."""
     configs = []
     if index:
         splits = sorted({s["split"] for s in index["shards"]})
@@ -72,6 +67,18 @@ def dataset_card(folder) -> str:
             for split, path in c["files"]:
                 head += [f"  - split: {split}", f"    path: {path}"]
     head.append("---")
+    return head
+
+
+def dataset_card(folder) -> str:
+    """README.md's text for a folder.DatasetFolder (passed in, not imported: folder.py calls this):
+    its card, mask sidecars and shard index. Raises BadInputError when dataset.json is damaged."""
+    card = folder.card
+    fmt = card.get("options", {}).get("format", "")
+    licence, licence_text = DIGITS if card["name"].startswith("digits") else LICENCES.get(fmt, ("other", "See the source."))
+    masks = folder.mask_sidecars(skip_bad=True)  # a damaged mask is verify's to report, not the card's
+    index = folder.index
+    head = yaml_header(card, licence, masks, index)
     counts = ", ".join(f"{k} {v:,}" for k, v in card["counts"].items())
     body = [f"# {card['name']} {card['version']}", "",
             f"A multi-label image dataset with partial labels, built by mlrpl from the {fmt or 'raw'} release: "

@@ -248,6 +248,27 @@ def write_local_root(folder: Path, root: str) -> None:
         atomic_write_text(Path(folder) / LOCAL, json.dumps({"root": str(root)}) + "\n")
 
 
+def _existing(out: Path, card: dict[str, Any], force: bool) -> str:
+    """What writing `card`'s dataset into the existing folder `out` does: "unchanged" (the same dataset,
+    intact), "repaired" (the same dataset, a file damaged) or "replaced" (another one, with --force;
+    AlreadyExistsError without)."""
+    try:
+        old_fp = DatasetFolder(out).card.get("fingerprint")
+    except BadInputError:
+        old_fp = None
+    if old_fp == card["fingerprint"]:
+        try:
+            read_manifest(out)
+            return "unchanged"
+        except BadInputError:
+            return "repaired"  # the same dataset with a damaged file: rewrite the manifest, keep masks and shards
+    if not force:
+        raise AlreadyExistsError(
+            f"{out}: holds another dataset (fingerprint {str(old_fp)[:12]}…, new {card['fingerprint'][:12]}…); "
+            f"pass --force to replace it (its masks and shards go too)")
+    return "replaced"
+
+
 @releasing
 def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
     """Write atomically to `out`: "written", "unchanged" (the same dataset is there, intact),
@@ -263,24 +284,9 @@ def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
     made = claim(out, "dataset", "--out")
     sweep_stale(out)
     card = m.dataset_card()
-    state = "written"
-    if not made and not is_empty_but_temporaries(out, MARKER):  # only a marker: a build killed before publishing
-        try:
-            old_fp = DatasetFolder(out).card.get("fingerprint")
-        except BadInputError:
-            old_fp = None
-        if old_fp == card["fingerprint"]:
-            try:
-                read_manifest(out)
-                return "unchanged"
-            except BadInputError:
-                state = "repaired"  # the same dataset with a damaged file: rewrite the manifest, keep masks and shards
-        elif not force:
-            raise AlreadyExistsError(
-                f"{out}: holds another dataset (fingerprint {str(old_fp)[:12]}…, new {card['fingerprint'][:12]}…); "
-                f"pass --force to replace it (its masks and shards go too)")
-        else:
-            state = "replaced"
+    state = "written" if made or is_empty_but_temporaries(out, MARKER) else _existing(out, card, force)
+    if state == "unchanged":
+        return state
     staged = staging_dir(out)
     try:
         (staged / CATEGORIES_PARQUET).write_bytes(_table_bytes(categories_table(m)))
