@@ -26,7 +26,7 @@ from .manifest import SPLITS, Manifest, read_manifest
 from .masks import MASKS_DIR, read_mask
 from .progress import progress_bar
 from .readers import MissingFileError, file_size, is_remote, join, local_path, open_binary
-from .shards import INDEX, SHARDS_DIR, read_index
+from .shards import INDEX, SHARDS_DIR, read_index, split_member
 
 JSON_MEMBER_LIMIT = 1 << 20
 
@@ -137,12 +137,13 @@ def check_shard(shard_url: str, entry: dict[str, Any], chain: _Chain, on_read=la
 
 def _check_member(shard_url, tar, member, members, keys, split, chain: _Chain) -> list[str]:
     name = member.name
-    if not member.isfile() or "/" in name or "." not in name:
+    parts = split_member(name) if member.isfile() and "/" not in name else None
+    if parts is None:
         return [f"{shard_url}: member {name!r} is not a sample file (<key>.jpg / <key>.json)"]
     if name in members:
         return [f"{shard_url}: member {name} appears twice"]
     members.add(name)
-    key, ext = name.split(".", 1)
+    key, ext = parts
     if ext == "jpg":
         return []
     if ext != "json":
