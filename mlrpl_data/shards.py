@@ -28,7 +28,7 @@ import numpy as np
 
 from . import __version__
 from .errors import BadInputError, check_interrupt
-from .fsutil import atomic_write_bytes, sha256_file
+from .fsutil import atomic_path, atomic_write_bytes, sha256_file
 from .images import BadImageError, probe, reencode
 from .manifest import Manifest, read_manifest
 from .options import check_ranges, choices, opt, progress_field
@@ -218,10 +218,9 @@ def write_shard(job: ShardJob) -> dict[str, Any]:
     No fsync: a shard is trusted on resume only if its sha256 still matches its record.
     """
     out_dir = Path(job.out_dir)
-    tmp = out_dir / f".{job.name}.tmp-{os.getpid()}"
     skipped, differs, keys, tar = [], [], [], None
     try:
-        with open(tmp, "wb", buffering=1 << 20) as f:
+        with atomic_path(out_dir / job.name) as tmp, open(tmp, "wb", buffering=1 << 20) as f:
             tar = TarWriter(f)
             for s in job.samples:
                 try:
@@ -237,11 +236,9 @@ def write_shard(job: ShardJob) -> dict[str, Any]:
                 tar.add(member_name(s["key"], "json"), meta)
                 keys.append(s["key"])
             tar.close()
-        os.replace(tmp, out_dir / job.name)
     except BaseException:
         if tar is not None and tar._t.is_alive():
             tar.abort()
-        tmp.unlink(missing_ok=True)
         raise
     record = {"name": job.name, "split": job.name.split("-")[0], "samples": len(keys), "bytes": tar.n,
               "sha256": tar.h.hexdigest(), "first_key": keys[0] if keys else None, "last_key": keys[-1] if keys else None,

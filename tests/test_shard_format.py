@@ -86,3 +86,23 @@ def test_member_grammar_splits_at_the_first_dot():
     assert split_member("k.seg.png") == ("k", "seg.png")  # WebDataset's rule: the key ends at the first dot
     assert split_member("README") is None
     assert split_member(".json") == ("", "json")
+
+
+def test_atomic_path_renames_when_complete_and_leaves_the_old_file_on_failure(tmp_path):
+    from mlrpl_data.fsutil import atomic_path
+
+    dest = tmp_path / "a" / "b" / "x.tar"
+    with atomic_path(dest) as tmp:
+        assert tmp.parent == dest.parent and tmp.name.startswith(".x.tar.tmp-")
+        tmp.write_bytes(b"first")
+        assert not dest.exists()  # nothing under the real name until the block ends
+    assert dest.read_bytes() == b"first"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert dest.read_bytes() == b"first" and sorted(p.name for p in dest.parent.iterdir()) == ["x.tar"]
+    with pytest.raises(OSError):
+        with atomic_path(tmp_path / "new" / "deeper" / "y") as tmp:
+            raise OSError(28, "No space left on device")
+    assert not (tmp_path / "new").exists()  # the folders it made for a write that failed are gone
