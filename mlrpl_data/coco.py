@@ -24,6 +24,13 @@ from .progress import progress_bar
 from .missing import check_missing
 from .rawfiles import present_files, raw_path, refuse_duplicates
 from .specs import load_spec
+from .formats import SourceTerms
+
+# the source's licence and citation, for the dataset card (formats.source_terms)
+TERMS = {"coco": SourceTerms(
+    "cc-by-4.0", "COCO annotations: CC BY 4.0 (https://cocodataset.org/#termsofuse); the images are "
+    "Flickr photos under the Flickr terms of use.",
+    "Lin et al., Microsoft COCO: Common Objects in Context, ECCV 2014.")}
 
 SOURCE_SPLITS = {"train": "train", "val": "test"}
 

@@ -18,6 +18,10 @@ import pandas as pd
 from .errors import BadInputError
 from .options import allow_missing_field, check_ranges, choices, opt, progress_field
 from .rawfiles import raw_path, read_csv, refuse_duplicates
+from .formats import SourceTerms
+
+# the source's licence and citation, for the dataset card (formats.source_terms)
+TERMS = {"csv": SourceTerms("other", "A lab's own data: see its owners' licence.")}
 
 VALUES = {"1": 1, "-1": -1, "0": 0, "": 0}
 ZeroMeans = choices("ZeroMeans", "absent unknown", __name__)

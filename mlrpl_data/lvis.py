@@ -23,6 +23,13 @@ from .jsonio import check_records, parse_json
 from .manifest import Manifest, validate
 from .missing import refuse_missing
 from .options import allow_missing_field, check_ranges, opt, progress_field
+from .formats import SourceTerms
+
+# the source's licence and citation, for the dataset card (formats.source_terms)
+TERMS = {"lvis": SourceTerms(
+    "cc-by-4.0", "LVIS annotations: CC BY 4.0 (https://www.lvisdataset.org/); the images are COCO 2017's, "
+    "Flickr photos under the Flickr terms of use.",
+    "Gupta et al., LVIS: A Dataset for Large Vocabulary Instance Segmentation, CVPR 2019.")}
 
 FILES = {"train": "lvis_v1_train.json", "test": "lvis_v1_val.json"}
 

@@ -26,6 +26,20 @@ from .progress import progress_bar
 from .rawfiles import raw_path, read_lines, refuse_duplicates
 from .missing import listdir_names, refuse_missing
 from .fsutil import sha256_file
+from .formats import SourceTerms
+
+# the source's licence and citation, for the dataset card (formats.source_terms)
+TERMS = {
+    "vg-raw": SourceTerms(
+        "cc-by-4.0", "Visual Genome: CC BY 4.0 (https://homes.cs.washington.edu/~ranjay/visualgenome/).",
+        "Krishna et al., Visual Genome: Connecting Language and Vision Using Crowdsourced Dense Image "
+        "Annotations, IJCV 2017."),
+    "vg-ssgrl": SourceTerms(
+        "cc-by-4.0", "Visual Genome: CC BY 4.0; the benchmark split lists come from SSGRL "
+        "(https://github.com/HCPLab-SYSU/SSGRL).",
+        "Krishna et al., Visual Genome, IJCV 2017; Chen et al., Learning Semantic-Specific Graph "
+        "Representation for Multi-Label Image Recognition (SSGRL), ICCV 2019."),
+}
 
 IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
 _WS = re.compile(r"\s+")

@@ -24,6 +24,13 @@ from .progress import progress_bar
 from .rawfiles import read_lines
 from .missing import refuse_missing
 from .specs import load_spec, voc20_names
+from .formats import SourceTerms
+
+# the source's licence and citation, for the dataset card (formats.source_terms)
+TERMS = {"voc": SourceTerms(
+    "other", "PASCAL VOC 2007: the images are Flickr photos under the Flickr terms of use; the annotations "
+    "are for research use (http://host.robots.ox.ac.uk/pascal/VOC/voc2007/).",
+    "Everingham et al., The PASCAL Visual Object Classes (VOC) Challenge, IJCV 2010.")}
 
 SPLIT_FILES = {"train": "trainval.txt", "test": "test.txt"}
 SOURCE_NAMES = {"train": "trainval", "test": "test"}
