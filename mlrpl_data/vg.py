@@ -20,11 +20,12 @@ import pandas as pd
 
 from .errors import BadInputError
 from .jsonio import check_records, load_json
-from .manifest import Manifest, validate
+from .assemble import make_manifest
+from .manifest import Manifest
 from .options import allow_missing_field, check_ranges, opt, progress_field
 from .progress import progress_bar
 from .rawfiles import raw_path, read_lines, refuse_duplicates
-from .missing import listdir_names, refuse_missing
+from .missing import drop_missing, listdir_names
 from .fsutil import sha256_file
 from .formats import SourceTerms
 
@@ -42,6 +43,7 @@ TERMS = {
 }
 
 IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
+MISSING_WHAT = f"image(s) missing from {'/, '.join(IMAGE_FOLDERS)}/"
 _WS = re.compile(r"\s+")
 
 
@@ -163,17 +165,6 @@ def _resolve_paths(root: Path, file_names: list[str], hinted: list[str | None]) 
     return out
 
 
-def _drop_missing(frame: pd.DataFrame, labels: np.ndarray, paths: list, root: Path, allow: bool):
-    gone = [i for i, p in enumerate(paths) if p is None]
-    if not gone:
-        return frame, labels, []
-    records = [{"key": frame["key"].iat[i], "split": frame["split"].iat[i], "path": frame["path"].iat[i]} for i in gone]
-    if not allow:
-        refuse_missing(records, root, f"image(s) missing from {'/, '.join(IMAGE_FOLDERS)}/", root=root)
-    keep = np.array([p is not None for p in paths])
-    return frame[keep], labels[keep], records
-
-
 def build_vg200(cfg: VgConfig) -> Manifest:
     """Build VG-200 from the raw release (rows in image_data.json order)."""
     root = Path(cfg.root)
@@ -243,9 +234,11 @@ def build_vg200(cfg: VgConfig) -> Manifest:
         }
     )
     paths = _resolve_paths(root, [f"{i}.jpg" for i in ids], hints)
-    frame, labels, missing = _drop_missing(frame, labels, paths, root, cfg.allow_missing)
+    frame, labels, missing = drop_missing(frame, labels, [p is not None for p in paths], cfg.allow_missing, root,
+                                          MISSING_WHAT, root=root)
     frame["path"] = [p for p in paths if p is not None] if missing else paths
-    m = Manifest(
+    return make_manifest(
+        root,
         name="vg200",
         version="raw",
         category_names=vocab,
@@ -256,12 +249,9 @@ def build_vg200(cfg: VgConfig) -> Manifest:
                  "aliases": bool(aliases), "fixed_vocabulary": bool(cfg.vocabulary)},
         sources=[{"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
                  for p in (img_path, obj_path, Path(alias_path)) if p.exists()],
-        root=str(root.resolve()),
         extra={"vocabulary": "vg200-raw", "benchmark": None, "image_counts": {n: image_counts[n] for n in vocab}, "missing": missing,
                "warnings": warnings},
     )
-    validate(m, str(root))
-    return m
 
 
 def read_name_list(path: Path) -> list[tuple[str, str]]:
@@ -330,7 +320,8 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
     frame = pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"])
     labels = np.stack(label_rows)
     paths = _resolve_paths(root, frame["path"].tolist(), [None] * len(frame))
-    frame, labels, missing = _drop_missing(frame, labels, paths, root, cfg.allow_missing)
+    frame, labels, missing = drop_missing(frame, labels, [p is not None for p in paths], cfg.allow_missing, root,
+                                          MISSING_WHAT, root=root)
     frame["path"] = [p for p in paths if p is not None]
     unknown = frame["width"].to_numpy() < 0
     if unknown.any():  # no image_data.json: read the sizes from the image headers (as the other builders)
@@ -343,7 +334,8 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
     # the benchmark is SSGRL's lists with a 200-class labels file: other lists of the same sizes are not
     same_lists = ssgrl_lists_match(train, test)
     benchmark = VG200_BENCHMARK if label_classes == 200 and same_lists else None
-    m = Manifest(
+    return make_manifest(
+        root,
         name="vg200",
         version="ssgrl",
         category_names=names,
@@ -353,9 +345,6 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
         options={"format": "vg-ssgrl", "num_classes": c, "label_classes": label_classes},
         sources=[{"file": Path(p).name, "sha256": sha256_file(Path(p)), "bytes": Path(p).stat().st_size}
                  for p in (cfg.train_list, cfg.test_list, cfg.labels)],
-        root=str(root.resolve()),
         extra={"vocabulary": "vg200 (SSGRL's 200-class labels)" if benchmark else f"vg500[0:{c}] (SSGRL's VG-500 labels)",
                "benchmark": benchmark, "ssgrl_lists": same_lists, "missing": missing},
     )
-    validate(m, str(root))
-    return m

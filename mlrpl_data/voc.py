@@ -18,11 +18,12 @@ from xml.etree.ElementTree import ParseError
 
 from .errors import BadInputError
 from .fsutil import sha256_file
-from .manifest import Manifest, validate
+from .assemble import make_manifest
+from .manifest import Manifest
 from .options import allow_missing_field, choices, check_ranges, opt, progress_field
 from .progress import progress_bar
 from .rawfiles import read_lines
-from .missing import refuse_missing
+from .missing import drop_missing
 from .specs import load_spec, voc20_names
 from .formats import SourceTerms
 
@@ -116,7 +117,7 @@ def build_voc07(cfg: VocConfig) -> Manifest:
     class_index = {n: i for i, n in enumerate(names)}
     spec = load_spec("voc20")
     jpegs = {p.name for p in (voc / "JPEGImages").glob("*")} if (voc / "JPEGImages").is_dir() else set()
-    rows, label_rows, missing, sources, checks, listed_in = [], [], [], [], {}, {}
+    rows, label_rows, on_disk, no_xml, sources, checks, listed_in = [], [], [], [], [], {}, {}
     bar = progress_bar(None, "build-voc07", "xml", cfg.progress)
     for split, fname in SPLIT_FILES.items():
         list_path = voc / "ImageSets" / "Main" / fname
@@ -137,33 +138,35 @@ def build_voc07(cfg: VocConfig) -> Manifest:
             key = f"voc2007_{SOURCE_NAMES[split]}_{image_id}"
             rel = f"JPEGImages/{image_id}.jpg"
             xml = voc / "Annotations" / f"{image_id}.xml"
-            if not xml.exists() or f"{image_id}.jpg" not in jpegs:
-                missing.append({"key": key, "split": split, "path": rel, "annotation_missing": not xml.exists()})
+            no_xml.append(not xml.exists())
+            on_disk.append(not no_xml[-1] and f"{image_id}.jpg" in jpegs)
+            if not on_disk[-1]:  # a row to drop (or refuse): no labels to read
+                rows.append((key, split, rel, 0, 0))
+                label_rows.append(np.zeros(len(names), np.int8))
                 continue
             labels, w, h = parse_annotation(xml, class_index, cfg.difficult)
             rows.append((key, split, rel, w, h))
             label_rows.append(labels)
             bar.update(1)
     bar.close()
-    if missing and not cfg.allow_missing:
-        refuse_missing(missing, voc, "listed image(s) lack their JPEG or XML", root=voc)
-    if not rows:
+    images, labels, missing = drop_missing(pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"]),
+                                           np.stack(label_rows) if label_rows else np.zeros((0, len(names)), np.int8),
+                                           on_disk, cfg.allow_missing, voc, "listed image(s) lack their JPEG or XML",
+                                           root=voc, notes={"annotation_missing": no_xml})
+    if not len(images):
         raise BadInputError(f"{voc}: no image has both its XML and JPEG")
     for split in SPLIT_FILES:
-        if not any(r[1] == split for r in rows):
+        if not images["split"].eq(split).any():
             raise BadInputError(f"{voc}: split {split} ({SPLIT_FILES[split]}) has no image left")
-    images = pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"])
-    m = Manifest(
+    return make_manifest(
+        voc,
         name="voc2007",
         version="2007",
         category_names=names,
         category_source_ids=names,
         images=images,
-        labels=np.stack(label_rows),
+        labels=labels,
         options={"format": "voc", "difficult": cfg.difficult},
         sources=sources,
-        root=str(voc.resolve()),
         extra={"vocabulary": "voc20", "spec_checks": checks, "missing": missing},
     )
-    validate(m, str(voc))
-    return m
