@@ -154,6 +154,28 @@ def _split_rows(data: dict, path: Path, split: str, year: str, prefix: str, col_
     return frame, labels
 
 
+def _count_checks(cfg: CocoConfig, frames: list[pd.DataFrame], missing_all: list[dict]) -> dict[str, str]:
+    """Each split's image count (on disk + missing) against manifests/coco80.json's for the year: a
+    difference is a BadInputError naming the annotation file unless --subset says it is deliberate."""
+    checks = {}
+    expected = load_spec("coco80")["expected_counts"].get(str(cfg.year), {})
+    for split in cfg.splits:
+        got = sum(f["split"].eq(SOURCE_SPLITS[split]).sum() for f in frames) + sum(
+            1 for m in missing_all if m["split"] == SOURCE_SPLITS[split]
+        )
+        want = expected.get(split)
+        if want is not None and got != want:
+            if not cfg.subset:
+                raise BadInputError(
+                    f"{annotation_path(Path(cfg.root), split, cfg.year)}: {got:,} images, manifests/coco80.json "
+                    f"expects {want:,} for {split}{cfg.year}; pass --subset if this is a deliberate subset"
+                )
+            checks[f"{split}{cfg.year}"] = f"{got} images, official {want} (subset)"
+        elif want is not None:
+            checks[f"{split}{cfg.year}"] = f"{got} images, as official"
+    return checks
+
+
 def build_coco(cfg: CocoConfig) -> Manifest:
     """Build the manifest of a COCO-format dataset (images.parquet rows in JSON image order)."""
     root = Path(cfg.root)
@@ -189,23 +211,7 @@ def build_coco(cfg: CocoConfig) -> Manifest:
     names, ids, _ = vocab
     is_coco80 = _check_coco80(names, ids, vocab[2])
     images = pd.concat(frames, ignore_index=True)
-    checks = {}
-    if is_coco80:
-        expected = load_spec("coco80")["expected_counts"].get(str(cfg.year), {})
-        for split in cfg.splits:
-            got = sum(f["split"].eq(SOURCE_SPLITS[split]).sum() for f in frames) + sum(
-                1 for m in missing_all if m["split"] == SOURCE_SPLITS[split]
-            )
-            want = expected.get(split)
-            if want is not None and got != want:
-                if not cfg.subset:
-                    raise BadInputError(
-                        f"{annotation_path(root, split, cfg.year)}: {got:,} images, manifests/coco80.json expects "
-                        f"{want:,} for {split}{cfg.year}; pass --subset if this is a deliberate subset"
-                    )
-                checks[f"{split}{cfg.year}"] = f"{got} images, official {want} (subset)"
-            elif want is not None:
-                checks[f"{split}{cfg.year}"] = f"{got} images, as official"
+    checks = _count_checks(cfg, frames, missing_all) if is_coco80 else {}
     return make_manifest(
         root,
         name=prefix,

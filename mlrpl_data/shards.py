@@ -305,12 +305,27 @@ def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
     kept, todo = [], []
     for p in mine:
         (kept if _matching_record(out_dir, p) else todo).append(p)
-    bar = progress_bar(sum(len(p.rows) for p in todo), "write-shards", "img", cfg.progress)
-    written = []
     keys, paths, fingerprint = m.keys, m.images["path"].to_numpy(), m.fingerprint
     jobs = (_job(m, keys, paths, fingerprint, p, out_dir, cfg) for p in todo)
+    written = _write_all(jobs, len(todo), sum(len(p.rows) for p in todo), out_dir, cfg)
+    complete = all(_matching_record(out_dir, p, check_bytes=False) for p in plans)
+    index = assemble_index(m, out_dir, plans) if complete else None
+    if complete:
+        from .card import refresh
+
+        refresh(dataset_dir)
+    return ShardResult(written=sorted(written), kept=[p.name for p in kept], complete=complete, index=index)
+
+
+def _write_all(jobs: Iterable[ShardJob], shards: int, samples: int, out_dir: Path, cfg: ShardConfig) -> list[str]:
+    """Write `shards` shards (`samples` samples in all, for the progress bar), in cfg.workers processes
+    when there is more than one shard; returns the names written, in the order they finished."""
+    from .ownership import sweep_stale
+
+    bar = progress_bar(samples, "write-shards", "img", cfg.progress)
+    written = []
     try:
-        if cfg.workers <= 1 or len(todo) <= 1:
+        if cfg.workers <= 1 or shards <= 1:
             for job in jobs:
                 check_interrupt()
                 rec = write_shard(job)
@@ -332,13 +347,7 @@ def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
                 raise
     finally:
         bar.close()
-    complete = all(_matching_record(out_dir, p, check_bytes=False) for p in plans)
-    index = assemble_index(m, out_dir, plans) if complete else None
-    if complete:
-        from .card import refresh
-
-        refresh(dataset_dir)
-    return ShardResult(written=sorted(written), kept=[p.name for p in kept], complete=complete, index=index)
+    return written
 
 
 def assemble_index(m: Manifest, out_dir: Path, plans: list[ShardPlan]) -> dict[str, Any]:

@@ -110,30 +110,38 @@ def parse_annotation(path: Path, class_index: dict[str, int], difficult: str) ->
     return labels, width, height
 
 
+def _split_ids(voc: Path, split: str, fname: str, listed_in: dict[str, str], sources: list[dict],
+               checks: dict[str, str], subset: bool) -> list[str]:
+    """The image ids of one split's ImageSets/Main list; records the list in `sources`, its count against
+    manifests/voc20.json in `checks` and its ids in `listed_in`. BadInputError naming the list for an id
+    another split lists, or a count other than the official one unless `subset`."""
+    list_path = voc / "ImageSets" / "Main" / fname
+    ids, sha = read_image_set(list_path)
+    clash = next((i for i in ids if i in listed_in), None)
+    if clash is not None:  # one image in both splits would be trained on and tested on
+        raise BadInputError(f"{list_path}: image id {clash} is also in {listed_in[clash]}; an image belongs to "
+                            f"one split")
+    listed_in.update((i, fname) for i in ids)
+    sources.append({"file": f"ImageSets/Main/{fname}", "sha256": sha, "bytes": list_path.stat().st_size})
+    want = load_spec("voc20")["expected_counts"][SOURCE_NAMES[split]]
+    if len(ids) != want and not subset:
+        raise BadInputError(
+            f"{list_path}: {len(ids):,} ids, manifests/voc20.json expects {want:,}; pass --subset if deliberate"
+        )
+    checks[SOURCE_NAMES[split]] = f"{len(ids)} listed, official {want}"
+    return ids
+
+
 def build_voc07(cfg: VocConfig) -> Manifest:
     """Build the VOC 2007 manifest (rows in trainval.txt, then test.txt order)."""
     voc = find_voc2007(cfg.root)
     names = voc20_names()
     class_index = {n: i for i, n in enumerate(names)}
-    spec = load_spec("voc20")
     jpegs = {p.name for p in (voc / "JPEGImages").glob("*")} if (voc / "JPEGImages").is_dir() else set()
     rows, label_rows, on_disk, no_xml, sources, checks, listed_in = [], [], [], [], [], {}, {}
     bar = progress_bar(None, "build-voc07", "xml", cfg.progress)
     for split, fname in SPLIT_FILES.items():
-        list_path = voc / "ImageSets" / "Main" / fname
-        ids, sha = read_image_set(list_path)
-        clash = next((i for i in ids if i in listed_in), None)
-        if clash is not None:  # one image in both splits would be trained on and tested on
-            raise BadInputError(f"{list_path}: image id {clash} is also in {listed_in[clash]}; an image belongs to "
-                                f"one split")
-        listed_in.update((i, fname) for i in ids)
-        sources.append({"file": f"ImageSets/Main/{fname}", "sha256": sha, "bytes": list_path.stat().st_size})
-        want = spec["expected_counts"][SOURCE_NAMES[split]]
-        if len(ids) != want and not cfg.subset:
-            raise BadInputError(
-                f"{list_path}: {len(ids):,} ids, manifests/voc20.json expects {want:,}; pass --subset if deliberate"
-            )
-        checks[SOURCE_NAMES[split]] = f"{len(ids)} listed, official {want}"
+        ids = _split_ids(voc, split, fname, listed_in, sources, checks, cfg.subset)
         for image_id in ids:
             key = f"voc2007_{SOURCE_NAMES[split]}_{image_id}"
             rel = f"JPEGImages/{image_id}.jpg"
