@@ -15,7 +15,7 @@ import pandas as pd
 from .errors import BadInputError
 from .images import header_size
 from .manifest import Manifest, validate
-from .missing import refuse_missing
+from .missing import drop_missing
 from .progress import progress_bar
 
 
@@ -25,11 +25,8 @@ def assemble(*, name: str, version: str, classes: list[str], source_ids: list[st
     """`rows`: key, split, path (relative to `root`), one per row of `labels`."""
     root = Path(root)
     exists = np.fromiter(((root / p).is_file() for p in rows["path"]), dtype=bool, count=len(rows))
-    missing = [{"key": k, "split": s, "path": p} for k, s, p, ok in
-               zip(rows["key"], rows["split"], rows["path"], exists) if not ok]
-    if missing and not allow_missing:
-        refuse_missing(missing, root, "image(s) of the annotations missing on disk", root=root)
-    rows, labels = rows[exists].reset_index(drop=True), labels[exists]
+    rows, labels, missing = drop_missing(rows, labels, exists, allow_missing, root,
+                                         "image(s) of the annotations missing on disk", root=root)
     if not len(rows):
         raise BadInputError(f"{root}: no image of the annotations is on disk")
     with progress_bar(len(rows), f"{name}: image sizes", "img", progress) as bar, \
@@ -42,9 +39,21 @@ def assemble(*, name: str, version: str, classes: list[str], source_ids: list[st
         sizes = list(pool.map(size, rows["path"]))
     images = rows.assign(width=[w for w, _ in sizes], height=[h for _, h in sizes])[
         ["key", "split", "path", "width", "height"]]
-    m = Manifest(name=name, version=version, category_names=list(classes), category_source_ids=list(source_ids),
-                 images=images, labels=labels, options=options, sources=sources, root=str(root.resolve()),
-                 extra={**(extra or {}), "missing": missing})
+    return make_manifest(root, name=name, version=version, category_names=list(classes),
+                         category_source_ids=list(source_ids), images=images, labels=labels, options=options,
+                         sources=sources, extra={**(extra or {}), "missing": missing})
+
+
+def make_manifest(root: Path, *, name: str, version: str, category_names: list[str], category_source_ids: list[str],
+                  images: pd.DataFrame, labels: np.ndarray, options: dict[str, Any], sources: list[dict[str, Any]],
+                  extra: dict[str, Any]) -> Manifest:
+    """Every builder's last step: the Manifest of these fields (manifest.Manifest's: images key, split,
+    path relative to `root`, width, height; labels (N, C) int8 1/-1/0; extra in the order dataset.json
+    writes it), its raw root `root` as this machine's absolute path, validated (manifest.validate:
+    BadInputError naming `root` for a manifest that breaks the schema)."""
+    m = Manifest(name=name, version=version, category_names=category_names, category_source_ids=category_source_ids,
+                 images=images, labels=labels, options=options, sources=sources, root=str(Path(root).resolve()),
+                 extra=extra)
     validate(m, str(root))
     return m
 

@@ -14,36 +14,8 @@ or a local path, so two labs with the same data write the same bytes.
 
 from __future__ import annotations
 
-LICENCES = {
-    "coco": ("cc-by-4.0", "COCO annotations: CC BY 4.0 (https://cocodataset.org/#termsofuse); the images are "
-             "Flickr photos under the Flickr terms of use."),
-    "voc": ("other", "PASCAL VOC 2007: the images are Flickr photos under the Flickr terms of use; the annotations "
-            "are for research use (http://host.robots.ox.ac.uk/pascal/VOC/voc2007/)."),
-    "vg-raw": ("cc-by-4.0", "Visual Genome: CC BY 4.0 (https://homes.cs.washington.edu/~ranjay/visualgenome/)."),
-    "vg-ssgrl": ("cc-by-4.0", "Visual Genome: CC BY 4.0; the benchmark split lists come from SSGRL "
-                 "(https://github.com/HCPLab-SYSU/SSGRL)."),
-    "openimages": ("cc-by-4.0", "Open Images: the annotations are CC BY 4.0, the images are listed as CC BY 2.0 "
-                   "(https://storage.googleapis.com/openimages/web/factsfigures.html); check each image's own licence."),
-    "lvis": ("cc-by-4.0", "LVIS annotations: CC BY 4.0 (https://www.lvisdataset.org/); the images are COCO 2017's, "
-             "Flickr photos under the Flickr terms of use."),
-    "nuswide": ("other", "NUS-WIDE: for research use (https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/"
-                "nuswide/NUS-WIDE.html); the images are Flickr photos under the Flickr terms of use."),
-    "csv": ("other", "A lab's own data: see its owners' licence."),
-}
-DIGITS = ("cc-by-4.0", "The digit scans are scikit-learn's copy of the UCI optical recognition of handwritten digits "
-          "data (CC BY 4.0); the composed images and labels are made by mlrpl.")
-CITATIONS = {
-    "coco": "Lin et al., Microsoft COCO: Common Objects in Context, ECCV 2014.",
-    "voc": "Everingham et al., The PASCAL Visual Object Classes (VOC) Challenge, IJCV 2010.",
-    "vg-raw": "Krishna et al., Visual Genome: Connecting Language and Vision Using Crowdsourced Dense Image "
-              "Annotations, IJCV 2017.",
-    "vg-ssgrl": "Krishna et al., Visual Genome, IJCV 2017; Chen et al., Learning Semantic-Specific Graph "
-                "Representation for Multi-Label Image Recognition (SSGRL), ICCV 2019.",
-    "openimages": "Kuznetsova et al., The Open Images Dataset V4, IJCV 2020.",
-    "lvis": "Gupta et al., LVIS: A Dataset for Large Vocabulary Instance Segmentation, CVPR 2019.",
-    "nuswide": "Chua et al., NUS-WIDE: A Real-World Web Image Database from National University of Singapore, "
-               "CIVR 2009.",
-}
+from .formats import source_terms
+
 PAPER = ("Pu et al., Dual-Perspective Semantic-Aware Representation Blending for Multi-Label Image Recognition "
          "with Partial Labels, arXiv 2205.13092.")
 
@@ -75,7 +47,7 @@ def dataset_card(folder) -> str:
     its card, mask sidecars and shard index. Raises BadInputError when dataset.json is damaged."""
     card = folder.card
     fmt = card.get("options", {}).get("format", "")
-    licence, licence_text = DIGITS if card["name"].startswith("digits") else LICENCES.get(fmt, ("other", "See the source."))
+    licence, licence_text, citation = source_terms(fmt, card["name"])  # the builder's own (formats.py)
     masks = folder.mask_sidecars(skip_bad=True)  # a damaged mask is verify's to report, not the card's
     index = folder.index
     head = yaml_header(card, licence, masks, index)
@@ -107,8 +79,8 @@ def dataset_card(folder) -> str:
         body += ["", f"Shards: {len(index['shards'])} ({', '.join(f'{k} {v:,} samples' for k, v in index['splits'].items())})"
                  + (f"; {len(index['skipped'])} bad image(s) left out (listed in shards/index.json)." if index["skipped"] else ".")]
     body += ["", "## Licence", "", licence_text, "", "## Citation", ""]
-    if fmt in CITATIONS and not card["name"].startswith("digits"):
-        body.append(f"- The dataset: {CITATIONS[fmt]}")
+    if citation:
+        body.append(f"- The dataset: {citation}")
     body += [f"- The method this toolkit trains: {PAPER}",
              f"- The toolkit: mlrpl {card.get('mlrpl_version', '')}, multi-label recognition with partial labels."]
     return "\n".join(head + [""] + body) + "\n"

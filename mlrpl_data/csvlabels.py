@@ -18,6 +18,10 @@ import pandas as pd
 from .errors import BadInputError
 from .options import allow_missing_field, check_ranges, choices, opt, progress_field
 from .rawfiles import raw_path, read_csv, refuse_duplicates
+from .formats import SourceTerms
+
+# the source's licence and citation, for the dataset card (formats.source_terms)
+TERMS = {"csv": SourceTerms("other", "A lab's own data: see its owners' licence.")}
 
 VALUES = {"1": 1, "-1": -1, "0": 0, "": 0}
 ZeroMeans = choices("ZeroMeans", "absent unknown", __name__)
@@ -57,6 +61,36 @@ def _split(path: str, fraction: float) -> str:
     return "test" if u < fraction else "train"
 
 
+def _classes(header: list[str], col: dict[str, int], body: list, where: str) -> list[str]:
+    """The class names: the header's columns other than path/split, or (with a labels column) every
+    ;-joined name it holds, sorted. BadInputError naming the CSV for both forms at once, an unnamed
+    column or no class at all."""
+    classes = [h for h in header if h not in ("path", "split", "labels")]
+    if "labels" in col:
+        if classes:
+            raise BadInputError(f"{where}: use either a labels column or one column per class, not both "
+                                f"(also found {', '.join(classes[:3])})")
+        classes = sorted({n.strip() for _, r in body for n in r[col["labels"]].split(";") if n.strip()})
+    if "" in classes:
+        raise BadInputError(f"{where}: column {header.index('') + 1} has no name in the header; name it or remove it")
+    if not classes:
+        raise BadInputError(f"{where}: no class (a column per class, or a labels column of ;-joined names)")
+    return classes
+
+
+def _apply_zero_means(cfg: CsvConfig, labels: np.ndarray, body: list, col: dict[str, int], classes: list[str],
+                      where: str) -> None:
+    """--zero-means on a CSV of class columns: `absent` turns its 0 cells to -1 in `labels` (N, C) in
+    place; a 0/1 CSV (0s, never a -1) without the option is a BadInputError asking which it means."""
+    zeros = any(r[col[c]] == "0" for _, r in body for c in classes)
+    if cfg.zero_means is None and zeros and not (labels == -1).any():
+        raise BadInputError(f"{where}: the class columns hold 0 and 1 but never -1, so 0 may mean absent (a 0/1 "
+                            f"export) or unknown; say which: --zero-means absent or --zero-means unknown")
+    if cfg.zero_means == "absent":
+        zero = np.array([[r[col[c]] == "0" for c in classes] for _, r in body], bool).reshape(labels.shape)
+        labels[zero] = -1
+
+
 def build_csv(cfg: CsvConfig):
     from .assemble import assemble, file_key, source_record
 
@@ -68,16 +102,7 @@ def build_csv(cfg: CsvConfig):
     if len(col) != len(header):
         raise BadInputError(f"{where}: a column name is repeated in the header")
     named = "labels" in col
-    classes = [h for h in header if h not in ("path", "split", "labels")]
-    if named:
-        if classes:
-            raise BadInputError(f"{where}: use either a labels column or one column per class, not both "
-                                f"(also found {', '.join(classes[:3])})")
-        classes = sorted({n.strip() for _, r in body for n in r[col["labels"]].split(";") if n.strip()})
-    if "" in classes:
-        raise BadInputError(f"{where}: column {header.index('') + 1} has no name in the header; name it or remove it")
-    if not classes:
-        raise BadInputError(f"{where}: no class (a column per class, or a labels column of ;-joined names)")
+    classes = _classes(header, col, body, where)
     index = {c: j for j, c in enumerate(classes)}
     labels = np.zeros((len(body), len(classes)), np.int8)
     paths, splits, lines = [], [], []
@@ -103,13 +128,7 @@ def build_csv(cfg: CsvConfig):
                     raise BadInputError(f"{where}: line {line}, column {c!r}: {v!r} must be 1, -1, 0 or empty")
                 labels[i, j] = VALUES[v]
     if not named:
-        zeros = any(r[col[c]] == "0" for _, r in body for c in classes)
-        if cfg.zero_means is None and zeros and not (labels == -1).any():
-            raise BadInputError(f"{where}: the class columns hold 0 and 1 but never -1, so 0 may mean absent (a 0/1 "
-                                f"export) or unknown; say which: --zero-means absent or --zero-means unknown")
-        if cfg.zero_means == "absent":
-            zero = np.array([[r[col[c]] == "0" for c in classes] for _, r in body], bool).reshape(labels.shape)
-            labels[zero] = -1
+        _apply_zero_means(cfg, labels, body, col, classes, where)
     refuse_duplicates(zip(paths, lines), "image")  # one file in two rows (or two splits)
     keys = [file_key(cfg.name, p.rsplit(".", 1)[0]) for p in paths]
     refuse_duplicates(zip(keys, lines), "image key (paths differing only in '.', '/' or the extension)")

@@ -22,6 +22,12 @@ from PIL import Image
 from .fsutil import atomic_write_text
 from .options import check_ranges, opt
 from .ownership import releasing
+from .formats import SourceTerms
+
+# the source's licence and citation, for the dataset card (formats.source_terms)
+TERMS = {"digits": SourceTerms(
+    "cc-by-4.0", "The digit scans are scikit-learn's copy of the UCI optical recognition of handwritten digits "
+    "data (CC BY 4.0); the composed images and labels are made by mlrpl.")}  # no citation line: mlrpl's own
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 YEAR = "2014"

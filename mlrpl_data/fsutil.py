@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import shutil
 import zipfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from .errors import BadInputError
 
@@ -90,29 +91,43 @@ class _Sink(io.IOBase):
         return getattr(self.f, name)
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """The one temp-then-rename: yields the temporary sibling of `path` (temp_name) to write, and renames
+    it over `path` when the block ends normally. An exception (a full disk, Ctrl-C, a failed check)
+    removes the temporary and the folders this call made, and leaves the old `path` as it was; a
+    process killed outright leaves only the temporary, which ownership.sweep_stale removes later."""
+    path = Path(path)
+    made = make_parents(path)
+    tmp = temp_name(path, keep_suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        remove_empty(made)
+        raise
+
+
 def atomic_write_with(path: Path, write: Callable[[BinaryIO], None], fsync: bool = True, seal: bool = False,
                       keep_suffix: bool = False) -> None:
     """`write(f)` into a temporary sibling, fsync, seal (a zip: see seal_zip), then rename over `path`.
     A failure (a full disk, a kill) leaves the old `path` as it was and no temporary; a full disk is
     raised as OSError ENOSPC even where the writer (torch) wrapped it."""
     path = Path(path)
-    made = make_parents(path)
-    tmp = temp_name(path, keep_suffix)
     try:
-        with open(tmp, "wb") as f:
-            sink = _Sink(f)
-            write(sink)
-            if sink.error is not None:
-                raise sink.error
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        if seal:
-            seal_zip(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, keep_suffix) as tmp:
+            with open(tmp, "wb") as f:
+                sink = _Sink(f)
+                write(sink)
+                if sink.error is not None:
+                    raise sink.error
+                f.flush()
+                if fsync:
+                    os.fsync(f.fileno())
+            if seal:
+                seal_zip(tmp)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        remove_empty(made)
         cause = _os_error(e) if isinstance(e, Exception) else None
         if cause is not None and (cause is not e or not cause.filename):  # name the file the user asked for
             raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None

@@ -20,9 +20,17 @@ import pandas as pd
 
 from .errors import BadInputError
 from .jsonio import check_records, parse_json
-from .manifest import Manifest, validate
-from .missing import refuse_missing
+from .assemble import make_manifest
+from .manifest import Manifest
+from .missing import drop_missing
 from .options import allow_missing_field, check_ranges, opt, progress_field
+from .formats import SourceTerms
+
+# the source's licence and citation, for the dataset card (formats.source_terms)
+TERMS = {"lvis": SourceTerms(
+    "cc-by-4.0", "LVIS annotations: CC BY 4.0 (https://www.lvisdataset.org/); the images are COCO 2017's, "
+    "Flickr photos under the Flickr terms of use.",
+    "Gupta et al., LVIS: A Dataset for Large Vocabulary Instance Segmentation, CVPR 2019.")}
 
 FILES = {"train": "lvis_v1_train.json", "test": "lvis_v1_val.json"}
 
@@ -84,7 +92,7 @@ def build_lvis(cfg: LvisConfig) -> Manifest:
     if sorted((c["id"], c["name"]) for c in loaded["test"][0]["categories"]) != [(c["id"], c["name"]) for c in cats]:
         raise BadInputError(f"{root / FILES['test']}: its categories differ from those of {FILES['train']}")
     seen_at: dict[str, str] = {}
-    rows, blocks, not_exhaustive, missing, sources = [], [], {}, [], []
+    rows, blocks, on_disk, not_exhaustive, sources = [], [], [], {}, []
     for split, (data, sha, size) in loaded.items():
         where = str(root / FILES[split])
         sources.append({"file": FILES[split], "sha256": sha, "bytes": size})
@@ -104,7 +112,6 @@ def build_lvis(cfg: LvisConfig) -> Manifest:
                 raise BadInputError(f"{where}: annotation {a.get('id')} marks category {a['category_id']} present in "
                                     f"image {a['image_id']}, whose neg_category_ids says it is absent; fix one of them")
             labels[r, c] = 1
-        on_disk = np.ones(len(ids), bool)
         for r, im in enumerate(data["images"]):
             key = f"{cfg.name}_{split}_{im['id']}"
             path = _folder(im, where)
@@ -112,20 +119,15 @@ def build_lvis(cfg: LvisConfig) -> Manifest:
                 raise BadInputError(f"{seen_at[path]} and {where}: images[{r}] (id {im['id']}) are the same image "
                                     f"{path}; keep one of them")
             seen_at[path] = f"{where}: images[{r}] (id {im['id']})"
-            if not (root / path).is_file():
-                missing.append({"key": key, "split": split, "path": path})
-                on_disk[r] = False
-                continue
             rows.append((key, split, path, int(im["width"]), int(im["height"])))
-            if im.get("not_exhaustive_category_ids"):
+            on_disk.append((root / path).is_file())
+            if on_disk[-1] and im.get("not_exhaustive_category_ids"):
                 not_exhaustive[key] = sorted(col[c] for c in im["not_exhaustive_category_ids"] if c in col)
-        blocks.append(labels[on_disk])
-    if missing and not cfg.allow_missing:
-        refuse_missing(missing, root, "image(s) of the LVIS files missing on disk", root=root)
-    m = Manifest(name=cfg.name, version="v1", category_names=[c["name"] for c in cats],
-                 category_source_ids=[str(c["id"]) for c in cats],
-                 images=pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"]),
-                 labels=np.concatenate(blocks), options={"format": "lvis"}, sources=sources, root=str(root.resolve()),
-                 extra={"missing": missing, "not_exhaustive_category_ids": not_exhaustive})
-    validate(m, str(root))
-    return m
+        blocks.append(labels)
+    images, labels, missing = drop_missing(pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"]),
+                                           np.concatenate(blocks), on_disk, cfg.allow_missing, root,
+                                           "image(s) of the LVIS files missing on disk", root=root)
+    return make_manifest(root, name=cfg.name, version="v1", category_names=[c["name"] for c in cats],
+                         category_source_ids=[str(c["id"]) for c in cats], images=images, labels=labels,
+                         options={"format": "lvis"}, sources=sources,
+                         extra={"missing": missing, "not_exhaustive_category_ids": not_exhaustive})

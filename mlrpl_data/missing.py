@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,22 +23,25 @@ def listdir_names(folder: Path) -> set[str]:
         return set()
 
 
-def check_missing(
-    frame: pd.DataFrame,
-    present: set[str],
-    folder: Path,
-    allow_missing: bool,
-    name_of: Callable[[str], str],
-) -> tuple[np.ndarray, list[dict]]:
-    """Boolean mask of rows whose file exists, and the records of those that do not."""
-    keep = np.fromiter((name_of(p) in present for p in frame["path"]), dtype=bool, count=len(frame))
-    if keep.all():
-        return keep, []
-    gone = frame[~keep]
-    records = [{"key": k, "split": s, "path": p} for k, s, p in zip(gone["key"], gone["split"], gone["path"])]
+def drop_missing(rows: pd.DataFrame, labels: np.ndarray, on_disk: np.ndarray, allow_missing: bool, where, what: str,
+                 root: Path | None = None, notes: dict[str, Sequence] | None = None,
+                 ) -> tuple[pd.DataFrame, np.ndarray, list[dict]]:
+    """Every builder's policy for images the annotations name but the disk lacks.
+
+    `rows`: one per image of the annotations (columns key, split, path, ...), `labels` (N, C) in the
+    same order, `on_disk` (N,) bool. With every image on disk, returns them unchanged and no record.
+    Otherwise refuses (refuse_missing's BadInputError: `where`, the count, the first SHOWN paths, a
+    name differing only in case under `root`, the way out) unless `allow_missing`; then returns the
+    rows and labels on disk (index reset) and a record {key, split, path, plus `notes`' fields} per
+    dropped image in row order, which dataset.json lists under "missing"."""
+    on_disk = np.asarray(on_disk, dtype=bool)
+    if on_disk.all():
+        return rows, labels, []
+    records = [{"key": rows["key"].iat[i], "split": rows["split"].iat[i], "path": rows["path"].iat[i],
+                **{k: v[i] for k, v in (notes or {}).items()}} for i in np.flatnonzero(~on_disk)]
     if not allow_missing:
-        refuse_missing(records, folder, "referenced image(s) missing on disk", root=folder.parent)
-    return keep, records
+        refuse_missing(records, where, what, root=root)
+    return rows[on_disk].reset_index(drop=True), labels[on_disk], records
 
 
 def refuse_missing(records: list[dict], where, what: str, root: Path | None = None) -> None:

@@ -20,6 +20,14 @@ import pandas as pd
 from .errors import BadInputError
 from .options import allow_missing_field, check_ranges, opt, progress_field
 from .rawfiles import raw_path, read_lines, refuse_duplicates
+from .formats import SourceTerms
+
+# the source's licence and citation, for the dataset card (formats.source_terms)
+TERMS = {"nuswide": SourceTerms(
+    "other", "NUS-WIDE: for research use (https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/"
+    "nuswide/NUS-WIDE.html); the images are Flickr photos under the Flickr terms of use.",
+    "Chua et al., NUS-WIDE: A Real-World Web Image Database from National University of Singapore, "
+    "CIVR 2009.")}
 
 SPLITS = {"train": "Train", "test": "Test"}
 LABELS = "Groundtruth/TrainTestLabels/Labels_{concept}_{split}.txt"

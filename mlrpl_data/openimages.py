@@ -23,6 +23,13 @@ import pandas as pd
 from .errors import BadInputError
 from .options import allow_missing_field, check_ranges, choices, opt, progress_field
 from .rawfiles import read_csv
+from .formats import SourceTerms
+
+# the source's licence and citation, for the dataset card (formats.source_terms)
+TERMS = {"openimages": SourceTerms(
+    "cc-by-4.0", "Open Images: the annotations are CC BY 4.0, the images are listed as CC BY 2.0 "
+    "(https://storage.googleapis.com/openimages/web/factsfigures.html); check each image's own licence.",
+    "Kuznetsova et al., The Open Images Dataset V4, IJCV 2020.")}
 
 LABELS_CSV = "{split}-annotations-human-imagelabels-boxable.csv"
 BOXABLE = "class-descriptions-boxable.csv"

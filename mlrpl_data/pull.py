@@ -12,7 +12,6 @@ lacks (404) stops the pull naming it, and what was already fetched stays for the
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -22,7 +21,7 @@ from typing import Any
 
 from . import retry
 from .errors import BadInputError, MlrplError
-from .fsutil import CHUNK, atomic_write_bytes, sha256_file, temp_name
+from .fsutil import CHUNK, atomic_path, atomic_write_bytes, sha256_file
 from .folder import DATASET_ENTRIES, DATASET_JSON, DERIVED_ENTRIES, FILES, INDEX, SHARDS_DIR
 from .options import check_ranges, opt, progress_field
 from .progress import progress_bar
@@ -200,11 +199,11 @@ def _fetch(src: str, dest: Path, w: Wanted, bar, stop: threading.Event) -> None:
     """One file: streamed to a temporary name, checked against its size and sha256, renamed."""
     if stop.is_set():
         return
+    # the folder is made here, not by atomic_path: a failed file must not remove it under a parallel transfer
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(dest)
     counted = [0]
 
-    def once() -> None:
+    def once(tmp: Path) -> None:
         if stop.is_set():  # stopped while waiting to retry
             raise PullError(f"{src}: stopped (another file failed, or the pull was interrupted)")
         bar.update(-counted[0])  # a retry counts its bytes again
@@ -229,13 +228,11 @@ def _fetch(src: str, dest: Path, w: Wanted, bar, stop: threading.Event) -> None:
                                   f"says {w.bytes:,} / {w.sha256[:12]}…")
 
     try:
-        retry.with_retries(once)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            retry.with_retries(lambda: once(tmp))
     except MlrplError:
-        tmp.unlink(missing_ok=True)
         raise
     except Exception as e:
-        tmp.unlink(missing_ok=True)
         what = f"altered in transit: {e}" if isinstance(e, retry.Corrupted) else describe(e)
         raise PullError(f"{src}: could not be fetched whole after {retry.attempts()} tries ({what}); "
                         f"re-run mlrpl pull to resume") from None

@@ -29,7 +29,7 @@ import numpy as np
 from . import __version__
 from .errors import BadInputError, check_interrupt
 from .folder import INDEX, SHARDS_DIR, SUMS, DatasetFolder
-from .fsutil import atomic_write_bytes, sha256_file
+from .fsutil import atomic_path, atomic_write_bytes, sha256_file
 from .images import BadImageError, probe, reencode
 from .manifest import Manifest, read_manifest
 from .options import check_ranges, choices, opt, progress_field
@@ -39,6 +39,10 @@ from .tar import TarWriter
 from .ownership import releasing
 
 RECORDS_DIR = ".records"
+# index.json's format: 1 is the first (an index without the field was written before it had one and
+# is read as 1); a reader refuses a version it does not list here instead of misreading it
+FORMAT_VERSION = 1
+READS_FORMAT_VERSIONS = (1,)
 SAMPLE_OVERHEAD = 3 * 512 + 256  # two headers, padding, the JSON member (for planning by size)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)B?|B?)\s*$", re.IGNORECASE)
 
@@ -121,6 +125,21 @@ class ShardJob:
     on_bad_image: str = "fail"
 
 
+def member_name(key: str, ext: str) -> str:
+    """The tar member of one sample's file: `<key>.<ext>` (ext "jpg" or "json"), WebDataset's grammar."""
+    return f"{key}.{ext}"
+
+
+def split_member(name: str) -> tuple[str, str] | None:
+    """A tar member's (key, extension), split at the FIRST dot as WebDataset does (keys hold no dot:
+    assemble.file_key); None for a name without a dot, which is no sample's file. The inverse of
+    member_name: split_member("coco2014_train_000000000009.json") == ("coco2014_train_000000000009", "json")."""
+    if "." not in name:
+        return None
+    key, ext = name.split(".", 1)
+    return key, ext
+
+
 def sample_order(keys: Iterable[str], fingerprint: str) -> np.ndarray:
     """A shuffled order fixed by the manifest: sort by sha256(fingerprint:key)."""
     digests = [hashlib.sha256(f"{fingerprint}:{k}".encode()).digest()[:8] for k in keys]
@@ -197,10 +216,9 @@ def write_shard(job: ShardJob) -> dict[str, Any]:
     No fsync: a shard is trusted on resume only if its sha256 still matches its record.
     """
     out_dir = Path(job.out_dir)
-    tmp = out_dir / f".{job.name}.tmp-{os.getpid()}"
     skipped, differs, keys, tar = [], [], [], None
     try:
-        with open(tmp, "wb", buffering=1 << 20) as f:
+        with atomic_path(out_dir / job.name) as tmp, open(tmp, "wb", buffering=1 << 20) as f:
             tar = TarWriter(f)
             for s in job.samples:
                 try:
@@ -212,15 +230,13 @@ def write_shard(job: ShardJob) -> dict[str, Any]:
                     continue
                 if "size" in s and list(stored) != s["size"]:  # the annotations' size is not the file's: say so
                     differs.append({"key": s["key"], "path": s["path"], "manifest": s["size"], "file": list(stored)})
-                tar.add(f"{s['key']}.jpg", data)  # members sorted within a sample: .jpg < .json
-                tar.add(f"{s['key']}.json", meta)
+                tar.add(member_name(s["key"], "jpg"), data)  # members sorted within a sample: .jpg < .json
+                tar.add(member_name(s["key"], "json"), meta)
                 keys.append(s["key"])
             tar.close()
-        os.replace(tmp, out_dir / job.name)
     except BaseException:
         if tar is not None and tar._t.is_alive():
             tar.abort()
-        tmp.unlink(missing_ok=True)
         raise
     record = {"name": job.name, "split": job.name.split("-")[0], "samples": len(keys), "bytes": tar.n,
               "sha256": tar.h.hexdigest(), "first_key": keys[0] if keys else None, "last_key": keys[-1] if keys else None,
@@ -287,12 +303,25 @@ def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
     kept, todo = [], []
     for p in mine:
         (kept if _matching_record(out_dir, p) else todo).append(p)
-    bar = progress_bar(sum(len(p.rows) for p in todo), "write-shards", "img", cfg.progress)
-    written = []
     keys, paths, fingerprint = m.keys, m.images["path"].to_numpy(), m.fingerprint
     jobs = (_job(m, keys, paths, fingerprint, p, out_dir, cfg) for p in todo)
+    written = _write_all(jobs, len(todo), sum(len(p.rows) for p in todo), out_dir, cfg)
+    complete = all(_matching_record(out_dir, p, check_bytes=False) for p in plans)
+    index = assemble_index(m, out_dir, plans) if complete else None
+    if complete:
+        DatasetFolder(dataset_dir).refresh()
+    return ShardResult(written=sorted(written), kept=[p.name for p in kept], complete=complete, index=index)
+
+
+def _write_all(jobs: Iterable[ShardJob], shards: int, samples: int, out_dir: Path, cfg: ShardConfig) -> list[str]:
+    """Write `shards` shards (`samples` samples in all, for the progress bar), in cfg.workers processes
+    when there is more than one shard; returns the names written, in the order they finished."""
+    from .ownership import sweep_stale
+
+    bar = progress_bar(samples, "write-shards", "img", cfg.progress)
+    written = []
     try:
-        if cfg.workers <= 1 or len(todo) <= 1:
+        if cfg.workers <= 1 or shards <= 1:
             for job in jobs:
                 check_interrupt()
                 rec = write_shard(job)
@@ -314,11 +343,7 @@ def write_shards(dataset_dir: Path, cfg: ShardConfig) -> ShardResult:
                 raise
     finally:
         bar.close()
-    complete = all(_matching_record(out_dir, p, check_bytes=False) for p in plans)
-    index = assemble_index(m, out_dir, plans) if complete else None
-    if complete:
-        DatasetFolder(dataset_dir).refresh()
-    return ShardResult(written=sorted(written), kept=[p.name for p in kept], complete=complete, index=index)
+    return written
 
 
 def assemble_index(m: Manifest, out_dir: Path, plans: list[ShardPlan]) -> dict[str, Any]:
@@ -344,6 +369,7 @@ def assemble_index(m: Manifest, out_dir: Path, plans: list[ShardPlan]) -> dict[s
     from PIL import __version__ as pil_version
 
     index = {
+        "format_version": FORMAT_VERSION,
         "dataset": m.name,
         "fingerprint": fp,
         "mlrpl_version": __version__,
@@ -370,20 +396,22 @@ SHARD_FIELDS = {"name": str, "split": str, "samples": int, "bytes": int, "sha256
 def read_index(url: str) -> dict[str, Any]:
     """shards/index.json, checked: every shard entry well formed (a name mlrpl writes, its split,
     counts, sha256), no name twice, and the split totals equal the sum of their shards."""
-    from .readers import MissingFileError, read_json_object
+    from .readers import MissingFileError, read_json
 
     where = f"{str(url).rstrip('/')}/{SHARDS_DIR}/{INDEX}"
     try:
-        index = read_json_object(where, INDEX_FIELDS)
+        index = read_json(where)  # its fields are check_index's, after its format version
     except MissingFileError:
         raise BadInputError(f"{where}: no shard index (run `mlrpl write-shards` to completion)") from None
     return check_index(index, where)
 
 
 def check_index(index: Any, where: str) -> dict[str, Any]:
-    """An index document's entries and totals checked (see read_index)."""
+    """An index document's format version, entries and totals checked (see read_index); `where` names
+    the file in the errors (BadInputError, one line)."""
     from .readers import check_fields
 
+    check_format_version(index, where)
     check_fields(index, INDEX_FIELDS, where)
     names = set()
     for k, s in enumerate(index["shards"]):
@@ -401,6 +429,18 @@ def check_index(index: Any, where: str) -> dict[str, Any]:
     if any(not isinstance(v, int) or v != totals.get(sp) for sp, v in index["splits"].items()):
         raise BadInputError(f"{where}: split totals {index['splits']} differ from the sum of their shards {totals}")
     return index
+
+
+def check_format_version(index: Any, where: str) -> int:
+    """The index's `format_version` (an index without one predates the field: 1). A version this mlrpl
+    does not read raises BadInputError naming `where`, the version found and the versions read."""
+    version = index.get("format_version", 1) if isinstance(index, dict) else 1
+    if type(version) is not int or version not in READS_FORMAT_VERSIONS:
+        reads = ", ".join(str(v) for v in READS_FORMAT_VERSIONS)
+        raise BadInputError(f"{where}: shard index format_version {json.dumps(version)[:40]}; this mlrpl {__version__} "
+                            f"reads format_version {reads} (written by a newer mlrpl? upgrade mlrpl, or rewrite the "
+                            f"shards with this one: mlrpl write-shards)")
+    return version
 
 
 def shard_urls(url: str, split: str, index: dict[str, Any] | None = None) -> list[str]:

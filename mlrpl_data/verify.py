@@ -26,8 +26,8 @@ from .manifest import SPLITS, Manifest, read_manifest
 from .folder import INDEX, MASKS_DIR, SHARDS_DIR, DatasetFolder
 from .masks import read_mask
 from .progress import progress_bar
-from .readers import MissingFileError, file_size, is_remote, join, open_binary
-from .shards import read_index
+from .readers import MissingFileError, file_size, is_remote, join, local_path, open_binary
+from .shards import read_index, split_member
 
 JSON_MEMBER_LIMIT = 1 << 20
 
@@ -138,12 +138,13 @@ def check_shard(shard_url: str, entry: dict[str, Any], chain: _Chain, on_read=la
 
 def _check_member(shard_url, tar, member, members, keys, split, chain: _Chain) -> list[str]:
     name = member.name
-    if not member.isfile() or "/" in name or "." not in name:
+    parts = split_member(name) if member.isfile() and "/" not in name else None
+    if parts is None:
         return [f"{shard_url}: member {name!r} is not a sample file (<key>.jpg / <key>.json)"]
     if name in members:
         return [f"{shard_url}: member {name} appears twice"]
     members.add(name)
-    key, ext = name.split(".", 1)
+    key, ext = parts
     if ext == "jpg":
         return []
     if ext != "json":

@@ -20,14 +20,30 @@ import pandas as pd
 
 from .errors import BadInputError
 from .jsonio import check_records, load_json
-from .manifest import Manifest, validate
+from .assemble import make_manifest
+from .manifest import Manifest
 from .options import allow_missing_field, check_ranges, opt, progress_field
 from .progress import progress_bar
 from .rawfiles import raw_path, read_lines, refuse_duplicates
-from .missing import listdir_names, refuse_missing
+from .missing import drop_missing, listdir_names
 from .fsutil import sha256_file
+from .formats import SourceTerms
+
+# the source's licence and citation, for the dataset card (formats.source_terms)
+TERMS = {
+    "vg-raw": SourceTerms(
+        "cc-by-4.0", "Visual Genome: CC BY 4.0 (https://homes.cs.washington.edu/~ranjay/visualgenome/).",
+        "Krishna et al., Visual Genome: Connecting Language and Vision Using Crowdsourced Dense Image "
+        "Annotations, IJCV 2017."),
+    "vg-ssgrl": SourceTerms(
+        "cc-by-4.0", "Visual Genome: CC BY 4.0; the benchmark split lists come from SSGRL "
+        "(https://github.com/HCPLab-SYSU/SSGRL).",
+        "Krishna et al., Visual Genome, IJCV 2017; Chen et al., Learning Semantic-Specific Graph "
+        "Representation for Multi-Label Image Recognition (SSGRL), ICCV 2019."),
+}
 
 IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
+MISSING_WHAT = f"image(s) missing from {'/, '.join(IMAGE_FOLDERS)}/"
 _WS = re.compile(r"\s+")
 
 
@@ -149,15 +165,72 @@ def _resolve_paths(root: Path, file_names: list[str], hinted: list[str | None]) 
     return out
 
 
-def _drop_missing(frame: pd.DataFrame, labels: np.ndarray, paths: list, root: Path, allow: bool):
-    gone = [i for i, p in enumerate(paths) if p is None]
-    if not gone:
-        return frame, labels, []
-    records = [{"key": frame["key"].iat[i], "split": frame["split"].iat[i], "path": frame["path"].iat[i]} for i in gone]
-    if not allow:
-        refuse_missing(records, root, f"image(s) missing from {'/, '.join(IMAGE_FOLDERS)}/", root=root)
-    keep = np.array([p is not None for p in paths])
-    return frame[keep], labels[keep], records
+def _names_per_image(objects: list, obj_path: Path, ids: list[int], aliases: dict[str, str],
+                     progress: bool) -> list[set[str]]:
+    """The normalised object names (aliases applied) of each image, in `ids` order; BadInputError
+    naming objects.json for an image listed twice or absent from image_data.json, or a bad record."""
+    row_of = {i: r for r, i in enumerate(ids)}
+    names_per_image: list[set[str]] = [set() for _ in ids]
+    seen_obj_images: set[int] = set()
+    for rec in progress_bar(len(objects), "build-vg200", "img", progress, iterable=objects):
+        i = _image_id(rec, str(obj_path))
+        if i in seen_obj_images:
+            raise BadInputError(f"{obj_path}: image_id {i} appears twice")
+        seen_obj_images.add(i)
+        if i not in row_of:
+            raise BadInputError(f"{obj_path}: image_id {i} is not in image_data.json")
+        where = f"{obj_path} image {i}"
+        objs = rec.get("objects", [])
+        if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
+            raise BadInputError(f"{where}: 'objects' must be a list of objects")
+        for obj in objs:
+            name = object_name(obj, where)
+            if name:
+                names_per_image[row_of[i]].add(aliases.get(name, name))
+    return names_per_image
+
+
+def _vocabulary(cfg: VgConfig, image_counts: Counter) -> list[str]:
+    """The classes: --vocabulary's names (normalised), else the cfg.num_classes names held by most
+    images (ties by name)."""
+    if cfg.vocabulary:
+        listed = load_json(Path(cfg.vocabulary))
+        if not isinstance(listed, list) or not listed or not all(isinstance(n, str) and n.strip() for n in listed):
+            raise BadInputError(f"{cfg.vocabulary}: a vocabulary is a JSON list of class names")
+        vocab = [normalise_name(n) for n in listed]
+        if len(set(vocab)) != len(vocab):
+            raise BadInputError(f"{cfg.vocabulary}: a class name is listed twice (after normalising)")
+    else:
+        ranked = sorted(image_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        vocab = [n for n, _ in ranked[: cfg.num_classes]]
+    return vocab
+
+
+def _labels_of(names_per_image: list[set[str]], vocab: list[str]) -> np.ndarray:
+    """(N, C) int8: 1 where the image holds an object of the class, -1 elsewhere (VG is annotated densely)."""
+    col_of = {n: c for c, n in enumerate(vocab)}
+    labels = np.full((len(names_per_image), len(vocab)), -1, dtype=np.int8)
+    for r, names in enumerate(names_per_image):
+        cols = [col_of[n] for n in names if n in col_of]
+        labels[r, cols] = 1
+    return labels
+
+
+def _raw_frame(ids: list[int], image_data: list[dict], test_ids: set[int]) -> tuple[pd.DataFrame, list[str | None]]:
+    """The images' rows (key, split, path in the folder the record's URL names, width, height) and those
+    folder hints, in image_data.json order."""
+    urls = [str(rec.get("url") or rec.get("image_url") or "") for rec in image_data]
+    hints = [next((f for f in IMAGE_FOLDERS if f"/{f}/" in u), None) for u in urls]
+    frame = pd.DataFrame(
+        {
+            "key": [f"vg_{i}" for i in ids],
+            "split": ["test" if i in test_ids else "train" for i in ids],
+            "path": [f"{h or IMAGE_FOLDERS[0]}/{i}.jpg" for i, h in zip(ids, hints)],
+            "width": [rec["width"] for rec in image_data],
+            "height": [rec["height"] for rec in image_data],
+        }
+    )
+    return frame, hints
 
 
 def build_vg200(cfg: VgConfig) -> Manifest:
@@ -176,62 +249,21 @@ def build_vg200(cfg: VgConfig) -> Manifest:
     if len(set(ids)) != len(ids):
         dup = next(i for i, c in Counter(ids).items() if c > 1)
         raise BadInputError(f"{img_path}: duplicate image_id {dup}")
-    row_of = {i: r for r, i in enumerate(ids)}
-    names_per_image: list[set[str]] = [set() for _ in ids]
-    seen_obj_images: set[int] = set()
-    for rec in progress_bar(len(objects), "build-vg200", "img", cfg.progress, iterable=objects):
-        i = _image_id(rec, str(obj_path))
-        if i in seen_obj_images:
-            raise BadInputError(f"{obj_path}: image_id {i} appears twice")
-        seen_obj_images.add(i)
-        if i not in row_of:
-            raise BadInputError(f"{obj_path}: image_id {i} is not in image_data.json")
-        where = f"{obj_path} image {i}"
-        objs = rec.get("objects", [])
-        if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
-            raise BadInputError(f"{where}: 'objects' must be a list of objects")
-        for obj in objs:
-            name = object_name(obj, where)
-            if name:
-                names_per_image[row_of[i]].add(aliases.get(name, name))
-
+    names_per_image = _names_per_image(objects, obj_path, ids, aliases, cfg.progress)
     image_counts = Counter(n for s in names_per_image for n in s)
-    if cfg.vocabulary:
-        listed = load_json(Path(cfg.vocabulary))
-        if not isinstance(listed, list) or not listed or not all(isinstance(n, str) and n.strip() for n in listed):
-            raise BadInputError(f"{cfg.vocabulary}: a vocabulary is a JSON list of class names")
-        vocab = [normalise_name(n) for n in listed]
-        if len(set(vocab)) != len(vocab):
-            raise BadInputError(f"{cfg.vocabulary}: a class name is listed twice (after normalising)")
-    else:
-        ranked = sorted(image_counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        vocab = [n for n, _ in ranked[: cfg.num_classes]]
+    vocab = _vocabulary(cfg, image_counts)
     if not vocab:
         raise BadInputError(f"{obj_path}: no object names found")
     warnings = [] if len(vocab) >= cfg.num_classes else [
         f"only {len(vocab)} distinct names in {obj_path.name}: the vocabulary has fewer than {cfg.num_classes} classes"]
-    col_of = {n: c for c, n in enumerate(vocab)}
-    labels = np.full((len(ids), len(vocab)), -1, dtype=np.int8)
-    for r, names in enumerate(names_per_image):
-        cols = [col_of[n] for n in names if n in col_of]
-        labels[r, cols] = 1
-
-    test_ids = split_test_ids(ids, cfg.test_size, cfg.seed)
-    urls = [str(rec.get("url") or rec.get("image_url") or "") for rec in image_data]
-    hints = [next((f for f in IMAGE_FOLDERS if f"/{f}/" in u), None) for u in urls]
-    frame = pd.DataFrame(
-        {
-            "key": [f"vg_{i}" for i in ids],
-            "split": ["test" if i in test_ids else "train" for i in ids],
-            "path": [f"{h or IMAGE_FOLDERS[0]}/{i}.jpg" for i, h in zip(ids, hints)],
-            "width": [rec["width"] for rec in image_data],
-            "height": [rec["height"] for rec in image_data],
-        }
-    )
+    labels = _labels_of(names_per_image, vocab)
+    frame, hints = _raw_frame(ids, image_data, split_test_ids(ids, cfg.test_size, cfg.seed))
     paths = _resolve_paths(root, [f"{i}.jpg" for i in ids], hints)
-    frame, labels, missing = _drop_missing(frame, labels, paths, root, cfg.allow_missing)
+    frame, labels, missing = drop_missing(frame, labels, [p is not None for p in paths], cfg.allow_missing, root,
+                                          MISSING_WHAT, root=root)
     frame["path"] = [p for p in paths if p is not None] if missing else paths
-    m = Manifest(
+    return make_manifest(
+        root,
         name="vg200",
         version="raw",
         category_names=vocab,
@@ -242,12 +274,9 @@ def build_vg200(cfg: VgConfig) -> Manifest:
                  "aliases": bool(aliases), "fixed_vocabulary": bool(cfg.vocabulary)},
         sources=[{"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
                  for p in (img_path, obj_path, Path(alias_path)) if p.exists()],
-        root=str(root.resolve()),
         extra={"vocabulary": "vg200-raw", "benchmark": None, "image_counts": {n: image_counts[n] for n in vocab}, "missing": missing,
                "warnings": warnings},
     )
-    validate(m, str(root))
-    return m
 
 
 def read_name_list(path: Path) -> list[tuple[str, str]]:
@@ -272,6 +301,53 @@ def ssgrl_lists_match(train: list[str], test: list[str]) -> bool:
     return md5(train) == want["train_list_md5"] and md5(test) == want["test_list_md5"]
 
 
+def _ssgrl_sizes(root: Path) -> dict[int, tuple[int, int]]:
+    """image id -> (width, height) from ROOT/image_data.json; empty without that file."""
+    sizes = {}
+    if (root / "image_data.json").exists():
+        records = load_json(root / "image_data.json")
+        if not isinstance(records, list):
+            raise BadInputError(f"{root / 'image_data.json'}: must hold a list of image records")
+        check_records(root / "image_data.json", "image_data", records, {"width": int, "height": int})
+        sizes = {_image_id(r, "image_data.json"): (r["width"], r["height"]) for r in records}
+    return sizes
+
+
+def _ssgrl_rows(cfg: SsgrlConfig, train: list[str], test: list[str], labels_map: dict, label_classes: int,
+                sizes: dict[int, tuple[int, int]]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The listed images' rows (train list, then test list; width and height -1 where `sizes` lacks the
+    image) and their labels (N, cfg.num_classes) int8 1/-1; BadInputError naming the labels file for an
+    image it lacks or an index outside 0..label_classes-1."""
+    c = cfg.num_classes
+    rows, label_rows = [], []
+    for split, names, src in (("train", train, cfg.train_list), ("test", test, cfg.test_list)):
+        for name in names:
+            if name not in labels_map:
+                raise BadInputError(f"{cfg.labels}: no labels for {name} (listed in {src})")
+            idx = labels_map[name]
+            if not isinstance(idx, list) or not all(isinstance(k, int) and 0 <= k < label_classes for k in idx):
+                raise BadInputError(f"{cfg.labels}: {name}: labels must be class indices 0..{label_classes - 1}, "
+                                    f"got {str(idx)[:60]}")
+            lab = np.full(c, -1, dtype=np.int8)
+            lab[[k for k in idx if k < c]] = 1
+            stem = name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            rows.append([f"vg_{stem}", split, name, *sizes.get(int(stem) if stem.isdigit() else -1, (-1, -1))])
+            label_rows.append(lab)
+    return pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"]), np.stack(label_rows)
+
+
+def _fill_header_sizes(frame: pd.DataFrame, root: Path) -> None:
+    """Width and height (in place) of the rows that have none (-1: no image_data.json), read from the
+    image headers under `root`, as the other builders do."""
+    unknown = frame["width"].to_numpy() < 0
+    if unknown.any():
+        from .images import header_size
+
+        for r in np.flatnonzero(unknown):
+            size = header_size(root / frame["path"].iat[r])
+            frame.iloc[r, frame.columns.get_loc("width")], frame.iloc[r, frame.columns.get_loc("height")] = size
+
+
 def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
     """VG-200 as the papers' benchmark: SSGRL's lists + a labels JSON (image name -> class indices).
 
@@ -291,45 +367,19 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
     if label_classes == 200 and cfg.num_classes != 200:
         raise BadInputError(f"--num-classes {cfg.num_classes}: a 200-class labels file ({cfg.labels}) gives 200 "
                             f"classes; drop --num-classes")
-    sizes = {}
-    if (root / "image_data.json").exists():
-        records = load_json(root / "image_data.json")
-        if not isinstance(records, list):
-            raise BadInputError(f"{root / 'image_data.json'}: must hold a list of image records")
-        check_records(root / "image_data.json", "image_data", records, {"width": int, "height": int})
-        sizes = {_image_id(r, "image_data.json"): (r["width"], r["height"]) for r in records}
     c = cfg.num_classes
-    rows, label_rows = [], []
-    for split, names, src in (("train", train, cfg.train_list), ("test", test, cfg.test_list)):
-        for name in names:
-            if name not in labels_map:
-                raise BadInputError(f"{cfg.labels}: no labels for {name} (listed in {src})")
-            idx = labels_map[name]
-            if not isinstance(idx, list) or not all(isinstance(k, int) and 0 <= k < label_classes for k in idx):
-                raise BadInputError(f"{cfg.labels}: {name}: labels must be class indices 0..{label_classes - 1}, "
-                                    f"got {str(idx)[:60]}")
-            lab = np.full(c, -1, dtype=np.int8)
-            lab[[k for k in idx if k < c]] = 1
-            stem = name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-            rows.append([f"vg_{stem}", split, name, *sizes.get(int(stem) if stem.isdigit() else -1, (-1, -1))])
-            label_rows.append(lab)
-    frame = pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"])
-    labels = np.stack(label_rows)
+    frame, labels = _ssgrl_rows(cfg, train, test, labels_map, label_classes, _ssgrl_sizes(root))
     paths = _resolve_paths(root, frame["path"].tolist(), [None] * len(frame))
-    frame, labels, missing = _drop_missing(frame, labels, paths, root, cfg.allow_missing)
+    frame, labels, missing = drop_missing(frame, labels, [p is not None for p in paths], cfg.allow_missing, root,
+                                          MISSING_WHAT, root=root)
     frame["path"] = [p for p in paths if p is not None]
-    unknown = frame["width"].to_numpy() < 0
-    if unknown.any():  # no image_data.json: read the sizes from the image headers (as the other builders)
-        from .images import header_size
-
-        for r in np.flatnonzero(unknown):
-            size = header_size(root / frame["path"].iat[r])
-            frame.iloc[r, frame.columns.get_loc("width")], frame.iloc[r, frame.columns.get_loc("height")] = size
+    _fill_header_sizes(frame, root)
     names = [f"vg{label_classes}_class_{k:03d}" for k in range(c)]
     # the benchmark is SSGRL's lists with a 200-class labels file: other lists of the same sizes are not
     same_lists = ssgrl_lists_match(train, test)
     benchmark = VG200_BENCHMARK if label_classes == 200 and same_lists else None
-    m = Manifest(
+    return make_manifest(
+        root,
         name="vg200",
         version="ssgrl",
         category_names=names,
@@ -339,9 +389,6 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
         options={"format": "vg-ssgrl", "num_classes": c, "label_classes": label_classes},
         sources=[{"file": Path(p).name, "sha256": sha256_file(Path(p)), "bytes": Path(p).stat().st_size}
                  for p in (cfg.train_list, cfg.test_list, cfg.labels)],
-        root=str(root.resolve()),
         extra={"vocabulary": "vg200 (SSGRL's 200-class labels)" if benchmark else f"vg500[0:{c}] (SSGRL's VG-500 labels)",
                "benchmark": benchmark, "ssgrl_lists": same_lists, "missing": missing},
     )
-    validate(m, str(root))
-    return m

@@ -18,12 +18,20 @@ from xml.etree.ElementTree import ParseError
 
 from .errors import BadInputError
 from .fsutil import sha256_file
-from .manifest import Manifest, validate
+from .assemble import make_manifest
+from .manifest import Manifest
 from .options import allow_missing_field, choices, check_ranges, opt, progress_field
 from .progress import progress_bar
 from .rawfiles import read_lines
-from .missing import refuse_missing
+from .missing import drop_missing
 from .specs import load_spec, voc20_names
+from .formats import SourceTerms
+
+# the source's licence and citation, for the dataset card (formats.source_terms)
+TERMS = {"voc": SourceTerms(
+    "other", "PASCAL VOC 2007: the images are Flickr photos under the Flickr terms of use; the annotations "
+    "are for research use (http://host.robots.ox.ac.uk/pascal/VOC/voc2007/).",
+    "Everingham et al., The PASCAL Visual Object Classes (VOC) Challenge, IJCV 2010.")}
 
 SPLIT_FILES = {"train": "trainval.txt", "test": "test.txt"}
 SOURCE_NAMES = {"train": "trainval", "test": "test"}
@@ -102,61 +110,71 @@ def parse_annotation(path: Path, class_index: dict[str, int], difficult: str) ->
     return labels, width, height
 
 
+def _split_ids(voc: Path, split: str, fname: str, listed_in: dict[str, str], sources: list[dict],
+               checks: dict[str, str], subset: bool) -> list[str]:
+    """The image ids of one split's ImageSets/Main list; records the list in `sources`, its count against
+    manifests/voc20.json in `checks` and its ids in `listed_in`. BadInputError naming the list for an id
+    another split lists, or a count other than the official one unless `subset`."""
+    list_path = voc / "ImageSets" / "Main" / fname
+    ids, sha = read_image_set(list_path)
+    clash = next((i for i in ids if i in listed_in), None)
+    if clash is not None:  # one image in both splits would be trained on and tested on
+        raise BadInputError(f"{list_path}: image id {clash} is also in {listed_in[clash]}; an image belongs to "
+                            f"one split")
+    listed_in.update((i, fname) for i in ids)
+    sources.append({"file": f"ImageSets/Main/{fname}", "sha256": sha, "bytes": list_path.stat().st_size})
+    want = load_spec("voc20")["expected_counts"][SOURCE_NAMES[split]]
+    if len(ids) != want and not subset:
+        raise BadInputError(
+            f"{list_path}: {len(ids):,} ids, manifests/voc20.json expects {want:,}; pass --subset if deliberate"
+        )
+    checks[SOURCE_NAMES[split]] = f"{len(ids)} listed, official {want}"
+    return ids
+
+
 def build_voc07(cfg: VocConfig) -> Manifest:
     """Build the VOC 2007 manifest (rows in trainval.txt, then test.txt order)."""
     voc = find_voc2007(cfg.root)
     names = voc20_names()
     class_index = {n: i for i, n in enumerate(names)}
-    spec = load_spec("voc20")
     jpegs = {p.name for p in (voc / "JPEGImages").glob("*")} if (voc / "JPEGImages").is_dir() else set()
-    rows, label_rows, missing, sources, checks, listed_in = [], [], [], [], {}, {}
+    rows, label_rows, on_disk, no_xml, sources, checks, listed_in = [], [], [], [], [], {}, {}
     bar = progress_bar(None, "build-voc07", "xml", cfg.progress)
     for split, fname in SPLIT_FILES.items():
-        list_path = voc / "ImageSets" / "Main" / fname
-        ids, sha = read_image_set(list_path)
-        clash = next((i for i in ids if i in listed_in), None)
-        if clash is not None:  # one image in both splits would be trained on and tested on
-            raise BadInputError(f"{list_path}: image id {clash} is also in {listed_in[clash]}; an image belongs to "
-                                f"one split")
-        listed_in.update((i, fname) for i in ids)
-        sources.append({"file": f"ImageSets/Main/{fname}", "sha256": sha, "bytes": list_path.stat().st_size})
-        want = spec["expected_counts"][SOURCE_NAMES[split]]
-        if len(ids) != want and not cfg.subset:
-            raise BadInputError(
-                f"{list_path}: {len(ids):,} ids, manifests/voc20.json expects {want:,}; pass --subset if deliberate"
-            )
-        checks[SOURCE_NAMES[split]] = f"{len(ids)} listed, official {want}"
+        ids = _split_ids(voc, split, fname, listed_in, sources, checks, cfg.subset)
         for image_id in ids:
             key = f"voc2007_{SOURCE_NAMES[split]}_{image_id}"
             rel = f"JPEGImages/{image_id}.jpg"
             xml = voc / "Annotations" / f"{image_id}.xml"
-            if not xml.exists() or f"{image_id}.jpg" not in jpegs:
-                missing.append({"key": key, "split": split, "path": rel, "annotation_missing": not xml.exists()})
+            no_xml.append(not xml.exists())
+            on_disk.append(not no_xml[-1] and f"{image_id}.jpg" in jpegs)
+            if not on_disk[-1]:  # a row to drop (or refuse): no labels to read
+                rows.append((key, split, rel, 0, 0))
+                label_rows.append(np.zeros(len(names), np.int8))
                 continue
             labels, w, h = parse_annotation(xml, class_index, cfg.difficult)
             rows.append((key, split, rel, w, h))
             label_rows.append(labels)
             bar.update(1)
     bar.close()
-    if missing and not cfg.allow_missing:
-        refuse_missing(missing, voc, "listed image(s) lack their JPEG or XML", root=voc)
-    if not rows:
+    images, labels, missing = drop_missing(pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"]),
+                                           np.stack(label_rows) if label_rows else np.zeros((0, len(names)), np.int8),
+                                           on_disk, cfg.allow_missing, voc, "listed image(s) lack their JPEG or XML",
+                                           root=voc, notes={"annotation_missing": no_xml})
+    if not len(images):
         raise BadInputError(f"{voc}: no image has both its XML and JPEG")
     for split in SPLIT_FILES:
-        if not any(r[1] == split for r in rows):
+        if not images["split"].eq(split).any():
             raise BadInputError(f"{voc}: split {split} ({SPLIT_FILES[split]}) has no image left")
-    images = pd.DataFrame(rows, columns=["key", "split", "path", "width", "height"])
-    m = Manifest(
+    return make_manifest(
+        voc,
         name="voc2007",
         version="2007",
         category_names=names,
         category_source_ids=names,
         images=images,
-        labels=np.stack(label_rows),
+        labels=labels,
         options={"format": "voc", "difficult": cfg.difficult},
         sources=sources,
-        root=str(voc.resolve()),
         extra={"vocabulary": "voc20", "spec_checks": checks, "missing": missing},
     )
-    validate(m, str(voc))
-    return m

@@ -26,6 +26,7 @@ from PIL import Image
 
 from mlrpl_data.errors import BadInputError, MlrplError
 from mlrpl_data.images import MAX_PIXELS, BadImageError, decode_rgb
+from mlrpl_data.shards import split_member
 
 CROP_SCALES = (512, 448, 384, 320, 256)
 BASE = 512
@@ -143,9 +144,10 @@ def _shard_samples(url: str) -> Iterator[dict[str, Any]]:
     current: dict[str, Any] | None = None
     with open_binary(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for member in tar:
-            if not member.isfile() or "." not in member.name:
+            parts = split_member(member.name) if member.isfile() else None
+            if parts is None:
                 continue
-            key, ext = member.name.split(".", 1)
+            key, ext = parts
             if ext not in ("jpg", "json"):
                 continue  # never decode pickles, .pth or anything else an untrusted shard holds
             data = tar.extractfile(member).read()
