@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlrpl_data import card as card_mod
+from mlrpl_data.folder import DatasetFolder
 from mlrpl_data.formats import FORMATS, source_terms
 
 # the card's `license:` line, Licence section and "The dataset:" citation as mlrpl wrote them before the move
@@ -46,9 +47,9 @@ def render(tmp_path: Path, fmt: str, name: str) -> str:
     folder = tmp_path / f"{name}-{fmt}"
     folder.mkdir()
     (folder / "dataset.json").write_text(json.dumps({
-        "name": name, "version": "1", "fingerprint": "0" * 64, "num_classes": 2, "counts": {"train": 3, "test": 1},
+        "name": name, "version": "1", "schema_version": 1, "fingerprint": "0" * 64, "num_classes": 2, "counts": {"train": 3, "test": 1},
         "options": {"format": fmt}, "mlrpl_version": "0"}))
-    return card_mod.dataset_card(folder)
+    return card_mod.dataset_card(DatasetFolder(folder))
 
 
 def licence_and_citation(card: str) -> tuple[str, str, str | None]:
