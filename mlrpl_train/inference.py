@@ -85,7 +85,7 @@ class Predictor:
 def load_predictor(path: str | Path, checkpoint: str = "last", device: str = "auto", batch_size: int = 32) -> Predictor:
     """A run folder (its last.pt, or best.pt with checkpoint="best"), a training checkpoint, a
     weights-only export, or a torchscript / exported graph written by `export_run`."""
-    from .engine import checkpoint_file
+    from .checkpoint import checkpoint_file
 
     p = checkpoint_file(path, checkpoint)
     dev = pick_device(device)
@@ -121,7 +121,7 @@ def _archive_kind(p: Path) -> str:
 def _load_weights(p: Path, checked: bool = False) -> dict[str, Any]:
     """A weights-only export, or a training checkpoint (its fields checked): read once (`checked`:
     its seal was checked already)."""
-    from .engine import check_checkpoint, read_weights_file
+    from .checkpoint import check_checkpoint, read_weights_file
 
     doc = read_weights_file(p, checked)
     if isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT:
@@ -184,7 +184,7 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "weights", checkpoin
     from mlrpl_data.fsutil import is_sealed
     from mlrpl_data.ownership import claim_file, refuse_overlap, sweep_stale
 
-    from .engine import checkpoint_file, run_inputs
+    from .checkpoint import checkpoint_file, run_inputs
 
     p = checkpoint_file(run, checkpoint)
     # never onto this run's files, nor onto another run's (its last.pt is sealed like an export)
@@ -292,7 +292,7 @@ def check_output(out: Path, model: str | Path, inputs: list[str]) -> None:
     replaces only an earlier predictions file; checked before any work."""
     from mlrpl_data.ownership import claim_file, parquet_kind, refuse_overlap, sweep_stale
 
-    from .engine import run_inputs
+    from .checkpoint import run_inputs
 
     found: dict[str, Any] = {**run_inputs(model)}
     found.update({"the input" if len(inputs) == 1 else f"input {k + 1}": item for k, item in enumerate(inputs)})

@@ -18,7 +18,8 @@ import numpy as np
 from mlrpl_data.masks import MaskConfig, compute_masks, proportion_text, write_mask
 from mlrpl_data.manifest import read_manifest
 
-from .engine import CHECKPOINT_LAST, load_checkpoint, train
+from .checkpoint import CHECKPOINT_LAST, load_checkpoint
+from .engine import train
 from .options import Precision, TrainConfig
 from .registry import BY_NAME, method_names
 from mlrpl_data.ownership import releasing
