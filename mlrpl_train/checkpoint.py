@@ -286,6 +286,8 @@ class RunCheckpoints:
     main: bool = True
 
     def checkpoint(self, epoch: int, step: int, best: bool = False) -> None:
+        """last.pt (atomic, sealed) for a resume to start at batch `step` of `epoch` (0-based); with
+        `best` also copied to best.pt."""
         if not self.main:
             return
         payload = {"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
