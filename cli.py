@@ -505,7 +505,8 @@ def train(ctx: typer.Context,
           nproc: int = typer.Option(1, min=1, help="GPUs/processes: more than 1 launches torchrun itself"),
           cfg=None):
     """Train a model on a dataset's shards and a mask (one GPU, CPU, or many with --nproc)."""
-    from mlrpl_train.engine import missing_best_reason, resume_config, run_files, train as run_training
+    from mlrpl_train.checkpoint import missing_best_reason, resume_config, run_files
+    from mlrpl_train.engine import train as run_training
 
     refuse_foreign(ctx, [str(method)])
     if nproc > 1:
@@ -541,7 +542,7 @@ def refuse_foreign(ctx: typer.Context, methods: list[str]) -> None:
 def resume_hint(method: str, dataset: str, run: Path) -> str:
     """After an interrupt: the exact command that continues the run (the same command would refuse
     the existing run), or the same command when nothing was kept."""
-    from mlrpl_train.engine import CHECKPOINT_LAST
+    from mlrpl_train.checkpoint import CHECKPOINT_LAST
 
     if not (run / CHECKPOINT_LAST).is_file():
         return "no checkpoint was written yet: re-run the same command to start again"
@@ -595,7 +596,7 @@ def sweep(ctx: typer.Context,
     from mlrpl_data.folder import DatasetFolder
     from mlrpl_data.masks import parse_proportions
     from mlrpl_data.options import parse_int_list
-    from mlrpl_train.engine import PUBLISHED_SCHEMES
+    from mlrpl_train.reports import PUBLISHED_SCHEMES
     from mlrpl_train.published import benchmark_dataset
     from mlrpl_train.sweep import paper_preset, run_sweep, write_table
 
@@ -668,7 +669,7 @@ def evaluate(run_or_checkpoint: Path = typer.Argument(..., help="A run directory
              progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar (on a terminal)")):
     """Metrics table (which checkpoint, how selected, both mAPs, the paper's number where it has one),
     per-class AP as JSON and as a bar chart PNG."""
-    from mlrpl_train.engine import evaluate_checkpoint
+    from mlrpl_train.reports import evaluate_checkpoint
     from mlrpl_train.metrics import format_metrics
 
     m = evaluate_checkpoint(run_or_checkpoint, dataset, out, workers, progress=progress, checkpoint=str(checkpoint),

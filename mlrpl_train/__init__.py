@@ -11,7 +11,7 @@ The public names, imported on first use::
 from mlrpl_data.lazy import lazy_exports
 
 _PUBLIC = {
-    "TrainConfig": "options", "train": "engine", "evaluate_checkpoint": "engine", "load_checkpoint": "engine",
+    "TrainConfig": "options", "train": "engine", "evaluate_checkpoint": "reports", "load_checkpoint": "checkpoint",
     "dataloader": "data", "resolve_data": "data",
     "Predictor": "inference", "load_predictor": "inference", "export_run": "inference",
     "run_sweep": "sweep", "write_table": "sweep",

@@ -19,7 +19,9 @@ from mlrpl_data.masks import MaskConfig, make_masks
 from mlrpl_data.shards import ShardConfig, write_shards
 from mlrpl_data.stats import dataset_stats, format_stats
 
-from .engine import CHECKPOINT_LAST, evaluate_checkpoint, train
+from .checkpoint import CHECKPOINT_LAST
+from .engine import train
+from .reports import evaluate_checkpoint
 from .options import Backbone, DsrbOptions, Method, TrainConfig
 
 METHODS = ("pbce", "dsrb")

@@ -26,6 +26,7 @@ from mlrpl_data.fsutil import atomic_write_with
 from mlrpl_data.images import decode_rgb
 from mlrpl_data.readers import is_remote, local_path
 
+from .checkpoint import check_checkpoint, checkpoint_file, read_weights_file, run_inputs
 from .device import IMAGENET_MEAN, IMAGENET_STD, autocast, normalisation, pick_device, to_device, uses_fast_path
 from .loader import augment_image
 
@@ -86,8 +87,6 @@ class Predictor:
 def load_predictor(path: str | Path, checkpoint: str = "last", device: str = "auto", batch_size: int = 32) -> Predictor:
     """A run folder (its last.pt, or best.pt with checkpoint="best"), a training checkpoint, a
     weights-only export, or a torchscript / exported graph written by `export_run`."""
-    from .engine import checkpoint_file
-
     p = checkpoint_file(path, checkpoint)
     dev = pick_device(device)
     kind = _archive_kind(p)
@@ -122,8 +121,6 @@ def _archive_kind(p: Path) -> str:
 def _load_weights(p: Path, checked: bool = False) -> dict[str, Any]:
     """A weights-only export, or a training checkpoint (its fields checked): read once (`checked`:
     its seal was checked already)."""
-    from .engine import check_checkpoint, read_weights_file
-
     doc = read_weights_file(p, checked)
     if isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT:
         return doc
@@ -184,8 +181,6 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "weights", checkpoin
     """Write the model of a run (or checkpoint) for use elsewhere; returns the metadata written."""
     from mlrpl_data.fsutil import is_sealed
     from mlrpl_data.ownership import claim_file, refuse_overlap, sweep_stale
-
-    from .engine import checkpoint_file, run_inputs
 
     p = checkpoint_file(run, checkpoint)
     # never onto this run's files, nor onto another run's (its last.pt is sealed like an export)
@@ -292,8 +287,6 @@ def check_output(out: Path, model: str | Path, inputs: list[str]) -> None:
     """predict --out: never onto the model, its run's files or an input (file or folder), and it
     replaces only an earlier predictions file; checked before any work."""
     from mlrpl_data.ownership import claim_file, parquet_kind, refuse_overlap, sweep_stale
-
-    from .engine import run_inputs
 
     found: dict[str, Any] = {**run_inputs(model)}
     found.update({"the input" if len(inputs) == 1 else f"input {k + 1}": item for k, item in enumerate(inputs)})

@@ -9,10 +9,10 @@ spells a method's name.
 
 Adding a method: its model module (mlrpl_train/model/<name>.py) with
 
-    build(cfg, spec, backbone, frozen, state) -> nn.Module
+    build(cfg, spec, backbone, frozen, state) -> PartialLabelModel
 
-where the module answers `model(x) -> logits (B, C)` and, in training,
-`model(x, partial=y, epoch=, step=, progress=[, keys=]) -> (loss, logs)` (see engine.train_step);
+(mlrpl_train/model/base.py: `model(x) -> logits (B, C)` and, in training,
+`model(x, partial=y, epoch=, step=, progress=[, keys=]) -> (loss, logs)`, its hooks and wants_keys);
 its options dataclass in options.py with one TrainConfig field (if it has options); and one
 MethodSpec below. This module imports nothing heavy: the CLI reads it without importing torch.
 """
@@ -28,7 +28,7 @@ from typing import Callable
 class MethodSpec:
     name: str  # `mlrpl train NAME`
     summary: str  # "Title: what it is", one line for --help, `mlrpl methods` and the README
-    builder: str  # "module:function" of build(cfg, spec, backbone, frozen, state) -> nn.Module
+    builder: str  # "module:function" of build(cfg, spec, backbone, frozen, state) -> PartialLabelModel
     group: str | None = None  # the TrainConfig field holding its options (None: the shared options only)
     table1: str | None = None  # its row name in the paper's Table 1 (None: not in the paper)
     uses_embeddings: bool = False  # reads label embeddings (DIR/label_embeddings.npy or --embeddings)

@@ -18,7 +18,8 @@ from mlrpl_data.folder import DatasetFolder, read_card
 from mlrpl_data.masks import MaskConfig, compute_masks, mask_name, parse_mask_name, write_mask
 from mlrpl_data.manifest import read_manifest
 
-from .engine import CHECKPOINT_LAST, CONFIG_JSON, load_checkpoint, train
+from .checkpoint import CHECKPOINT_LAST, CONFIG_JSON, load_checkpoint
+from .engine import train
 from .options import Precision, TrainConfig
 from .registry import BY_NAME, method_names
 from mlrpl_data.ownership import releasing

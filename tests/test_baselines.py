@@ -66,7 +66,8 @@ def data(tmp_path_factory):
 
 @pytest.mark.parametrize("method,extra", [("asl", {}), ("llr", {"variant": "ct"}), ("llr", {"variant": "cp"})])
 def test_baselines_train(data, tmp_path, method, extra):
-    from mlrpl_train.engine import load_checkpoint, train
+    from mlrpl_train.checkpoint import load_checkpoint
+    from mlrpl_train.engine import train
     from mlrpl_train.options import BaselineOptions, TrainConfig
 
     cfg = TrainConfig(method=method, dataset=str(data), masks="uniform-p0.50-s0", out=str(tmp_path / "run"),

@@ -175,9 +175,9 @@ def cl_config(data, out, **cl):
 def test_cl_trains_and_a_resumed_run_ends_with_the_same_pseudo_labels_and_weights(data, tmp_path, monkeypatch):
     import csv
 
-    from mlrpl_train import engine
+    from mlrpl_train.checkpoint import load_checkpoint, load_run_config
     from mlrpl_train.data import resolve_data
-    from mlrpl_train.engine import load_checkpoint, train
+    from mlrpl_train.engine import train
 
     ref = train(cl_config(data, tmp_path / "ref"))
     c = cl_config(data, tmp_path / "killed")
@@ -186,7 +186,7 @@ def test_cl_trains_and_a_resumed_run_ends_with_the_same_pseudo_labels_and_weight
     train_killed_at(c, 7, monkeypatch)
     mid = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert (mid["epoch"], mid["step"]) == (1, 2) and mid["model"]["pseudo._extra_state"]["keys"]  # labelled, killed
-    train(engine.load_run_config(tmp_path / "killed"), resume=True)
+    train(load_run_config(tmp_path / "killed"), resume=True)
     a, b = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(tmp_path / "killed" / "last.pt")["model"]
     pseudo, other = a.pop("pseudo._extra_state"), b.pop("pseudo._extra_state")
     assert pseudo["keys"] == other["keys"] and torch.equal(pseudo["labels"], other["labels"])

@@ -44,7 +44,8 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
 @pytest.mark.parametrize("method", ["pbce", "dsrb"])
 def test_a_whole_run_on_the_gpu_path_on_cpu(tmp_path, method):
-    from mlrpl_train.engine import evaluate_checkpoint, train
+    from mlrpl_train.engine import train
+    from mlrpl_train.reports import evaluate_checkpoint
     from mlrpl_train.options import DsrbOptions, TrainConfig
 
     data = tiny_training_set(tmp_path, n_train=24, n_test=8)

@@ -5,7 +5,8 @@ import torch
 
 from mlrpl_data.errors import BadInputError, MlrplError
 from mlrpl_data.embeddings import embed_labels, from_glove
-from mlrpl_train.engine import load_checkpoint, train
+from mlrpl_train.checkpoint import load_checkpoint, load_run_config
+from mlrpl_train.engine import train
 from mlrpl_train.options import DsrbOptions, TrainConfig
 from mlrpl_train.data import resolve_data
 from mlrpl_train.model import naive
@@ -238,13 +239,11 @@ def test_naive_form_trains_to_the_same_weights(data, tmp_path):
 
 
 def test_dsrb_resume_reproduces_weights(data, tmp_path, monkeypatch):
-    from mlrpl_train import engine
-
     ref = train(cfg(data, tmp_path / "ref"))
     c = cfg(data, tmp_path / "killed")
     c.checkpoint_every = 2
     train_killed_at(c, 13, monkeypatch)
-    train(engine.load_run_config(tmp_path / "killed"), resume=True)
+    train(load_run_config(tmp_path / "killed"), resume=True)
     a, b = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(tmp_path / "killed/last.pt")["model"]
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
@@ -434,14 +433,12 @@ def test_kmeans_prototypes_use_known_positives_only_in_key_order(data, tmp_path,
 def test_kmeans_prototypes_train_and_resume_to_the_same_weights(data, tmp_path, monkeypatch):
     """Prototypes from epoch 1 (blend_start 1), a kill in epoch 1 after a checkpoint at step 12: the
     resumed run takes the centres from the checkpoint's buffers and ends where an unbroken run does."""
-    from mlrpl_train import engine
-
     opts = dict(prototypes="kmeans", prototype_clusters=2)
     ref = train(cfg(data, tmp_path / "ref", **opts))
     c = cfg(data, tmp_path / "killed", **opts)
     c.checkpoint_every = 2
     train_killed_at(c, 13, monkeypatch)
-    train(engine.load_run_config(tmp_path / "killed"), resume=True)
+    train(load_run_config(tmp_path / "killed"), resume=True)
     a, b = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(tmp_path / "killed/last.pt")["model"]
     assert a["prototypes"].shape[1] == 2 and a["proto_counts"].sum() > 0
     for k in a:

@@ -12,7 +12,9 @@ import torch
 from mlrpl_data.errors import AlreadyExistsError, BadInputError
 from mlrpl_train import engine
 from mlrpl_train.options import TrainConfig
-from mlrpl_train.engine import TrainingDivergedError, evaluate_checkpoint, load_checkpoint, train
+from mlrpl_train.checkpoint import load_checkpoint, load_run_config
+from mlrpl_train.engine import TrainingDivergedError, train
+from mlrpl_train.reports import evaluate_checkpoint
 from mlrpl_train.model.backbone import WeightsError, build_backbone, imagenet_weights_path
 
 from trainkit import tiny_training_set
@@ -74,7 +76,7 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "train_step", real_step)
     mid = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert (mid["epoch"], mid["step"]) == (1, 3)  # the kill came mid-epoch
-    train(engine.load_run_config(tmp_path / "killed"), resume=True)
+    train(load_run_config(tmp_path / "killed"), resume=True)
     a, b = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(tmp_path / "killed" / "last.pt")["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -83,7 +85,7 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch):
 def test_resuming_a_finished_run_is_a_no_op(data, tmp_path):
     run = train(config(data, tmp_path / "run", epochs=1))
     before = load_checkpoint(run / "last.pt")["model"]
-    train(engine.load_run_config(run), resume=True)  # was: UnboundLocalError 'metrics' (a kill after the last save)
+    train(load_run_config(run), resume=True)  # was: UnboundLocalError 'metrics' (a kill after the last save)
     after = load_checkpoint(run / "last.pt")["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 1

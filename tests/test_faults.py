@@ -167,13 +167,13 @@ def test_full_disk_while_making_masks_and_building(raw, tmp_path, monkeypatch):
 
 
 def test_full_disk_while_checkpointing(raw, tmp_path, monkeypatch):
-    from mlrpl_train import engine
+    from mlrpl_train import checkpoint
 
     d = tmp_path / "d"
     for args in (["build-coco", "--root", str(raw), "--out", str(d), "--no-progress"],
                  ["make-masks", str(d), "--proportion", "0.5"], ["write-shards", str(d), "--max-samples", "20", "--no-progress"]):
         assert runner.invoke(app, args).exit_code == 0
-    real, calls = engine.torch.save, {"n": 0}
+    real, calls = checkpoint.torch.save, {"n": 0}
 
     def full(obj, f):  # torch.save writes to the temporary's file object
         calls["n"] += 1
@@ -182,14 +182,14 @@ def test_full_disk_while_checkpointing(raw, tmp_path, monkeypatch):
             raise enospc(f.name)
         return real(obj, f)
 
-    monkeypatch.setattr(engine.torch, "save", full)
+    monkeypatch.setattr(checkpoint.torch, "save", full)
     run = tmp_path / "run"
     args = ["train", "pbce", str(d), "--masks", "uniform-p0.50-s0", "--backbone", "tiny", "--weights", "none",
             "--epochs", "2", "--batch-size", "8", "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(run)]
     r = runner.invoke(app, args)
     assert r.exit_code == 1 and "no space left" in r.output
-    assert engine.load_checkpoint(run / "last.pt")["epoch"] == 1 and temporaries(run) == []
-    monkeypatch.setattr(engine.torch, "save", real)
+    assert checkpoint.load_checkpoint(run / "last.pt")["epoch"] == 1 and temporaries(run) == []
+    monkeypatch.setattr(checkpoint.torch, "save", real)
     r = runner.invoke(app, ["train", "pbce", str(d), "--resume", str(run), "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert engine.load_checkpoint(run / "last.pt")["epoch"] == 2
+    assert checkpoint.load_checkpoint(run / "last.pt")["epoch"] == 2

@@ -18,7 +18,9 @@ from cli import app
 from mlrpl_data.errors import BadInputError
 from mlrpl_data.fsutil import SEAL_LEN, atomic_copy, is_sealed
 from mlrpl_data.ownership import MARKER, claim, releasing
-from mlrpl_train.engine import load_checkpoint, log_epoch, save_checkpoint, train
+from mlrpl_train.checkpoint import load_checkpoint, save_checkpoint
+from mlrpl_train.engine import train
+from mlrpl_train.runlog import log_epoch
 from mlrpl_train.inference import export_run, load_predictor
 from mlrpl_train.options import TrainConfig
 

@@ -49,7 +49,8 @@ def test_each_file_is_read_once(tmp_path, monkeypatch):
 
 def test_evaluate_reads_dataset_json_once(tmp_path, monkeypatch):
     import mlrpl_data.readers as readers
-    from mlrpl_train.engine import evaluate_checkpoint, train
+    from mlrpl_train.engine import train
+    from mlrpl_train.reports import evaluate_checkpoint
     from mlrpl_train.options import TrainConfig
     from trainkit import tiny_training_set
 
@@ -87,15 +88,15 @@ def test_the_published_figure_is_the_sidecars_proportion(tmp_path, monkeypatch):
     """A mask's proportion is its sidecar's: a (hand-made) sidecar saying 0.5 under the name p0.10 gives
     Table 1's DSRB MS-COCO figure at 50% (79.6), not at 10% (72.5); without a sidecar, the name's."""
     from mlrpl_data.specs import load_spec
-    from mlrpl_train import engine
+    from mlrpl_train import reports
     from mlrpl_train.published import whole_counts
 
-    monkeypatch.setattr(engine, "read_card", lambda d: {"name": "coco2014", "counts": whole_counts("coco2014")})
+    monkeypatch.setattr(reports, "read_card", lambda d: {"name": "coco2014", "counts": whole_counts("coco2014")})
     coco = [c["name"] for c in load_spec("coco80")["categories"]]
     sidecar(tmp_path, "uniform-p0.10-s0", 0.5)
-    assert engine._published_beside(tmp_path, coco, "dsrb", "uniform-p0.10-s0", {"mAP_voc": 0.7})["mAP"] == \
+    assert reports._published_beside(tmp_path, coco, "dsrb", "uniform-p0.10-s0", {"mAP_voc": 0.7})["mAP"] == \
         pytest.approx(0.796)
-    assert engine._published_beside(tmp_path / "none", coco, "dsrb", "uniform-p0.10-s0", {"mAP_voc": 0.7})["mAP"] == \
+    assert reports._published_beside(tmp_path / "none", coco, "dsrb", "uniform-p0.10-s0", {"mAP_voc": 0.7})["mAP"] == \
         pytest.approx(0.725)
 
 

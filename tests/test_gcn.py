@@ -209,9 +209,10 @@ def _config(data, out, method, **kw):
 def test_train_resume_and_evaluate(data, tmp_path, monkeypatch, method, capsys):
     import csv
 
-    from mlrpl_train import engine
+    from mlrpl_train.checkpoint import load_checkpoint, load_run_config
     from mlrpl_train.data import resolve_data
-    from mlrpl_train.engine import evaluate_checkpoint, load_checkpoint, train
+    from mlrpl_train.engine import train
+    from mlrpl_train.reports import evaluate_checkpoint
 
     ref = train(_config(data, tmp_path / "ref", method))
     if method == "gcn-ml":  # the trainkit set has no label_embeddings.npy: learned, and said so
@@ -227,7 +228,7 @@ def test_train_resume_and_evaluate(data, tmp_path, monkeypatch, method, capsys):
     train_killed_at(_config(data, tmp_path / "killed", method), 13, monkeypatch)
     mid = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert (mid["epoch"], mid["step"]) == (1, 3)
-    train(engine.load_run_config(tmp_path / "killed"), resume=True)
+    train(load_run_config(tmp_path / "killed"), resume=True)
     resumed = load_checkpoint(tmp_path / "killed" / "last.pt")["model"]
     assert state.keys() == resumed.keys()
     for k in state:
@@ -237,7 +238,8 @@ def test_train_resume_and_evaluate(data, tmp_path, monkeypatch, method, capsys):
 
 
 def test_gcn_ml_reads_the_embeddings_file_and_the_paper_graph(data, tmp_path):
-    from mlrpl_train.engine import load_checkpoint, train
+    from mlrpl_train.checkpoint import load_checkpoint
+    from mlrpl_train.engine import train
     from mlrpl_train.options import GcnOptions
 
     emb = np.arange(15, dtype=np.float32).reshape(3, 5) / 10
@@ -287,16 +289,16 @@ def test_sweep_tables_show_the_published_rows_and_p_gcn_as_its_authors_reported(
 
 def test_evaluate_marks_p_gcn_published_figures_as_its_authors(monkeypatch):
     from mlrpl_data.specs import load_spec
-    from mlrpl_train import engine
+    from mlrpl_train import reports
 
     from mlrpl_train.published import whole_counts
 
-    monkeypatch.setattr(engine, "read_card", lambda d: {"name": "coco2014", "counts": whole_counts("coco2014")})
+    monkeypatch.setattr(reports, "read_card", lambda d: {"name": "coco2014", "counts": whole_counts("coco2014")})
     coco = [c["name"] for c in load_spec("coco80")["categories"]]
-    pub = engine._published_beside("d", coco, "p-gcn", "uniform-p0.10-s0", {"mAP_voc": 0.7})
+    pub = reports._published_beside("d", coco, "p-gcn", "uniform-p0.10-s0", {"mAP_voc": 0.7})
     assert pub["source"] == "arXiv 2205.13092, Table 1; reported by its authors"
     assert pub["mAP"] == pytest.approx(0.675) and pub["delta_mAP_voc"] == pytest.approx(0.025)
-    pub = engine._published_beside("d", coco, "gcn-ml", "uniform-p0.10-s0", {"mAP_voc": 0.7})
+    pub = reports._published_beside("d", coco, "gcn-ml", "uniform-p0.10-s0", {"mAP_voc": 0.7})
     assert pub["source"] == "arXiv 2205.13092, Table 1" and pub["mAP"] == pytest.approx(0.638)
 
 

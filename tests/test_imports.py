@@ -7,9 +7,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("mlrpl_data", "mlrpl_train")
-# removed by the trainer split (model/dsrb <-> model/naive): delete this pair at the merge
-KNOWN_CYCLE_EDGES = {("mlrpl_train.model.dsrb", "mlrpl_train.model.naive"),
-                     ("mlrpl_train.model.naive", "mlrpl_train.model.dsrb")}
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -47,8 +44,8 @@ def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
     return graph
 
 
-def find_cycle(graph: dict[str, set[str]], ignore: set[tuple[str, str]] = frozenset()) -> list[str] | None:
-    """One cycle as [a, b, ..., a], or None (depth-first search; `ignore` drops those edges)."""
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as [a, b, ..., a], or None (depth-first search)."""
     state: dict[str, int] = {}  # 1 on the stack, 2 done
     stack: list[str] = []
 
@@ -56,8 +53,6 @@ def find_cycle(graph: dict[str, set[str]], ignore: set[tuple[str, str]] = frozen
         state[node] = 1
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
-            if (node, nxt) in ignore:
-                continue
             if state.get(nxt) == 1:
                 return stack[stack.index(nxt):] + [nxt]
             if nxt not in state and (found := visit(nxt)):
@@ -75,7 +70,7 @@ def find_cycle(graph: dict[str, set[str]], ignore: set[tuple[str, str]] = frozen
 def test_the_packages_have_no_import_cycle():
     graph = import_graph(REPO, PACKAGES)
     assert "mlrpl_data.card" in graph["mlrpl_data.folder"]  # function-local and module-level imports alike
-    cycle = find_cycle(graph, KNOWN_CYCLE_EDGES)
+    cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 

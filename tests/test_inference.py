@@ -12,7 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli import app
-from mlrpl_train.engine import evaluate_checkpoint, train
+from mlrpl_train.engine import train
+from mlrpl_train.reports import evaluate_checkpoint
 from mlrpl_train.inference import Predictions, export_run, load_predictor, predict_inputs
 from mlrpl_train.options import DsrbOptions, TrainConfig
 

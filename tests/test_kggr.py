@@ -133,7 +133,9 @@ def test_kggr_trains_and_evaluates(data, tmp_path):
     import csv
 
     from mlrpl_train.data import resolve_data
-    from mlrpl_train.engine import evaluate_checkpoint, load_checkpoint, train
+    from mlrpl_train.checkpoint import load_checkpoint
+    from mlrpl_train.engine import train
+    from mlrpl_train.reports import evaluate_checkpoint
     from mlrpl_train.options import TrainConfig
 
     emb = np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)

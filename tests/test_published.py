@@ -109,13 +109,13 @@ def test_published_rows_only_for_the_whole_benchmark_as_published():
 def test_a_run_that_held_images_out_says_so_beside_the_published_figure(monkeypatch):
     """The paper trained on the whole training split: a run with --val-fraction 0.1 trained on 90%."""
     from mlrpl_data.specs import load_spec
-    from mlrpl_train import engine
+    from mlrpl_train import reports
     from mlrpl_train.published import whole_counts
 
-    monkeypatch.setattr(engine, "read_card", lambda d: {"name": "coco2014", "counts": whole_counts("coco2014")})
+    monkeypatch.setattr(reports, "read_card", lambda d: {"name": "coco2014", "counts": whole_counts("coco2014")})
     coco = [c["name"] for c in load_spec("coco80")["categories"]]
-    whole = engine._published_beside("d", coco, "dsrb", "uniform-p0.10-s0", {"mAP_voc": 0.7})
-    held = engine._published_beside("d", coco, "dsrb", "uniform-p0.10-s0", {"mAP_voc": 0.7}, val_fraction=0.1)
+    whole = reports._published_beside("d", coco, "dsrb", "uniform-p0.10-s0", {"mAP_voc": 0.7})
+    held = reports._published_beside("d", coco, "dsrb", "uniform-p0.10-s0", {"mAP_voc": 0.7}, val_fraction=0.1)
     assert whole["note"] is None and whole["mAP"] == pytest.approx(0.725)
     assert held["note"].startswith("this run trained on 90% of the training split (--val-fraction 0.1)")
     assert held["delta_mAP_voc"] == pytest.approx(0.7 - 0.725)
@@ -124,12 +124,12 @@ def test_a_run_that_held_images_out_says_so_beside_the_published_figure(monkeypa
 def test_published_figures_only_beside_the_papers_masks(monkeypatch):
     """Per-image and single-positive masks are other experiments: no published figure, no delta."""
     from mlrpl_data.specs import load_spec
-    from mlrpl_train import engine
+    from mlrpl_train import reports
     from mlrpl_train.published import whole_counts
 
-    monkeypatch.setattr(engine, "read_card", lambda d: {"name": "coco2014", "counts": whole_counts("coco2014")})
+    monkeypatch.setattr(reports, "read_card", lambda d: {"name": "coco2014", "counts": whole_counts("coco2014")})
     coco = [c["name"] for c in load_spec("coco80")["categories"]]
     for mask, shown in (("uniform-p0.10-s0", True), ("hcp-p0.10-s0", True), ("per-image-p0.10-s0", False),
                         ("single-positive-p0.10-s0", False)):
-        pub = engine._published_beside("d", coco, "dsrb", mask, {"mAP_voc": 0.7})
+        pub = reports._published_beside("d", coco, "dsrb", mask, {"mAP_voc": 0.7})
         assert (pub is not None) == shown, mask

@@ -9,7 +9,7 @@ import pytest
 
 from mlrpl_data.errors import BadInputError
 from mlrpl_train import registry
-from mlrpl_train.engine import RESUME_CHANGEABLE, resume_config
+from mlrpl_train.checkpoint import RESUME_CHANGEABLE, resume_config
 from mlrpl_train.options import Method, TrainConfig, config_from_json, option_groups
 from mlrpl_train.published import published_rows, table1_name
 

@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 from mlrpl.cli import app
 from mlrpl_data.errors import BadInputError
-from mlrpl_train import engine
+from mlrpl_train import engine, runlog
 from mlrpl_train.data import validation_keys
-from mlrpl_train.engine import load_checkpoint, resume_config, train
+from mlrpl_train.checkpoint import RunCheckpoints, load_checkpoint, load_run_config, resume_config
+from mlrpl_train.engine import train
 from mlrpl_train.metrics import evaluate_scores, format_metrics
 from mlrpl_train.options import TrainConfig
 
@@ -65,7 +66,7 @@ def tensorboard_steps(run: Path) -> dict[str, list[int]]:
 @pytest.mark.fuzzclass("reported figures")
 def test_interrupted_then_resumed_run_logs_exactly_the_uninterrupted_run(data, tmp_path, monkeypatch, where):
     ref = train(config(data, tmp_path / "ref"))
-    real_step, real_ckpt = engine.train_step, engine.RunState.checkpoint
+    real_step, real_ckpt = engine.train_step, RunCheckpoints.checkpoint
     calls = {"n": 0}
 
     def dying_step(*a, **k):  # 10 batches per epoch: killed at epoch 2's step 6, three steps after its checkpoint
@@ -82,16 +83,16 @@ def test_interrupted_then_resumed_run_logs_exactly_the_uninterrupted_run(data, t
     if where == "mid-epoch":
         monkeypatch.setattr(engine, "train_step", dying_step)
     else:
-        monkeypatch.setattr(engine.RunState, "checkpoint", dying_ckpt)
+        monkeypatch.setattr(RunCheckpoints, "checkpoint", dying_ckpt)
     with pytest.raises(KeyboardInterrupt):
         train(config(data, tmp_path / "run"))
     monkeypatch.setattr(engine, "train_step", real_step)
-    monkeypatch.setattr(engine.RunState, "checkpoint", real_ckpt)
+    monkeypatch.setattr(RunCheckpoints, "checkpoint", real_ckpt)
     run = tmp_path / "run"
     mid = load_checkpoint(run / "last.pt")
     assert (mid["epoch"], mid["step"]) == ((1, 3) if where == "mid-epoch" else (0, 9))
     assert len(mid["epoch_losses"]) == mid["step"]  # the epoch's losses so far travel with the checkpoint
-    train(engine.load_run_config(run), resume=True)
+    train(load_run_config(run), resume=True)
 
     want, got = metric_rows(ref), metric_rows(run)
     assert [r["epoch"] for r in got] == ["1", "2"]  # a row logged after the checkpoint is dropped, then written again
@@ -215,7 +216,7 @@ def test_no_class_with_a_known_negative_prints_no_map_figure():
 def test_sweep_table_says_over_how_many_classes(tmp_path):
     from mlrpl_train.sweep import write_table
 
-    cols = engine.METRIC_COLUMNS
+    cols = runlog.METRIC_COLUMNS
     for name, (mAP, scope) in {"pbce-p0.30-s0": (0.5, "2/3"), "pbce-p0.50-s0": ("", "0/3")}.items():
         (tmp_path / name).mkdir()
         with open(tmp_path / name / "metrics.csv", "w", newline="") as f:
@@ -314,9 +315,9 @@ def test_evaluate_on_a_lab_csv_exported_as_0_1_prints_no_map(tmp_path):
 
 @pytest.mark.fuzzclass("reported figures")
 def test_a_run_begun_by_an_older_mlrpl_keeps_its_metrics_columns(tmp_path):
-    old = [c for c in engine.METRIC_COLUMNS if c != "mAP_classes"]
+    old = [c for c in runlog.METRIC_COLUMNS if c != "mAP_classes"]
     (tmp_path / "metrics.csv").write_text(",".join(old) + "\n")
     m = evaluate_scores(np.array([[0.9], [0.2]]), np.array([[1], [-1]]), ["a"])
-    engine.log_epoch(tmp_path, None, 2, 0.5, 1e-3, 0, 1.0, 1.0, m)
+    runlog.log_epoch(tmp_path, None, 2, 0.5, 1e-3, 0, 1.0, 1.0, m)
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert list(rows[0]) == old and rows[0]["epoch"] == "2" and rows[0]["mAP"] == "1.0" and rows[0]["selection"]

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from .. import dist as D
 from ..device import to_device
 from ..losses import normalised_partial_bce
+from .base import PartialLabelModel
 
 STRATEGIES = ("bayes", "threshold", "proportion", "positive", "none")
 
@@ -150,7 +151,7 @@ class PseudoLabels(nn.Module):
         self.index = {k: i for i, k in enumerate(self.keys)}
 
 
-class CurriculumLabelingModel(nn.Module):
+class CurriculumLabelingModel(PartialLabelModel):
     """Backbone -> global average pool -> dropout -> linear, trained with the normalised partial BCE
     on known + pseudo labels; `before_epoch` runs the curriculum. See the module docstring."""
 

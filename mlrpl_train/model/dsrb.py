@@ -26,14 +26,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from mlrpl_data.errors import BadInputError
+from mlrpl_data.errors import BadInputError, MlrplError
 
 from .. import dist as D
 from ..device import to_device
 from ..losses import contrastive_literal, contrastive_published, contrastive_weight, partial_bce
 from ..options import DsrbOptions
+from .base import PartialLabelModel
 from .blending import (accumulate_prototypes, choose_pprb, iprb_blend, iprb_mask, kmeans_prototypes, peak_cells,
                        pprb_blend, pprb_mask)
+from .naive import category_maps, iprb_blend_maps, pool, pprb_blend_maps
 
 
 # ---- CSRL (eq. 1-2) -----------------------------------------------------------------------------------
@@ -206,7 +208,7 @@ def cooccurrence(partial: np.ndarray | None, num_classes: int) -> torch.Tensor:
 
 # ---- DSRB ---------------------------------------------------------------------------------------------------
 
-class DSRB(nn.Module):
+class DSRB(PartialLabelModel):
     def __init__(self, backbone: nn.Module, num_classes: int, embeddings: torch.Tensor | None,
                  adjacency: torch.Tensor, opts: DsrbOptions, frozen: list[nn.Module], seed: int = 0,
                  bce: str = "batch"):
@@ -413,6 +415,37 @@ class DSRB(nn.Module):
         """See accumulate_extra."""
 
 
+class NaiveDSRB(DSRB):
+    """DSRB blending whole category maps and keeping prototype MAPS (C, cells, HW, D)."""
+
+    proto_maps: torch.Tensor | None = None
+    _map_sums: torch.Tensor | None = None  # while compute_prototypes runs
+
+    def iprb_outputs(self, f, y, cache, xs, att):
+        m_hat, y_hat = iprb_blend_maps(category_maps(att, xs), y, self.alpha)
+        return self.head(pool(m_hat)), y_hat
+
+    def pprb_outputs(self, f, y, cache, xs, att, cls, cell):
+        if self.proto_maps is None:
+            raise MlrplError("the naive form has no prototype maps yet: run compute_prototypes first")
+        maps = category_maps(att, xs)
+        m_tilde, y_tilde = pprb_blend_maps(maps, y, self.beta, self.proto_maps.to(maps.device), cls, cell)
+        return self.head(pool(m_tilde)), y_tilde
+
+    def accumulate_extra(self, xs, att, partial, own) -> None:
+        maps = category_maps(att, xs).float().cpu()
+        if self._map_sums is None:
+            self._map_sums = torch.zeros(maps.shape[1], self.cells, maps.shape[2], maps.shape[3])
+        c = self._map_sums.shape[0]
+        accumulate_prototypes(maps.flatten(2), partial, own, self.cells, self._map_sums.view(c, self.cells, -1),
+                              torch.zeros(c, self.cells))
+
+    def finish_extra(self, counts: torch.Tensor) -> None:
+        if self._map_sums is not None:
+            self.proto_maps = self._map_sums / counts.clamp(min=1)[:, :, None, None].float()
+        self._map_sums = None
+
+
 def load_embeddings(spec, path: str | None) -> torch.Tensor | None:
     """DIR/label_embeddings.npy (or --embeddings PATH): (C, E) float; None -> learned, with a warning.
     Every method whose registry entry says uses_embeddings reads them here."""
@@ -445,9 +478,7 @@ def build_dsrb(cfg, spec, backbone: nn.Module, frozen: list[nn.Module],
     if not from_checkpoint:
         embeddings = load_embeddings(spec, cfg.embeddings)
     partial = spec.fit_partial()
-    cls = DSRB
-    if opts.form == "naive":
-        from .naive import NaiveDSRB as cls
+    cls = NaiveDSRB if opts.form == "naive" else DSRB
     return cls(backbone, spec.num_classes, embeddings, cooccurrence(partial, spec.num_classes), opts, frozen,
                seed=cfg.seed, bce=cfg.bce)
 

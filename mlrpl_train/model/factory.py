@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn as nn
-
 from ..registry import get
 from .backbone import build_backbone, freeze_until
+from .base import PartialLabelModel
 
 
-def build_model(cfg, spec, state: dict[str, Any] | None = None) -> nn.Module:
+def build_model(cfg, spec, state: dict[str, Any] | None = None) -> PartialLabelModel:
     """The model of `cfg` for the data of `spec`. With `state` (a checkpoint's model state) the
     backbone is not given pretrained weights and the state is loaded instead (evaluation, predict)."""
     backbone = build_backbone(cfg.backbone, "none" if state is not None else cfg.weights)

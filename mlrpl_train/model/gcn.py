@@ -47,6 +47,7 @@ import torch.nn as nn
 from mlrpl_data.errors import BadInputError
 
 from ..losses import partial_bce
+from .base import PartialLabelModel
 
 ADJACENCY_FORMS = ("code", "paper")
 PUBLISHED_P = {"code": 0.25, "paper": 0.2}  # gen_A's 0.25; the paper's Sec. 4.1: p = 0.2
@@ -128,7 +129,7 @@ class GraphConvolution(nn.Module):
         return torch.matmul(adjacency, torch.matmul(h, self.weight))
 
 
-class _Frozen(nn.Module):
+class _Frozen(PartialLabelModel):
     """Frozen backbone layers stay in eval mode (their BatchNorm statistics kept) in train()."""
 
     _frozen: list

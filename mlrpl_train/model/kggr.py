@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from ..losses import partial_bce
+from .base import PartialLabelModel
 from .dsrb import GGNN, SemanticDecoupling, cooccurrence, load_embeddings
 
 
@@ -50,7 +51,7 @@ def knowledge_graph(partial: np.ndarray | None, num_classes: int) -> torch.Tenso
     return cooccurrence(partial, num_classes)
 
 
-class KGGR(nn.Module):
+class KGGR(PartialLabelModel):
     """KGGR's MLR framework (see the module docstring). `embeddings` (C, E) from the dataset's
     label_embeddings.npy (kept as a buffer), or None: learned from a random start (E = 300);
     `adjacency` (C, C) from `knowledge_graph`; `opts` a KggrOptions; `frozen` the backbone layers

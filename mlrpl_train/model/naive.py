@@ -1,18 +1,15 @@
 """The naive feature-map form of IPRB and PPRB (eq. 6-13 as the published code computes them):
 blends the (B, C, H, W, D) category-specific maps, then pools. Kept as the oracle the cheap
-form is tested against (`NaiveDSRB`, `--form naive`), and as the "(c)" row of
-benchmarks/train_step.py. Same choices (pairs, class, cell) as the cheap form, so outputs,
-targets and gradients can be compared.
+form is tested against (`NaiveDSRB` in dsrb.py blends with these: `--form naive`), and as the
+"(c)" row of benchmarks/train_step.py. Same choices (pairs, class, cell) as the cheap form, so
+outputs, targets and gradients can be compared.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mlrpl_data.errors import MlrplError
-
-from .blending import accumulate_prototypes, iprb_mask, pprb_mask
-from .dsrb import DSRB
+from .blending import iprb_mask, pprb_mask
 
 
 def category_maps(attention: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -57,34 +54,3 @@ def pprb_blend_maps(maps: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, pro
     p[rows, cls[rows]] = proto_maps[cls[rows], cell[rows]].to(maps.dtype)
     b4 = bmat[:, :, None, None]
     return b4 * maps + (1 - b4) * p, bmat * y.to(maps.dtype) + (1 - bmat)
-
-
-class NaiveDSRB(DSRB):
-    """DSRB blending whole category maps and keeping prototype MAPS (C, cells, HW, D)."""
-
-    proto_maps: torch.Tensor | None = None
-    _map_sums: torch.Tensor | None = None  # while compute_prototypes runs
-
-    def iprb_outputs(self, f, y, cache, xs, att):
-        m_hat, y_hat = iprb_blend_maps(category_maps(att, xs), y, self.alpha)
-        return self.head(pool(m_hat)), y_hat
-
-    def pprb_outputs(self, f, y, cache, xs, att, cls, cell):
-        if self.proto_maps is None:
-            raise MlrplError("the naive form has no prototype maps yet: run compute_prototypes first")
-        maps = category_maps(att, xs)
-        m_tilde, y_tilde = pprb_blend_maps(maps, y, self.beta, self.proto_maps.to(maps.device), cls, cell)
-        return self.head(pool(m_tilde)), y_tilde
-
-    def accumulate_extra(self, xs, att, partial, own) -> None:
-        maps = category_maps(att, xs).float().cpu()
-        if self._map_sums is None:
-            self._map_sums = torch.zeros(maps.shape[1], self.cells, maps.shape[2], maps.shape[3])
-        c = self._map_sums.shape[0]
-        accumulate_prototypes(maps.flatten(2), partial, own, self.cells, self._map_sums.view(c, self.cells, -1),
-                              torch.zeros(c, self.cells))
-
-    def finish_extra(self, counts: torch.Tensor) -> None:
-        if self._map_sums is not None:
-            self.proto_maps = self._map_sums / counts.clamp(min=1)[:, :, None, None].float()
-        self._map_sums = None

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..losses import asymmetric_loss, large_loss, partial_bce
+from .base import PartialLabelModel
 
 
 class Corrections(nn.Module):
@@ -38,7 +39,7 @@ class Corrections(nn.Module):
         self.table = {str(k): [int(j) for j in v] for k, v in dict(state).items()}
 
 
-class PartialBCEModel(nn.Module):
+class PartialBCEModel(PartialLabelModel):
     def __init__(self, backbone: nn.Module, num_classes: int, frozen: list[nn.Module], bce: str = "batch",
                  loss: str = "pbce", options=None):
         super().__init__()
