@@ -586,9 +586,7 @@ def sweep(ctx: typer.Context,
           scheme: Scheme = typer.Option(Scheme.uniform, help="Mask scheme (see make-masks)"),
           out: str = typer.Option("runs/sweep", help="Sweep folder: one run per (proportion, seed), and the table"),
           metric: Metric = typer.Option(Metric.map, help="The table's metric: map = plain AP (= scikit-learn), map_voc = "
-                                        "VOC-interpolated (the published code's), or any other metrics.csv column "
-                                        "(`mlrpl evaluate` defines them); table.csv holds both mAPs and every "
-                                        "metric's average"),
+                                        "VOC-interpolated (the published code's), or another; table.csv holds all"),
           preset: Optional[Preset] = typer.Option(None, help="paper = the paper's protocol: nine proportions "
                                                   "0.1..0.9, its schedule (the defaults), the whole training split; "
                                                   "the table adds the test-selected best epoch, named as such"),

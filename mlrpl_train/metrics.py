@@ -282,8 +282,8 @@ class Metric:
     """One metric, declared once.
 
     name: its key in evaluate's report (eval_metrics.json, metrics_last.json, `evaluate --json`) and, when
-    per_epoch, its metrics.csv column and TensorBoard tag (epoch/<name>); `sweep --metric` takes it in lower
-    case. fn(scores (N, C) float, targets (N, C) in {-1, 0, 1}) -> float, or None where the known labels
+    per_epoch (else evaluate only), its metrics.csv column and TensorBoard tag (epoch/<name>); `sweep
+    --metric` takes it in lower case. fn(scores (N, C) float, targets (N, C) in {-1, 0, 1}) -> float, or None where the known labels
     cannot judge it; it must ignore the 0 (unknown) entries. label: its row in evaluate's table; short: its
     name in sweep's table and plot; percent: shown x 100 (a fraction) or as is (a count); published: the
     column of the paper's Table 1 (manifests/published/) that sweep's table sets beside it."""
@@ -297,11 +297,6 @@ class Metric:
     short: str = ""
     percent: bool = True
     published: str | None = None
-
-    @property
-    def column(self) -> str | None:
-        """Its metrics.csv column and TensorBoard tag, None when only evaluate reports it."""
-        return self.name if self.per_epoch else None
 
 
 def _part(family: Callable[[np.ndarray, np.ndarray], dict[str, float]], key: str):
@@ -317,8 +312,8 @@ _MLCPL = "mlcpl (partial-label metrics), over known entries"
 # the order of evaluate's table and report; per-epoch ones are metrics.csv's columns in this order (the first
 # six are the columns runs had before the registry, in their places: new ones are appended after them)
 METRICS: list[Metric] = [
-    Metric("mAP", lambda s, t: _mean_ap(s, t), True, "mAP, plain AP (= scikit-learn)", "plain AP (= scikit-learn)",
-           "per-class AP, mean over classes with a known positive and negative", short="mAP", published="mAP"),
+    Metric("mAP", _mean_ap, True, "mAP, plain AP (= scikit-learn)", "plain AP (= scikit-learn)",
+           "scikit-learn average_precision_score per class", short="mAP", published="mAP"),
     Metric("mAP_voc", lambda s, t: _mean_ap(s, t, voc=True), True, "mAP, VOC-interpolated (published code)",
            "VOC-interpolated AP, as the published code", "SSGRL/HCP-MLR-PL's evaluation code", short="mAP (VOC)",
            published="mAP"),

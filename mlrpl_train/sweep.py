@@ -19,7 +19,7 @@ from mlrpl_data.masks import MaskConfig, compute_masks, proportion_text, write_m
 from mlrpl_data.manifest import read_manifest
 
 from .engine import CHECKPOINT_LAST, load_checkpoint, train
-from .metrics import get_metric, per_epoch_metrics
+from .metrics import Metric, get_metric, per_epoch_metrics
 from .options import Precision, TrainConfig
 from .registry import BY_NAME, method_names
 from mlrpl_data.ownership import releasing
@@ -140,6 +140,59 @@ def _avg_by_seed(per: dict[float, list[dict[str, float]]], key: str) -> list[flo
     return [float(np.mean([per[p][i][key] for p in per])) for i in range(min(len(v) for v in per.values()))]
 
 
+def _our_row(method: str, per: dict[float, list[dict[str, float]]], props: list[float], chosen: Metric,
+             best_on_test: bool) -> tuple[str, dict[str, Any]]:
+    """A method's Markdown row (the chosen metric per proportion, its average, average OF1 and CF1) and its
+    table.csv row (both mAPs per proportion, every per-epoch metric's average and best on test)."""
+    metric = chosen.name
+    cells, csv_row = [], {"method": method}
+    for p in props:
+        runs = per.get(p, [])
+        cells.append(_cell([r[metric] for r in runs if metric in r], chosen.percent) if runs else "-")
+        for k in ("mAP", "mAP_voc"):
+            csv_row[f"{k}@{proportion_text(p)}"] = float(np.mean([r[k] for r in runs])) if runs else ""
+            csv_row[f"{k}@{proportion_text(p)}_std"] = float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else ""
+    for key in (metric, "OF1", "CF1"):
+        cells.append(_cell(_avg_by_seed(per, key), get_metric(key).percent))
+    for key in [m.name for m in per_epoch_metrics()] + [f"{m.name}_best_on_test" for m in per_epoch_metrics()]:
+        if _avg_by_seed(per, key):
+            csv_row[f"avg_{key}"] = float(np.mean(_avg_by_seed(per, key)))
+    if best_on_test:
+        cells.append(_cell(_avg_by_seed(per, f"{metric}_best_on_test"), chosen.percent))
+    return f"| {method} | {' | '.join(cells)} |", csv_row
+
+
+def _published_rows(method: str, per: dict[float, list[dict[str, float]]], props: list[float], pub: list,
+                    chosen: Metric, best_on_test: bool, csv_row: dict[str, Any], notes: list[str]) -> list[str]:
+    """The method's published row and the difference row (Markdown); adds the published average to its
+    `csv_row` and, for a figure the paper copied from elsewhere, a line to `notes`."""
+    from .published import table1_name
+
+    metric = chosen.name
+    got = [float(np.mean([r[metric] for r in per[p]])) if p in per else None for p, r in zip(props, pub)]
+    col = chosen.published
+    pairs = [(100 * g, r[col]) for g, r in zip(got, pub) if g is not None and r and r[col] is not None]
+    pub_cells = [f"{r[col]:.1f}" if r and r[col] is not None else "-" for r in pub]
+    delta = [f"{100 * g - r[col]:+.1f}" if g is not None and r and r[col] is not None else "-"
+             for g, r in zip(got, pub)]
+    extra = [""] * (1 if best_on_test else 0)
+    avg_pub = f"{np.mean([b for _, b in pairs]):.1f}" if pairs else "-"
+    avg_delta = f"{np.mean([a - b for a, b in pairs]):+.1f}" if pairs else "-"
+    row0 = next(r for r in pub if r)
+    note = BY_NAME[method].published_note if method in BY_NAME else ""
+    if note and pairs:
+        notes.append(f"{table1_name(method)} (published): {note}, copied into the paper's Table 1 "
+                     f"(not run by the paper's authors).")
+    elif note:
+        notes.append(f"{table1_name(method)} (published): the paper has no figure here (its figures "
+                     f"elsewhere are {note}).")
+    label = f"{table1_name(method)} (published{', ' + note if note else ''})"
+    csv_row["published_avg_mAP_same_proportions"] = float(np.mean([b for _, b in pairs])) / 100 if pairs else ""
+    return [f"| {label} | {' | '.join(pub_cells)} | {avg_pub} | "
+            f"{row0['avg_OF1'] or '-'} | {row0['avg_CF1'] or '-'} |{' | '.join(extra) + ' |' if extra else ''}",
+            f"| Δ {method} − published | {' | '.join(delta)} | {avg_delta} | | |{' |' if extra else ''}"]
+
+
 def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | None = None,
                 best_on_test: bool = False) -> dict[str, Any]:
     """The paper's Table 1 layout (`metric`, a registered metric's name, per proportion, its average,
@@ -148,9 +201,7 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
     coco2014, voc2007, vg200) each method gets its published row and the difference, for a metric the
     paper reports (its registry entry's `published`); `best_on_test` adds the test-selected best epoch
     (max, or min where lower is better) as a column named as such. An unknown `metric` is a ValueError."""
-    from mlrpl_data.masks import proportion_text
-
-    from .published import published, table1_name
+    from .published import published
 
     chosen = get_metric(metric)
     metric, name = chosen.name, chosen.short or chosen.name
@@ -161,47 +212,13 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
     md = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
     rows_csv, notes_extra = [], []
     for method, per in table.items():
-        cells, csv_row = [], {"method": method}
-        for p in props:
-            runs = per.get(p, [])
-            cells.append(_cell([r[metric] for r in runs if metric in r], chosen.percent) if runs else "-")
-            for k in ("mAP", "mAP_voc"):
-                csv_row[f"{k}@{proportion_text(p)}"] = float(np.mean([r[k] for r in runs])) if runs else ""
-                csv_row[f"{k}@{proportion_text(p)}_std"] = float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else ""
-        for key in (metric, "OF1", "CF1"):
-            cells.append(_cell(_avg_by_seed(per, key), get_metric(key).percent))
-        for key in [m.name for m in per_epoch_metrics()] + [f"{m.name}_best_on_test" for m in per_epoch_metrics()]:
-            if _avg_by_seed(per, key):
-                csv_row[f"avg_{key}"] = float(np.mean(_avg_by_seed(per, key)))
-        if best_on_test:
-            cells.append(_cell(_avg_by_seed(per, f"{metric}_best_on_test"), chosen.percent))
-        md.append(f"| {method} | {' | '.join(cells)} |")
+        line, csv_row = _our_row(method, per, props, chosen, best_on_test)
+        md.append(line)
         rows_csv.append(csv_row)
         pub = [published(dataset, method, p) for p in props]
         # a method the paper lists without a number here (P-GCN on VG-200) shows "-"
         if dataset and chosen.published and any(pub):
-            got = [float(np.mean([r[metric] for r in per[p]])) if p in per else None for p, r in zip(props, pub)]
-            col = chosen.published
-            pairs = [(100 * g, r[col]) for g, r in zip(got, pub) if g is not None and r and r[col] is not None]
-            pub_cells = [f"{r[col]:.1f}" if r and r[col] is not None else "-" for r in pub]
-            delta = [f"{100 * g - r[col]:+.1f}" if g is not None and r and r[col] is not None else "-"
-                     for g, r in zip(got, pub)]
-            extra = [""] * (1 if best_on_test else 0)
-            avg_pub = f"{np.mean([b for _, b in pairs]):.1f}" if pairs else "-"
-            avg_delta = f"{np.mean([a - b for a, b in pairs]):+.1f}" if pairs else "-"
-            row0 = next(r for r in pub if r)
-            note = BY_NAME[method].published_note if method in BY_NAME else ""
-            if note and pairs:
-                notes_extra.append(f"{table1_name(method)} (published): {note}, copied into the paper's Table 1 "
-                                   f"(not run by the paper's authors).")
-            elif note:
-                notes_extra.append(f"{table1_name(method)} (published): the paper has no figure here (its figures "
-                                   f"elsewhere are {note}).")
-            label = f"{table1_name(method)} (published{', ' + note if note else ''})"
-            md.append(f"| {label} | {' | '.join(pub_cells)} | {avg_pub} | "
-                      f"{row0['avg_OF1'] or '-'} | {row0['avg_CF1'] or '-'} |{' | '.join(extra) + ' |' if extra else ''}")
-            md.append(f"| Δ {method} − published | {' | '.join(delta)} | {avg_delta} | | |{' |' if extra else ''}")
-            csv_row["published_avg_mAP_same_proportions"] = float(np.mean([b for _, b in pairs])) / 100 if pairs else ""
+            md += _published_rows(method, per, props, pub, chosen, best_on_test, csv_row, notes_extra)
     notes = [f"Each run's last epoch (no selection on the test set); mean ± std over seeds; {name}: "
              + chosen.description + ("." if chosen.higher_is_better else " (lower is better).")]
     if dataset and chosen.published:
@@ -228,12 +245,13 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
 
 
 def _plot(table, props, path: Path, metric: str = "mAP") -> None:
-    chosen = get_metric(metric)
-    scale = 100 if chosen.percent else 1
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    chosen = get_metric(metric)
+    scale = 100 if chosen.percent else 1
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, per in table.items():
