@@ -15,8 +15,9 @@ report and table, metrics.csv's columns and TensorBoard, and `sweep --metric` re
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -115,6 +116,21 @@ def _tm():
     import torchmetrics.functional.classification as tmf
 
     return tmf
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """torchmetrics' calls here are many and small (one per class): on one thread they take a twentieth of
+    the time they take contending for every core (AUROC on (5000, 80): 0.06 s against 1.2 s on a busy
+    2-core machine). The process's setting is restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _known01(targets: np.ndarray):
@@ -376,9 +392,11 @@ def evaluate_scores(scores: np.ndarray, targets: np.ndarray, class_names: list[s
     ap_voc = per_class_ap(scores, targets, voc=True)
     valid, no_pos, no_neg = ap_classes(targets)
     names = class_names or [str(i) for i in range(targets.shape[1])]
+    with _one_torch_thread():
+        values = {m.name: m.fn(scores, targets) for m in registered()}
     out: dict[str, Any] = {
         "images": int(len(targets)),
-        **{m.name: m.fn(scores, targets) for m in registered()},
+        **values,
         "classes_evaluated": int(valid.sum()),
         "classes": int(targets.shape[1]),
         "left_out": {"no_known_positive": [n for n, x in zip(names, no_pos) if x],
