@@ -34,6 +34,7 @@ from mlrpl_data.pull import PullConfig
 from mlrpl_data.shards import ShardConfig, ShardSplit
 from mlrpl_data.vg import VgConfig
 from mlrpl_data.voc import VocConfig
+from mlrpl_train.metrics import get_metric, per_epoch_metrics
 from mlrpl_train.options import Method, TrainConfig
 from mlrpl_train.registry import help_list, method_names
 
@@ -551,7 +552,8 @@ def resume_hint(method: str, dataset: str, run: Path) -> str:
             f"--resume {shlex.quote(str(run))}" + (f" --nproc {world}" if world > 1 else ""))
 
 
-Metric = choices("Metric", "map map_voc", __name__)
+# every per-epoch metric of the registry (a metrics.csv column), in lower case: map, map_voc, of1, ..., ece
+Metric = choices("Metric", " ".join(m.name.lower() for m in per_epoch_metrics()), __name__)
 Preset = choices("Preset", "paper", __name__)
 # what --preset paper leaves to the user: where and how it runs, never what is learned
 PAPER_FREE = {"workers", "device", "progress", "checkpoint_every", "eval_every", "shuffle_buffer", "on_bad_sample",
@@ -585,8 +587,8 @@ def sweep(ctx: typer.Context,
           seeds: str = typer.Option("0", help="Seeds (of the mask and of training), e.g. 0,1,2"),
           scheme: Scheme = typer.Option(Scheme.uniform, help="Mask scheme (see make-masks)"),
           out: str = typer.Option("runs/sweep", help="Sweep folder: one run per (proportion, seed), and the table"),
-          metric: Metric = typer.Option(Metric.map, help="The table's mAP: map = plain AP (= scikit-learn), map_voc = "
-                                        "VOC-interpolated (the published code's); table.csv holds both"),
+          metric: Metric = typer.Option(Metric.map, help="The table's metric: map = plain AP (= scikit-learn), map_voc = "
+                                        "VOC-interpolated (the published code's), or another; table.csv holds all"),
           preset: Optional[Preset] = typer.Option(None, help="paper = the paper's protocol: nine proportions "
                                                   "0.1..0.9, its schedule (the defaults), the whole training split; "
                                                   "the table adds the test-selected best epoch, named as such"),
@@ -620,7 +622,7 @@ def sweep(ctx: typer.Context,
         run_sweep(c, props, seed_list, Path(out), scheme)
     folder = DatasetFolder(dataset)
     t = write_table(Path(out), title=f"{folder.card['name']}: final-epoch test metrics ({scheme} masks)",
-                    metric="mAP" if metric == "map" else "mAP_voc",
+                    metric=get_metric(str(metric)).name,
                     dataset=benchmark_dataset(folder.card, folder.class_names)
                     if f"{scheme}-" in PUBLISHED_SCHEMES else None,  # the paper's masks only
                     best_on_test=preset == "paper")

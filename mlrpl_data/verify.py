@@ -26,7 +26,7 @@ from .manifest import SPLITS, Manifest, read_manifest
 from .folder import INDEX, MASKS_DIR, SHARDS_DIR, DatasetFolder
 from .masks import read_mask
 from .progress import progress_bar
-from .readers import MissingFileError, file_size, is_remote, join, local_path, open_binary
+from .readers import MissingFileError, file_size, is_remote, join, open_binary
 from .shards import read_index, split_member
 
 JSON_MEMBER_LIMIT = 1 << 20

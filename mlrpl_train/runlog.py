@@ -12,7 +12,10 @@ from pathlib import Path
 from mlrpl_data.fsutil import atomic_write_bytes, atomic_write_text
 
 from .memory import process_peak_mb
+from .metrics import per_epoch_metrics
 
+# metrics.csv's header as runs wrote it before the metric registry (a resumed run keeps its own header); every
+# other per-epoch metric of the registry is appended after it, so no column of an older run moves
 METRIC_COLUMNS = ["epoch", "train_loss", "lr", "mAP", "mAP_voc", "OF1", "CF1", "OF1_top3", "CF1_top3", "val_mAP",
                   "val_mAP_voc", "best", "selection", "bad_samples", "images_per_s", "seconds", "peak_memory_mb",
                   "mAP_classes"]
@@ -36,14 +39,14 @@ def log_epoch(run: Path, writer, epoch, loss, lr, bad, rate, seconds, metrics, v
            "best": int(best), "selection": selection or "none: the last epoch is the result",
            "peak_memory_mb": process_peak_mb()}
     if metrics:
-        row.update({k: metrics[k] for k in ("mAP", "mAP_voc", "OF1", "CF1", "OF1_top3", "CF1_top3")})
+        row.update({m.name: metrics.get(m.name) for m in per_epoch_metrics()})
         row["mAP_classes"] = f"{metrics['classes_evaluated']}/{metrics.get('classes', metrics['classes_evaluated'])}"
         atomic_write_text(run / "metrics_last.json", json.dumps(metrics, indent=1))
     if val:
         row.update({"val_mAP": val["mAP"], "val_mAP_voc": val["mAP_voc"]})
     path = run / "metrics.csv"
     old = path.read_bytes() if path.exists() else b""
-    columns = METRIC_COLUMNS
+    columns = METRIC_COLUMNS + [m.name for m in per_epoch_metrics() if m.name not in METRIC_COLUMNS]
     if old:  # a run begun by an older mlrpl keeps its columns: a row never shifts under another header
         columns = next(csv.reader(io.StringIO(old.decode("utf-8"), newline="")), None) or METRIC_COLUMNS
     buf = io.StringIO(newline="")

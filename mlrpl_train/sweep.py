@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from mlrpl_data.folder import DatasetFolder, read_card
-from mlrpl_data.masks import MaskConfig, compute_masks, mask_name, parse_mask_name, write_mask
+from mlrpl_data.masks import MaskConfig, compute_masks, mask_name, parse_mask_name, proportion_text, write_mask
 from mlrpl_data.manifest import read_manifest
 
 from .checkpoint import CHECKPOINT_LAST, CONFIG_JSON, load_checkpoint
 from .engine import train
+from .metrics import Metric, get_metric, per_epoch_metrics
 from .options import Precision, TrainConfig
 from .registry import BY_NAME, method_names
 from mlrpl_data.ownership import releasing
@@ -85,9 +86,6 @@ def run_sweep(base: TrainConfig, proportions: list[float], seeds: list[int], out
     return runs
 
 
-METRICS = ("mAP", "mAP_voc", "OF1", "CF1")
-
-
 def _evaluated_rows(run: Path) -> list[dict[str, str]]:
     path = run / "metrics.csv"
     if not path.exists():
@@ -97,14 +95,19 @@ def _evaluated_rows(run: Path) -> list[dict[str, str]]:
 
 
 def final_metrics(run: Path) -> dict[str, float] | None:
-    """The last evaluated epoch's test metrics (no selection on the test set), plus, named as such, the
-    best test mAPs over the epochs: the test-selected best epoch the published numbers were obtained
-    with. None when that epoch has no mAP (no class with a known positive and negative)."""
+    """The last evaluated epoch's test metrics (no selection on the test set): each per-epoch metric of the
+    registry that its metrics.csv holds (an older run lacks the later ones; an undefined one is left out),
+    plus, named as such, each one's best over the epochs (max, or min where lower is better): the
+    test-selected best epoch the published numbers were obtained with. None when that epoch has no mAP (no
+    class with a known positive and negative)."""
     rows = _evaluated_rows(run)
     if not rows or not rows[-1].get("mAP"):
         return None
-    out = {k: float(rows[-1][k]) for k in METRICS}
-    out.update({f"{k}_best_on_test": max(float(r[k]) for r in rows if r.get(k)) for k in ("mAP", "mAP_voc")})
+    out = {m.name: float(rows[-1][m.name]) for m in per_epoch_metrics() if rows[-1].get(m.name)}
+    for m in per_epoch_metrics():
+        seen = [float(r[m.name]) for r in rows if r.get(m.name)]
+        if seen:
+            out[f"{m.name}_best_on_test"] = max(seen) if m.higher_is_better else min(seen)
     return out
 
 
@@ -136,27 +139,85 @@ def collect(out: Path) -> dict[str, dict[float, list[dict[str, float]]]]:
     return dict(sorted(table.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
 
-def _cell(values: list[float]) -> str:
-    v = 100 * np.asarray(values)
+def _cell(values: list[float], percent: bool = True) -> str:
+    if not len(values):
+        return "-"  # runs of an older mlrpl, whose metrics.csv lacks this metric
+    v = (100 if percent else 1) * np.asarray(values)
     return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
 
 
 def _avg_by_seed(per: dict[float, list[dict[str, float]]], key: str) -> list[float]:
-    """The average over proportions, per seed (for mean ± std over seeds)."""
+    """The average over proportions, per seed (for mean ± std over seeds); [] unless every run has `key`."""
+    if not all(key in r for runs in per.values() for r in runs):
+        return []
     return [float(np.mean([per[p][i][key] for p in per])) for i in range(min(len(v) for v in per.values()))]
+
+
+def _our_row(method: str, per: dict[float, list[dict[str, float]]], props: list[float], chosen: Metric,
+             best_on_test: bool) -> tuple[str, dict[str, Any]]:
+    """A method's Markdown row (the chosen metric per proportion, its average, average OF1 and CF1) and its
+    table.csv row (both mAPs per proportion, every per-epoch metric's average and best on test)."""
+    metric = chosen.name
+    cells, csv_row = [], {"method": method}
+    for p in props:
+        runs = per.get(p, [])
+        cells.append(_cell([r[metric] for r in runs if metric in r], chosen.percent) if runs else "-")
+        for k in ("mAP", "mAP_voc"):
+            csv_row[f"{k}@{proportion_text(p)}"] = float(np.mean([r[k] for r in runs])) if runs else ""
+            csv_row[f"{k}@{proportion_text(p)}_std"] = float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else ""
+    for key in (metric, "OF1", "CF1"):
+        cells.append(_cell(_avg_by_seed(per, key), get_metric(key).percent))
+    for key in [m.name for m in per_epoch_metrics()] + [f"{m.name}_best_on_test" for m in per_epoch_metrics()]:
+        if _avg_by_seed(per, key):
+            csv_row[f"avg_{key}"] = float(np.mean(_avg_by_seed(per, key)))
+    if best_on_test:
+        cells.append(_cell(_avg_by_seed(per, f"{metric}_best_on_test"), chosen.percent))
+    return f"| {method} | {' | '.join(cells)} |", csv_row
+
+
+def _published_rows(method: str, per: dict[float, list[dict[str, float]]], props: list[float], pub: list,
+                    chosen: Metric, best_on_test: bool, csv_row: dict[str, Any], notes: list[str]) -> list[str]:
+    """The method's published row and the difference row (Markdown); adds the published average to its
+    `csv_row` and, for a figure the paper copied from elsewhere, a line to `notes`."""
+    from .published import table1_name
+
+    metric = chosen.name
+    got = [float(np.mean([r[metric] for r in per[p]])) if p in per else None for p, r in zip(props, pub)]
+    col = chosen.published
+    pairs = [(100 * g, r[col]) for g, r in zip(got, pub) if g is not None and r and r[col] is not None]
+    pub_cells = [f"{r[col]:.1f}" if r and r[col] is not None else "-" for r in pub]
+    delta = [f"{100 * g - r[col]:+.1f}" if g is not None and r and r[col] is not None else "-"
+             for g, r in zip(got, pub)]
+    extra = [""] * (1 if best_on_test else 0)
+    avg_pub = f"{np.mean([b for _, b in pairs]):.1f}" if pairs else "-"
+    avg_delta = f"{np.mean([a - b for a, b in pairs]):+.1f}" if pairs else "-"
+    row0 = next(r for r in pub if r)
+    note = BY_NAME[method].published_note if method in BY_NAME else ""
+    if note and pairs:
+        notes.append(f"{table1_name(method)} (published): {note}, copied into the paper's Table 1 "
+                     f"(not run by the paper's authors).")
+    elif note:
+        notes.append(f"{table1_name(method)} (published): the paper has no figure here (its figures "
+                     f"elsewhere are {note}).")
+    label = f"{table1_name(method)} (published{', ' + note if note else ''})"
+    csv_row["published_avg_mAP_same_proportions"] = float(np.mean([b for _, b in pairs])) / 100 if pairs else ""
+    return [f"| {label} | {' | '.join(pub_cells)} | {avg_pub} | "
+            f"{row0['avg_OF1'] or '-'} | {row0['avg_CF1'] or '-'} |{' | '.join(extra) + ' |' if extra else ''}",
+            f"| Δ {method} − published | {' | '.join(delta)} | {avg_delta} | | |{' |' if extra else ''}"]
 
 
 def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | None = None,
                 best_on_test: bool = False) -> dict[str, Any]:
-    """The paper's Table 1 layout (`metric` per proportion, its average, average OF1 and CF1; mean ± std
-    over seeds, each run's last epoch) as Markdown and CSV (both mAPs always), and a PNG. On one of
-    the paper's datasets (`dataset`: coco2014, voc2007, vg200) each method gets its published row and
-    the difference; `best_on_test` adds the test-selected best epoch as a column named as such."""
-    from mlrpl_data.masks import proportion_text
+    """The paper's Table 1 layout (`metric`, a registered metric's name, per proportion, its average,
+    average OF1 and CF1; mean ± std over seeds, each run's last epoch) as Markdown and CSV (both mAPs per
+    proportion, every per-epoch metric's average), and a PNG. On one of the paper's datasets (`dataset`:
+    coco2014, voc2007, vg200) each method gets its published row and the difference, for a metric the
+    paper reports (its registry entry's `published`); `best_on_test` adds the test-selected best epoch
+    (max, or min where lower is better) as a column named as such. An unknown `metric` is a ValueError."""
+    from .published import published
 
-    from .published import published, table1_name
-
-    name = {"mAP": "mAP", "mAP_voc": "mAP (VOC)"}[metric]
+    chosen = get_metric(metric)
+    metric, name = chosen.name, chosen.short or chosen.name
     table = collect(out)
     props = sorted({p for per in table.values() for p in per})
     header = (["Method"] + [f"{100 * p:g}%" for p in props] + [f"Avg. {name}", "Avg. OF1", "Avg. CF1"]
@@ -164,54 +225,21 @@ def write_table(out: Path, title: str = "", metric: str = "mAP", dataset: str | 
     md = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
     rows_csv, notes_extra = [], []
     for method, per in table.items():
-        cells, csv_row = [], {"method": method}
-        for p in props:
-            runs = per.get(p, [])
-            cells.append(_cell([r[metric] for r in runs]) if runs else "-")
-            for k in ("mAP", "mAP_voc"):
-                csv_row[f"{k}@{proportion_text(p)}"] = float(np.mean([r[k] for r in runs])) if runs else ""
-                csv_row[f"{k}@{proportion_text(p)}_std"] = float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else ""
-        for key in (metric, "OF1", "CF1"):
-            cells.append(_cell(_avg_by_seed(per, key)))
-        for key in METRICS:
-            csv_row[f"avg_{key}"] = float(np.mean(_avg_by_seed(per, key)))
-        for key in ("mAP", "mAP_voc"):
-            csv_row[f"avg_{key}_best_on_test"] = float(np.mean(_avg_by_seed(per, f"{key}_best_on_test")))
-        if best_on_test:
-            cells.append(_cell(_avg_by_seed(per, f"{metric}_best_on_test")))
-        md.append(f"| {method} | {' | '.join(cells)} |")
+        line, csv_row = _our_row(method, per, props, chosen, best_on_test)
+        md.append(line)
         rows_csv.append(csv_row)
         pub = [published(dataset, method, p) for p in props]
-        if dataset and any(pub):  # a method the paper lists without a number here (P-GCN on VG-200) shows "-"
-            got = [float(np.mean([r[metric] for r in per[p]])) if p in per else None for p, r in zip(props, pub)]
-            pairs = [(100 * g, r["mAP"]) for g, r in zip(got, pub) if g is not None and r and r["mAP"] is not None]
-            pub_cells = [f"{r['mAP']:.1f}" if r and r["mAP"] is not None else "-" for r in pub]
-            delta = [f"{100 * g - r['mAP']:+.1f}" if g is not None and r and r["mAP"] is not None else "-"
-                     for g, r in zip(got, pub)]
-            extra = [""] * (1 if best_on_test else 0)
-            avg_pub = f"{np.mean([b for _, b in pairs]):.1f}" if pairs else "-"
-            avg_delta = f"{np.mean([a - b for a, b in pairs]):+.1f}" if pairs else "-"
-            row0 = next(r for r in pub if r)
-            note = BY_NAME[method].published_note if method in BY_NAME else ""
-            if note and pairs:
-                notes_extra.append(f"{table1_name(method)} (published): {note}, copied into the paper's Table 1 "
-                                   f"(not run by the paper's authors).")
-            elif note:
-                notes_extra.append(f"{table1_name(method)} (published): the paper has no figure here (its figures "
-                                   f"elsewhere are {note}).")
-            label = f"{table1_name(method)} (published{', ' + note if note else ''})"
-            md.append(f"| {label} | {' | '.join(pub_cells)} | {avg_pub} | "
-                      f"{row0['avg_OF1'] or '-'} | {row0['avg_CF1'] or '-'} |{' | '.join(extra) + ' |' if extra else ''}")
-            md.append(f"| Δ {method} − published | {' | '.join(delta)} | {avg_delta} | | |{' |' if extra else ''}")
-            csv_row["published_avg_mAP_same_proportions"] = float(np.mean([b for _, b in pairs])) / 100 if pairs else ""
+        # a method the paper lists without a number here (P-GCN on VG-200) shows "-"
+        if dataset and chosen.published and any(pub):
+            md += _published_rows(method, per, props, pub, chosen, best_on_test, csv_row, notes_extra)
     notes = [f"Each run's last epoch (no selection on the test set); mean ± std over seeds; {name}: "
-             + ("plain AP (= scikit-learn)." if metric == "mAP" else "VOC-interpolated AP, as the published code.")]
-    if dataset:
+             + chosen.description + ("." if chosen.higher_is_better else " (lower is better).")]
+    if dataset and chosen.published:
         notes.append("Published: arXiv 2205.13092, Table 1 (VOC-interpolated mAP, best epoch on the test set); its "
                      "average here is over the proportions shown, and OF1/CF1 are the paper's over all nine.")
     notes += notes_extra + scope_notes(out)
     if best_on_test:
-        notes.append("'best epoch on test' picks, per run, the epoch with the best TEST mAP: a selection on the test "
+        notes.append(f"'best epoch on test' picks, per run, the epoch with the best TEST {name}: a selection on the test "
                      "set, shown only because the published numbers were obtained so.")
     text = (f"{title}\n\n" if title else "") + "\n".join(md) + "\n\n" + "\n".join(notes) + "\n"
     (Path(out) / "table.md").write_text(text)
@@ -235,14 +263,17 @@ def _plot(table, props, path: Path, metric: str = "mAP") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    chosen = get_metric(metric)
+    scale = 100 if chosen.percent else 1
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, per in table.items():
-        ps = [p for p in props if p in per]
-        mean = [100 * np.mean([r[metric] for r in per[p]]) for p in ps]
-        std = [100 * np.std([r[metric] for r in per[p]]) for p in ps]
+        ps = [p for p in props if p in per and all(metric in r for r in per[p])]
+        mean = [scale * np.mean([r[metric] for r in per[p]]) for p in ps]
+        std = [scale * np.std([r[metric] for r in per[p]]) for p in ps]
         ax.errorbar([100 * p for p in ps], mean, yerr=std, marker="o", capsize=3, label=method)
     ax.set_xlabel("known labels (%)")
-    ax.set_ylabel(f"{'mAP' if metric == 'mAP' else 'mAP, VOC-interpolated'} (%)")
+    ax.set_ylabel(f"{chosen.short or chosen.name}{' (%)' if chosen.percent else ''}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
