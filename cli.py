@@ -248,7 +248,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 # ---- datasets ---------------------------------------------------------------------------------------------------------
 
 def _report_build(m, out: Path, force: bool) -> None:
-    from mlrpl_data.manifest import write_manifest
+    from mlrpl_data.folder import write_manifest
 
     state = write_manifest(m, out, force=force)
     counts = ", ".join(f"{k} {v:,}" for k, v in m.counts().items())
@@ -348,7 +348,7 @@ def build_vg200(out: Path = OUT, force: bool = FORCE_BUILD,
 def stats(dataset: str = typer.Argument(..., help="Dataset folder or URL"),
           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table")):
     """Images per split, positives per class, labels per image."""
-    from mlrpl_data.manifest import read_manifest
+    from mlrpl_data.folder import read_manifest
     from mlrpl_data.stats import dataset_stats, format_stats
 
     s = dataset_stats(read_manifest(dataset))

@@ -26,7 +26,7 @@ if mode == "pycocotools":
     COCO(f"{root}/annotations/instances_train2014.json")
 else:
     from mlrpl_data.coco import CocoConfig, build_coco
-    from mlrpl_data.manifest import write_manifest
+    from mlrpl_data.folder import write_manifest
     write_manifest(build_coco(CocoConfig(root=root, splits=("train",))), out, force=True)
 print(json.dumps({"seconds": time.perf_counter() - t,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlrpl_data.manifest import Manifest, write_manifest
+from mlrpl_data.manifest import Manifest
+from mlrpl_data.folder import write_manifest
 from mlrpl_data.masks import MaskConfig, make_masks
 
 N, C = 108077, 200
@@ -48,7 +49,7 @@ def main(repeats: int = 3) -> None:
         mlrpl = best_of(lambda: make_masks(d, cfg), repeats)
         plain = best_of(lambda: [np.random.random((N, C)) for _ in PROPORTIONS], repeats)
         # make_masks includes reading the manifest back (and verifying its fingerprint): time that alone too
-        from mlrpl_data.manifest import read_manifest
+        from mlrpl_data.folder import read_manifest
         read = best_of(lambda: read_manifest(d), repeats)
     print(json.dumps({"images": N, "classes": C, "proportions": PROPORTIONS,
                       "make_masks_seconds": round(mlrpl, 3), "of_which_read_manifest_seconds": round(read, 3),

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from mlrpl_data.coco import CocoConfig, build_coco  # noqa: E402
 from mlrpl_data.images import decode_rgb, encode_jpeg, resize_shorter_side  # noqa: E402
-from mlrpl_data.manifest import write_manifest  # noqa: E402
+from mlrpl_data.folder import write_manifest  # noqa: E402
 from mlrpl_data.shards import ShardConfig, write_shards  # noqa: E402
 
 MEM_CHILD = r"""

@@ -35,7 +35,7 @@ def build(root: Path, name: str) -> Path:
     """The digits dataset `name` under root (raw, manifest, shards), kept when already built."""
     from mlrpl_data.coco import CocoConfig, build_coco
     from mlrpl_data.digits import DigitsConfig, write_digits
-    from mlrpl_data.manifest import write_manifest
+    from mlrpl_data.folder import write_manifest
     from mlrpl_data.shards import ShardConfig, write_shards
 
     raw, dataset = root / f"raw{name}", root / name

@@ -21,7 +21,7 @@ _PUBLIC = {
     "DigitsConfig": "digits", "write_digits": "digits",
     "OpenImagesConfig": "openimages", "build_openimages": "openimages", "LvisConfig": "lvis", "build_lvis": "lvis",
     "NuswideConfig": "nuswide", "build_nuswide": "nuswide", "CsvConfig": "csvlabels", "build_csv": "csvlabels",
-    "Manifest": "manifest", "read_manifest": "manifest", "write_manifest": "manifest",
+    "Manifest": "manifest", "read_manifest": "folder", "write_manifest": "folder",
     "DatasetFolder": "folder",
     "MaskConfig": "masks", "make_masks": "masks", "read_mask": "masks",
     "ShardConfig": "shards", "write_shards": "shards", "read_index": "shards",

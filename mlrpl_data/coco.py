@@ -23,7 +23,7 @@ from .progress import progress_bar
 from .missing import drop_missing
 from .rawfiles import present_files, raw_path, refuse_duplicates
 from .specs import load_spec
-from .formats import SourceTerms
+from .terms import SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {"coco": SourceTerms(

@@ -2,7 +2,7 @@
 
 A dataset folder (a local path or an fsspec URL such as s3://bucket/coco2014) holds:
 
-    dataset.json, categories.parquet, images.parquet   the manifest (manifest.py writes it)
+    dataset.json, categories.parquet, images.parquet   the manifest (write_manifest, here)
     masks/<scheme>-p<proportion>-s<seed>.parquet + .json   partial labels and their sidecars (masks.py)
     shards/<split>-NNNNNN.tar, shards/index.json, shards/SHA256SUMS   WebDataset shards (shards.py)
     label_embeddings.npy + .json   CSRL's label embeddings (embeddings.py)
@@ -13,7 +13,7 @@ The names are declared here and every other module takes them from here. `Datase
 each file at most once (cached on the object) and answers the card (dataset.json), the categories
 and class names, the manifest's tables, the masks' sidecars, the shard index and the label
 embeddings path; the Manifest, a Mask and the checked shard index are built from these reads by
-manifest.read_manifest, masks.read_mask and shards.read_index. A local path is opened as a local
+read_manifest (here), masks.read_mask and shards.read_index. A local path is opened as a local
 path (`a::b`, `#` or `?` in a folder name are just characters), a URL through fsspec: the one rule
 is readers.is_remote. `refresh()` is the one place README.md and files.json are rewritten.
 """
@@ -22,16 +22,21 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from .card import dataset_card
-from .errors import BadInputError
-from .fsutil import atomic_write_text, sha256_file
+from .errors import AlreadyExistsError, BadInputError
+from .fsutil import atomic_write_text, publish_dir, sha256_file, staging_dir
+from .manifest import (SCHEMA_VERSION, Manifest, categories_table, images_table, labels_from_arrow, table_bytes,
+                       validate)
+from .ownership import (MARKER, claim, is_empty_but_temporaries, mark, refuse_overlap, releasing, remove_owned,
+                        sweep_stale, unclaim)
 from .readers import MissingFileError, is_remote, join, local_path, read_json, read_json_object, read_parquet
 from .timeouts import storage_options
 
-SCHEMA_VERSION = 1  # of dataset.json + categories.parquet + images.parquet
 DATASET_JSON = "dataset.json"
 CATEGORIES_PARQUET = "categories.parquet"
 IMAGES_PARQUET = "images.parquet"
@@ -212,3 +217,116 @@ class DatasetFolder:
 def read_card(dataset: "str | Path | DatasetFolder") -> dict[str, Any]:
     """dataset.json of a folder or URL, checked (DatasetFolder.card; a DatasetFolder's own read is reused)."""
     return DatasetFolder.of(dataset).card
+
+
+# ---- the manifest in a folder: written atomically, read verified ----------------------------------------------
+
+def write_local_root(folder: Path, root: str) -> None:
+    """Record where this machine's raw release is (write-shards reads the images there)."""
+    if root:
+        atomic_write_text(Path(folder) / LOCAL, json.dumps({"root": str(root)}) + "\n")
+
+
+def _existing(out: Path, card: dict[str, Any], force: bool) -> str:
+    """What writing `card`'s dataset into the existing folder `out` does: "unchanged" (the same dataset,
+    intact), "repaired" (the same dataset, a file damaged) or "replaced" (another one, with --force;
+    AlreadyExistsError without)."""
+    try:
+        old_fp = DatasetFolder(out).card.get("fingerprint")
+    except BadInputError:
+        old_fp = None
+    if old_fp == card["fingerprint"]:
+        try:
+            read_manifest(out)
+            return "unchanged"
+        except BadInputError:
+            return "repaired"  # the same dataset with a damaged file: rewrite the manifest, keep masks and shards
+    if not force:
+        raise AlreadyExistsError(
+            f"{out}: holds another dataset (fingerprint {str(old_fp)[:12]}…, new {card['fingerprint'][:12]}…); "
+            f"pass --force to replace it (its masks and shards go too)")
+    return "replaced"
+
+
+@releasing
+def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
+    """Write atomically to `out`: "written", "unchanged" (the same dataset is there, intact),
+    "repaired" (the same dataset, but a file was damaged: rewritten) or "replaced" (--force).
+
+    A folder mlrpl did not make is never written into (ownership.claim); the raw root is never
+    the output. Replacing removes only mlrpl's entries (with the old masks and shards). The folder's
+    README.md and files.json are rewritten (DatasetFolder.refresh)."""
+    out = Path(out)
+    refuse_overlap(out, {"the raw root": m.root}, "--out")
+    sweep_stale(out.parent)
+    # claimed (atomically, and locked) before anything is removed: a build started beside it is refused
+    made = claim(out, "dataset", "--out")
+    sweep_stale(out)
+    card = m.dataset_card()
+    state = "written" if made or is_empty_but_temporaries(out, MARKER) else _existing(out, card, force)
+    if state == "unchanged":
+        return state
+    staged = staging_dir(out)
+    try:
+        (staged / CATEGORIES_PARQUET).write_bytes(table_bytes(categories_table(m)))
+        (staged / IMAGES_PARQUET).write_bytes(table_bytes(images_table(m)))
+        # dataset.json last: its presence marks a complete manifest
+        (staged / DATASET_JSON).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+        if state == "written":
+            mark(staged, "dataset")
+            write_local_root(staged, m.root)
+            publish_dir(staged, out)
+        else:
+            (out / DATASET_JSON).unlink(missing_ok=True)  # from here on the folder reads as incomplete
+            kept = remove_owned(out, DATASET_ENTRIES + (DERIVED_ENTRIES if state == "replaced" else ()))
+            for name in (CATEGORIES_PARQUET, IMAGES_PARQUET, DATASET_JSON):
+                os.replace(staged / name, out / name)
+            staged.rmdir()
+            write_local_root(out, m.root)
+            if kept and state == "replaced":
+                state += f" (kept {len(kept)} entr{'y' if len(kept) == 1 else 'ies'} mlrpl did not make: {', '.join(kept[:5])})"
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        if state == "written":
+            unclaim(out)
+        raise
+    DatasetFolder(out).refresh()
+    return state
+
+
+def read_manifest(dataset: str | Path | DatasetFolder, verify: bool = True) -> Manifest:
+    """Read a manifest from a directory, any fsspec URL or a DatasetFolder (whose reads are reused);
+    refuse incomplete, altered or invalid ones (BadInputError naming the file)."""
+    folder = DatasetFolder.of(dataset)
+    where = folder.url
+    card = folder.card
+    cats = folder.categories
+    imgs = folder.images
+    c = cats.num_rows
+    if c != card["num_classes"]:
+        raise BadInputError(f"{where}: {CATEGORIES_PARQUET} has {c} classes, {DATASET_JSON} says {card['num_classes']}")
+    labels = labels_from_arrow(imgs.column("labels"), c, f"{where}/{IMAGES_PARQUET}")
+    images = imgs.select(["key", "split", "path", "width", "height"]).to_pandas(use_threads=False)  # threads abort exits
+    known = {"name", "version", "schema_version", "fingerprint", "num_classes", "counts", "sources", "options", "root",
+             "mlrpl_version"}
+    m = Manifest(
+        name=card["name"],
+        version=card["version"],
+        category_names=cats.column("name").to_pylist(),
+        category_source_ids=cats.column("source_id").to_pylist(),
+        images=images,
+        labels=labels,
+        options=card.get("options", {}),
+        sources=card.get("sources", []),
+        root=folder.local_root or card.get("root", ""),  # "root" in dataset.json: an mlrpl before 0.2
+        extra={k: v for k, v in card.items() if k not in known},
+    )
+    validate(m, f"{where}/{IMAGES_PARQUET}")
+    if verify and m.fingerprint != card["fingerprint"]:
+        raise BadInputError(
+            f"{where}: content fingerprint {m.fingerprint[:12]}… does not match dataset.json "
+            f"{card['fingerprint'][:12]}…: the files were altered or mixed from two builds"
+        )
+    if {k: int(v) for k, v in card["counts"].items()} != m.counts():
+        raise BadInputError(f"{where}/{DATASET_JSON}: counts {card['counts']} differ from the images {m.counts()}")
+    return m

@@ -24,7 +24,7 @@ from .assemble import make_manifest
 from .manifest import Manifest
 from .missing import drop_missing
 from .options import allow_missing_field, check_ranges, opt, progress_field
-from .formats import SourceTerms
+from .terms import SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {"lvis": SourceTerms(

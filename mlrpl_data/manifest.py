@@ -1,4 +1,5 @@
-"""The manifest: dataset.json + categories.parquet + images.parquet, and its fingerprint.
+"""The manifest in memory: the schema of dataset.json + categories.parquet + images.parquet, its
+validation and its fingerprint (folder.py writes and reads it in a dataset folder; the builders make it).
 
 A manifest is one dataset version. Its fingerprint is a sha256 over the canonical content
 (name, version, schema, build options, categories, and every image row in order), so the
@@ -12,10 +13,7 @@ import functools
 import hashlib
 import io
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,13 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .errors import AlreadyExistsError, BadInputError, FingerprintMismatchError
-from .folder import (CATEGORIES_PARQUET, DATASET_ENTRIES, DATASET_JSON, DERIVED_ENTRIES, IMAGES_PARQUET, LOCAL,
-                     SCHEMA_VERSION, DatasetFolder)
-from .fsutil import atomic_write_text, publish_dir, staging_dir
-from .ownership import (MARKER, claim, is_empty_but_temporaries, mark, refuse_overlap, releasing, remove_owned,
-                        sweep_stale, unclaim)
+from .errors import BadInputError, FingerprintMismatchError
 
+SCHEMA_VERSION = 1  # of dataset.json + categories.parquet + images.parquet
 SPLITS = ("train", "test")
 SHOWN = 10  # classes named in a warning
 
@@ -172,7 +166,7 @@ def labels_from_arrow(col: pa.ChunkedArray | pa.ListArray, num_classes: int, whe
     return flat.reshape(len(col), num_classes)
 
 
-def _table_bytes(table: pa.Table) -> bytes:
+def table_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
@@ -240,114 +234,3 @@ def validate(m: Manifest, where: str) -> None:
     if unsafe:
         raise BadInputError(f"{where}: image path {unsafe[0]!r} leaves the raw root (absolute, '..' or empty); "
                             f"paths must be relative to it")
-
-
-def write_local_root(folder: Path, root: str) -> None:
-    """Record where this machine's raw release is (write-shards reads the images there)."""
-    if root:
-        atomic_write_text(Path(folder) / LOCAL, json.dumps({"root": str(root)}) + "\n")
-
-
-def _existing(out: Path, card: dict[str, Any], force: bool) -> str:
-    """What writing `card`'s dataset into the existing folder `out` does: "unchanged" (the same dataset,
-    intact), "repaired" (the same dataset, a file damaged) or "replaced" (another one, with --force;
-    AlreadyExistsError without)."""
-    try:
-        old_fp = DatasetFolder(out).card.get("fingerprint")
-    except BadInputError:
-        old_fp = None
-    if old_fp == card["fingerprint"]:
-        try:
-            read_manifest(out)
-            return "unchanged"
-        except BadInputError:
-            return "repaired"  # the same dataset with a damaged file: rewrite the manifest, keep masks and shards
-    if not force:
-        raise AlreadyExistsError(
-            f"{out}: holds another dataset (fingerprint {str(old_fp)[:12]}…, new {card['fingerprint'][:12]}…); "
-            f"pass --force to replace it (its masks and shards go too)")
-    return "replaced"
-
-
-@releasing
-def write_manifest(m: Manifest, out: Path, force: bool = False) -> str:
-    """Write atomically to `out`: "written", "unchanged" (the same dataset is there, intact),
-    "repaired" (the same dataset, but a file was damaged: rewritten) or "replaced" (--force).
-
-    A folder mlrpl did not make is never written into (ownership.claim); the raw root is never
-    the output. Replacing removes only mlrpl's entries (with the old masks and shards). The folder's
-    README.md and files.json are rewritten (DatasetFolder.refresh)."""
-    out = Path(out)
-    refuse_overlap(out, {"the raw root": m.root}, "--out")
-    sweep_stale(out.parent)
-    # claimed (atomically, and locked) before anything is removed: a build started beside it is refused
-    made = claim(out, "dataset", "--out")
-    sweep_stale(out)
-    card = m.dataset_card()
-    state = "written" if made or is_empty_but_temporaries(out, MARKER) else _existing(out, card, force)
-    if state == "unchanged":
-        return state
-    staged = staging_dir(out)
-    try:
-        (staged / CATEGORIES_PARQUET).write_bytes(_table_bytes(categories_table(m)))
-        (staged / IMAGES_PARQUET).write_bytes(_table_bytes(images_table(m)))
-        # dataset.json last: its presence marks a complete manifest
-        (staged / DATASET_JSON).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
-        if state == "written":
-            mark(staged, "dataset")
-            write_local_root(staged, m.root)
-            publish_dir(staged, out)
-        else:
-            (out / DATASET_JSON).unlink(missing_ok=True)  # from here on the folder reads as incomplete
-            kept = remove_owned(out, DATASET_ENTRIES + (DERIVED_ENTRIES if state == "replaced" else ()))
-            for name in (CATEGORIES_PARQUET, IMAGES_PARQUET, DATASET_JSON):
-                os.replace(staged / name, out / name)
-            staged.rmdir()
-            write_local_root(out, m.root)
-            if kept and state == "replaced":
-                state += f" (kept {len(kept)} entr{'y' if len(kept) == 1 else 'ies'} mlrpl did not make: {', '.join(kept[:5])})"
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        if state == "written":
-            unclaim(out)
-        raise
-    DatasetFolder(out).refresh()
-    return state
-
-
-def read_manifest(dataset: str | Path | DatasetFolder, verify: bool = True) -> Manifest:
-    """Read a manifest from a directory, any fsspec URL or a DatasetFolder (whose reads are reused);
-    refuse incomplete, altered or invalid ones (BadInputError naming the file)."""
-    folder = DatasetFolder.of(dataset)
-    where = folder.url
-    card = folder.card
-    cats = folder.categories
-    imgs = folder.images
-    c = cats.num_rows
-    if c != card["num_classes"]:
-        raise BadInputError(f"{where}: {CATEGORIES_PARQUET} has {c} classes, {DATASET_JSON} says {card['num_classes']}")
-    labels = labels_from_arrow(imgs.column("labels"), c, f"{where}/{IMAGES_PARQUET}")
-    images = imgs.select(["key", "split", "path", "width", "height"]).to_pandas(use_threads=False)  # threads abort exits
-    known = {"name", "version", "schema_version", "fingerprint", "num_classes", "counts", "sources", "options", "root",
-             "mlrpl_version"}
-    m = Manifest(
-        name=card["name"],
-        version=card["version"],
-        category_names=cats.column("name").to_pylist(),
-        category_source_ids=cats.column("source_id").to_pylist(),
-        images=images,
-        labels=labels,
-        options=card.get("options", {}),
-        sources=card.get("sources", []),
-        root=folder.local_root or card.get("root", ""),  # "root" in dataset.json: an mlrpl before 0.2
-        extra={k: v for k, v in card.items() if k not in known},
-    )
-    validate(m, f"{where}/{IMAGES_PARQUET}")
-    if verify and m.fingerprint != card["fingerprint"]:
-        raise BadInputError(
-            f"{where}: content fingerprint {m.fingerprint[:12]}… does not match dataset.json "
-            f"{card['fingerprint'][:12]}…: the files were altered or mixed from two builds"
-        )
-    if {k: int(v) for k, v in card["counts"].items()} != m.counts():
-        raise BadInputError(f"{where}/{DATASET_JSON}: counts {card['counts']} differ from the images {m.counts()}")
-    return m

@@ -34,7 +34,8 @@ from . import __version__
 from .errors import AlreadyExistsError, BadInputError
 from .folder import MASKS_DIR, DatasetFolder
 from .fsutil import atomic_write_bytes
-from .manifest import Manifest, check_fingerprint, labels_from_arrow, labels_to_arrow, read_manifest
+from .manifest import Manifest, check_fingerprint, labels_from_arrow, labels_to_arrow
+from .folder import read_manifest
 from .options import check_ranges, choices, opt
 from .ownership import sweep_stale
 from .readers import MissingFileError, read_parquet

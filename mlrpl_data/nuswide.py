@@ -20,7 +20,7 @@ import pandas as pd
 from .errors import BadInputError
 from .options import allow_missing_field, check_ranges, opt, progress_field
 from .rawfiles import raw_path, read_lines, refuse_duplicates
-from .formats import SourceTerms
+from .terms import SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {"nuswide": SourceTerms(

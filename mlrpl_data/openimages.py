@@ -23,7 +23,7 @@ import pandas as pd
 from .errors import BadInputError
 from .options import allow_missing_field, check_ranges, choices, opt, progress_field
 from .rawfiles import read_csv
-from .formats import SourceTerms
+from .terms import SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {"openimages": SourceTerms(

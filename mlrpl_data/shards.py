@@ -31,7 +31,8 @@ from .errors import BadInputError, check_interrupt
 from .folder import INDEX, SHARDS_DIR, SUMS, DatasetFolder
 from .fsutil import atomic_path, atomic_write_bytes, sha256_file
 from .images import BadImageError, probe, reencode
-from .manifest import Manifest, read_manifest
+from .manifest import Manifest
+from .folder import read_manifest
 from .options import check_ranges, choices, opt, progress_field
 from .progress import progress_bar
 from .ownership import MARKER

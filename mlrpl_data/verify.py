@@ -22,7 +22,8 @@ import numpy as np
 
 from . import retry
 from .errors import BadInputError
-from .manifest import SPLITS, Manifest, read_manifest
+from .manifest import SPLITS, Manifest
+from .folder import read_manifest
 from .folder import INDEX, MASKS_DIR, SHARDS_DIR, DatasetFolder
 from .masks import read_mask
 from .progress import progress_bar

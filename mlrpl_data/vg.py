@@ -27,7 +27,7 @@ from .progress import progress_bar
 from .rawfiles import raw_path, read_lines, refuse_duplicates
 from .missing import drop_missing, listdir_names
 from .fsutil import sha256_file
-from .formats import SourceTerms
+from .terms import SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {

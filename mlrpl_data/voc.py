@@ -25,7 +25,7 @@ from .progress import progress_bar
 from .rawfiles import read_lines
 from .missing import drop_missing
 from .specs import load_spec, voc20_names
-from .formats import SourceTerms
+from .terms import SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {"voc": SourceTerms(

@@ -11,7 +11,8 @@ import numpy as np
 
 from mlrpl_data.errors import BadInputError
 from mlrpl_data.folder import INDEX, SHARDS_DIR, DatasetFolder
-from mlrpl_data.manifest import check_fingerprint, read_manifest
+from mlrpl_data.manifest import check_fingerprint
+from mlrpl_data.folder import read_manifest
 from mlrpl_data.masks import read_mask
 from mlrpl_data.shards import read_index, sample_order, shard_urls
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from mlrpl_data.coco import CocoConfig, build_coco
 from mlrpl_data.digits import DigitsConfig, write_digits
 from mlrpl_data.errors import BadInputError
-from mlrpl_data.manifest import write_manifest
+from mlrpl_data.folder import write_manifest
 from mlrpl_data.masks import MaskConfig, make_masks
 from mlrpl_data.shards import ShardConfig, write_shards
 from mlrpl_data.stats import dataset_stats, format_stats

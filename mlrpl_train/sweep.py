@@ -16,7 +16,7 @@ import numpy as np
 
 from mlrpl_data.folder import DatasetFolder, read_card
 from mlrpl_data.masks import MaskConfig, compute_masks, mask_name, parse_mask_name, proportion_text, write_mask
-from mlrpl_data.manifest import read_manifest
+from mlrpl_data.folder import read_manifest
 
 from .checkpoint import CHECKPOINT_LAST, CONFIG_JSON, load_checkpoint
 from .engine import train

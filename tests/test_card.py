@@ -8,7 +8,7 @@ import pytest
 
 from mlrpl_data.errors import BadInputError
 from mlrpl_data.folder import CARD, FILES, LOCAL
-from mlrpl_data.manifest import read_manifest
+from mlrpl_data.folder import read_manifest
 from mlrpl_data.masks import MaskConfig, make_masks
 from mlrpl_data.shards import ShardConfig, write_shards
 

@@ -5,7 +5,7 @@ import pytest
 
 from mlrpl_data.coco import CocoConfig, build_coco
 from mlrpl_data.errors import BadInputError
-from mlrpl_data.manifest import read_manifest, write_manifest
+from mlrpl_data.folder import read_manifest, write_manifest
 
 from conftest import make_coco
 

@@ -141,14 +141,14 @@ def test_full_disk_while_writing_shards(raw, tmp_path, monkeypatch):
 
 
 def test_full_disk_while_making_masks_and_building(raw, tmp_path, monkeypatch):
-    from mlrpl_data import fsutil, manifest
+    from mlrpl_data import folder, fsutil
 
     d = tmp_path / "d"
-    real_table = manifest._table_bytes
-    monkeypatch.setattr(manifest, "_table_bytes", lambda t: (_ for _ in ()).throw(enospc("images.parquet")))
+    real_table = folder.table_bytes
+    monkeypatch.setattr(folder, "table_bytes", lambda t: (_ for _ in ()).throw(enospc("images.parquet")))
     r = runner.invoke(app, ["build-coco", "--root", str(raw), "--out", str(d), "--no-progress"])
     assert r.exit_code == 1 and "no space left" in r.output and not d.exists() and temporaries(d) == []
-    monkeypatch.setattr(manifest, "_table_bytes", real_table)
+    monkeypatch.setattr(folder, "table_bytes", real_table)
     assert runner.invoke(app, ["build-coco", "--root", str(raw), "--out", str(d), "--no-progress"]).exit_code == 0
     real_fsync, calls = fsutil.os.fsync, {"n": 0}
 

@@ -8,7 +8,7 @@ import pytest
 
 from mlrpl_data.errors import BadInputError
 from mlrpl_data.folder import DatasetFolder
-from mlrpl_data.manifest import read_manifest
+from mlrpl_data.folder import read_manifest
 from mlrpl_data.masks import MaskConfig, make_masks, mask_name, parse_mask_name
 
 from test_shards import dataset

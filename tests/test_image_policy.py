@@ -13,7 +13,7 @@ from PIL import Image
 from mlrpl_data.csvlabels import CsvConfig, build_csv
 from mlrpl_data.fsutil import sha256_file
 from mlrpl_data.images import decode_rgb, resize_shorter_side
-from mlrpl_data.manifest import read_manifest, write_manifest
+from mlrpl_data.folder import read_manifest, write_manifest
 from mlrpl_data.shards import ShardConfig, write_shards
 from mlrpl_train.data import dataloader
 from mlrpl_train.inference import Predictor, image_inputs

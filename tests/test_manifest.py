@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from mlrpl_data.errors import AlreadyExistsError, BadInputError
-from mlrpl_data.folder import SCHEMA_VERSION
-from mlrpl_data.manifest import Manifest, read_manifest, write_manifest
+from mlrpl_data.manifest import SCHEMA_VERSION
+from mlrpl_data.manifest import Manifest
+from mlrpl_data.folder import read_manifest, write_manifest
 
 from conftest import random_labels
 
@@ -73,7 +74,7 @@ def test_altered_files_are_detected(tmp_path):
 
 
 def test_crash_mid_first_write_leaves_nothing(tmp_path, monkeypatch):
-    import mlrpl_data.manifest as man
+    import mlrpl_data.folder as man  # write_manifest lives in folder.py
 
     def boom(*a, **k):
         raise KeyboardInterrupt
@@ -86,7 +87,7 @@ def test_crash_mid_first_write_leaves_nothing(tmp_path, monkeypatch):
 
 def test_crash_mid_replace_is_never_mistaken_for_a_whole_dataset(tmp_path, monkeypatch):
     write_manifest(tiny_manifest(), tmp_path / "d")
-    import mlrpl_data.manifest as man
+    import mlrpl_data.folder as man  # write_manifest lives in folder.py
 
     real = man.os.replace
     calls = {"n": 0}

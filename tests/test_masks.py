@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 from mlrpl.cli import app
 from mlrpl_data.errors import AlreadyExistsError, BadInputError, FingerprintMismatchError
 from mlrpl_data.folder import DatasetFolder
-from mlrpl_data.manifest import Manifest, write_manifest
+from mlrpl_data.manifest import Manifest
+from mlrpl_data.folder import write_manifest
 from mlrpl_data.masks import (MaskConfig, compute_masks, entry_hashes, hcp_known, make_masks,
                               parse_proportions, read_mask)
 

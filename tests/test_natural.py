@@ -10,7 +10,7 @@ import pytest
 from mlrpl_data.csvlabels import CsvConfig, build_csv
 from mlrpl_data.errors import BadInputError
 from mlrpl_data.lvis import LvisConfig, build_lvis
-from mlrpl_data.manifest import write_manifest
+from mlrpl_data.folder import write_manifest
 from mlrpl_data.masks import MaskConfig, make_masks, read_mask
 from mlrpl_data.nuswide import NuswideConfig, build_nuswide
 from mlrpl_data.openimages import OpenImagesConfig, build_openimages, read_image_labels

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlrpl_data.errors import MlrplError
-from mlrpl_data.manifest import read_manifest
+from mlrpl_data.folder import read_manifest
 from mlrpl_data.masks import MaskConfig, make_masks
 from mlrpl_data.pull import PullConfig, pull
 from mlrpl_data.shards import ShardConfig, write_shards

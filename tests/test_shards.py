@@ -13,7 +13,7 @@ from PIL import Image
 
 from mlrpl_data.coco import CocoConfig, build_coco
 from mlrpl_data.errors import BadInputError
-from mlrpl_data.manifest import read_manifest, write_manifest
+from mlrpl_data.folder import read_manifest, write_manifest
 from mlrpl_data import shards as shards_mod
 from mlrpl_data.shards import ShardConfig, parse_size, plan_shards, write_shards
 from mlrpl_data.verify import verify

@@ -285,7 +285,7 @@ def test_evaluate_on_a_lab_csv_exported_as_0_1_prints_no_map(tmp_path):
     negative test entry: evaluate printed mAP 100.00 for any model."""
     from conftest import write_jpeg
     from mlrpl_data.csvlabels import CsvConfig, build_csv
-    from mlrpl_data.manifest import write_manifest
+    from mlrpl_data.folder import write_manifest
     from mlrpl_data.masks import MaskConfig, make_masks
     from mlrpl_data.shards import ShardConfig, write_shards
 

@@ -127,7 +127,8 @@ def test_a_mask_with_keys_of_another_split(built):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mlrpl_data.manifest import labels_to_arrow, read_manifest
+    from mlrpl_data.manifest import labels_to_arrow
+    from mlrpl_data.folder import read_manifest
     from mlrpl_data.masks import MaskConfig, content_hash, make_masks
 
     [(mask, _)] = make_masks(built, MaskConfig(proportions=[0.5]))

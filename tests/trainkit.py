@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from mlrpl_data.coco import CocoConfig, build_coco
-from mlrpl_data.manifest import write_manifest
+from mlrpl_data.folder import write_manifest
 from mlrpl_data.masks import MaskConfig, make_masks
 from mlrpl_data.shards import ShardConfig, write_shards
 
