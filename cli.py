@@ -20,20 +20,16 @@ from typing import Any, Optional, Tuple
 import typer
 
 from mlrpl_data import __version__
-from mlrpl_data.coco import CocoConfig
-from mlrpl_data.csvlabels import CsvConfig
+from mlrpl_data.declare import BuildCommand
 from mlrpl_data.digits import DigitsConfig
 from mlrpl_data import errors
 from mlrpl_data.errors import Interrupted, MlrplError, raise_on_sigterm
-from mlrpl_data.lvis import LvisConfig
+from mlrpl_data.formats import BUILDERS
 from mlrpl_data.masks import MaskConfig, Scheme
-from mlrpl_data.nuswide import NuswideConfig
-from mlrpl_data.openimages import OpenImagesConfig
 from mlrpl_data.options import choices
 from mlrpl_data.pull import PullConfig
 from mlrpl_data.shards import ShardConfig, ShardSplit
 from mlrpl_data.vg import VgConfig
-from mlrpl_data.voc import VocConfig
 from mlrpl_train.metrics import get_metric, per_epoch_metrics
 from mlrpl_train.options import Method, TrainConfig
 from mlrpl_train.registry import help_list, method_names
@@ -274,42 +270,23 @@ def demo_data(cfg):
     typer.echo(f"{cfg.out}: annotations/instances_{{train,val}}2014.json, train2014/, val2014/")
 
 
-def _builder(name: str, cfg_cls: type, module: str, func: str, doc: str, example: str) -> None:
-    """One build-* command: the builder's options, --out and --force, the manifest written and reported."""
+def _builder(spec: BuildCommand) -> None:
+    """One build-* command (declared by its builder module): the builder's options, --out and --force,
+    the manifest written and reported."""
 
     def run(out: Path = OUT, force: bool = FORCE_BUILD, cfg=None):
-        import importlib
-
         from mlrpl_data.ownership import option_inputs, refuse_overlap
 
         refuse_overlap(out, option_inputs(cfg), "--out")  # before the build reads anything
-        _report_build(getattr(importlib.import_module(f"mlrpl_data.{module}"), func)(cfg), out, force)
+        _report_build(spec.build(cfg), out, force)
 
-    run.__doc__, run.__name__ = doc, func
-    command(name, example)(with_options(cfg_cls)(run))
+    run.__doc__, run.__name__ = spec.doc, spec.build.__name__
+    command(spec.name, spec.example)(with_options(spec.config)(run))
 
 
-for _args in (
-    ("build-coco", CocoConfig, "coco", "build_coco",
-     "Build a manifest from COCO instances JSON files (train -> train, val -> test).",
-     "mlrpl build-coco --root /data/coco --year 2014 --out /data/mlrpl/coco2014"),
-    ("build-voc07", VocConfig, "voc", "build_voc07",
-     "Build a manifest from the PASCAL VOC 2007 devkit (trainval -> train, test -> test).",
-     "mlrpl build-voc07 --root /data/VOCdevkit --out /data/mlrpl/voc2007"),
-    ("build-openimages", OpenImagesConfig, "openimages", "build_openimages",
-     "Build from Open Images' human-verified image-level labels: 1 verified present, -1 verified absent, 0 unknown.",
-     "mlrpl build-openimages --root /data/openimages --out /data/mlrpl/openimages-v6"),
-    ("build-lvis", LvisConfig, "lvis", "build_lvis",
-     "Build from LVIS v1: annotated 1, neg_category_ids -1, everything else 0 (federated labels).",
-     "mlrpl build-lvis --root /data/lvis --out /data/mlrpl/lvis-v1"),
-    ("build-nuswide", NuswideConfig, "nuswide", "build_nuswide",
-     "Build from NUS-WIDE's 81-concept ground truth (TrainTestLabels, ImageList, Flickr/).",
-     "mlrpl build-nuswide --root /data/nus-wide --out /data/mlrpl/nuswide81 --allow-missing"),
-    ("build-csv", CsvConfig, "csvlabels", "build_csv",
-     "Build from a lab's own CSV: path[,split], then a column per class (1/-1/0/empty) or a ;-joined labels column.",
-     "mlrpl build-csv --labels labels.csv --images /data/lab/images --out /data/mlrpl/lab"),
-):
-    _builder(*_args)
+for _builder_module in BUILDERS:
+    if _builder_module.COMMAND:
+        _builder(_builder_module.COMMAND)
 
 
 @command("build-vg200", "mlrpl build-vg200 --root /data/vg --out /data/mlrpl/vg200")

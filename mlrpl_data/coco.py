@@ -23,7 +23,7 @@ from .progress import progress_bar
 from .missing import drop_missing
 from .rawfiles import present_files, raw_path, refuse_duplicates
 from .specs import load_spec
-from .terms import SourceTerms
+from .declare import BuildCommand, SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {"coco": SourceTerms(
@@ -224,3 +224,8 @@ def build_coco(cfg: CocoConfig) -> Manifest:
         sources=sources,
         extra={"vocabulary": "coco80" if is_coco80 else "from-file", "spec_checks": checks, "missing": missing_all},
     )
+
+
+COMMAND = BuildCommand("build-coco", CocoConfig, build_coco,
+                       "Build a manifest from COCO instances JSON files (train -> train, val -> test).",
+                       "mlrpl build-coco --root /data/coco --year 2014 --out /data/mlrpl/coco2014")

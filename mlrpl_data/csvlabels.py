@@ -18,7 +18,7 @@ import pandas as pd
 from .errors import BadInputError
 from .options import allow_missing_field, check_ranges, choices, opt, progress_field
 from .rawfiles import raw_path, read_csv, refuse_duplicates
-from .terms import SourceTerms
+from .declare import BuildCommand, SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {"csv": SourceTerms("other", "A lab's own data: see its owners' licence.")}
@@ -141,3 +141,8 @@ def build_csv(cfg: CsvConfig):
                     root=Path(cfg.images), sources=[src], allow_missing=cfg.allow_missing, progress=cfg.progress,
                     options={"format": "csv", "test_fraction": cfg.test_fraction if "split" not in col else None,
                              **({"zero_means": str(cfg.zero_means)} if cfg.zero_means is not None else {})})
+
+
+COMMAND = BuildCommand("build-csv", CsvConfig, build_csv,
+                       "Build from a lab's own CSV: path[,split], then a column per class (1/-1/0/empty) or a ;-joined labels column.",
+                       "mlrpl build-csv --labels labels.csv --images /data/lab/images --out /data/mlrpl/lab")

@@ -22,7 +22,7 @@ from PIL import Image
 from .fsutil import atomic_write_text
 from .options import check_ranges, opt
 from .ownership import releasing
-from .terms import SourceTerms
+from .declare import SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {"digits": SourceTerms(

@@ -1,7 +1,8 @@
-"""Which builder made a dataset of each `format` (the string a builder writes into dataset.json's
-options), so the dataset card can give its source's licence and citation. Each builder declares them
-itself, next to its code, as `TERMS: dict[format, terms.SourceTerms]`; a new builder adds its module
-to BUILDERS here.
+"""The builders, and which one made a dataset of each `format` (the string a builder writes into
+dataset.json's options). Each builder declares, next to its code (declare.py), its source's licence
+and citation as `TERMS: dict[format, SourceTerms]` (the dataset card's) and its command as
+`COMMAND: BuildCommand` (the CLI makes one `build-*` command per builder listed here); a new builder
+adds its module to BUILDERS.
 
 The builders are imported here, statically: none of them imports the card or the folder (a builder
 returns a Manifest, manifest.py is the in-memory schema; folder.py writes it), so the card can depend
@@ -11,7 +12,7 @@ on them without an import cycle (tests/test_imports.py checks it).
 from __future__ import annotations
 
 from . import coco, csvlabels, digits, lvis, nuswide, openimages, vg, voc
-from .terms import UNKNOWN, SourceTerms
+from .declare import UNKNOWN, SourceTerms
 
 BUILDERS = (coco, voc, vg, openimages, lvis, nuswide, csvlabels)
 # format -> its builder's terms (vg declares two formats: the raw release and SSGRL's benchmark lists)

@@ -24,7 +24,7 @@ from .assemble import make_manifest
 from .manifest import Manifest
 from .missing import drop_missing
 from .options import allow_missing_field, check_ranges, opt, progress_field
-from .terms import SourceTerms
+from .declare import BuildCommand, SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {"lvis": SourceTerms(
@@ -131,3 +131,8 @@ def build_lvis(cfg: LvisConfig) -> Manifest:
                          category_source_ids=[str(c["id"]) for c in cats], images=images, labels=labels,
                          options={"format": "lvis"}, sources=sources,
                          extra={"missing": missing, "not_exhaustive_category_ids": not_exhaustive})
+
+
+COMMAND = BuildCommand("build-lvis", LvisConfig, build_lvis,
+                       "Build from LVIS v1: annotated 1, neg_category_ids -1, everything else 0 (federated labels).",
+                       "mlrpl build-lvis --root /data/lvis --out /data/mlrpl/lvis-v1")

@@ -20,7 +20,7 @@ import pandas as pd
 from .errors import BadInputError
 from .options import allow_missing_field, check_ranges, opt, progress_field
 from .rawfiles import raw_path, read_lines, refuse_duplicates
-from .terms import SourceTerms
+from .declare import BuildCommand, SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {"nuswide": SourceTerms(
@@ -97,3 +97,8 @@ def build_nuswide(cfg: NuswideConfig):
     return assemble(name=cfg.name, version="81", classes=names, source_ids=names, rows=rows,
                     labels=np.concatenate(blocks), root=root, sources=sources, allow_missing=cfg.allow_missing,
                     progress=cfg.progress, options={"format": "nuswide"})
+
+
+COMMAND = BuildCommand("build-nuswide", NuswideConfig, build_nuswide,
+                       "Build from NUS-WIDE's 81-concept ground truth (TrainTestLabels, ImageList, Flickr/).",
+                       "mlrpl build-nuswide --root /data/nus-wide --out /data/mlrpl/nuswide81 --allow-missing")

@@ -23,7 +23,7 @@ import pandas as pd
 from .errors import BadInputError
 from .options import allow_missing_field, check_ranges, choices, opt, progress_field
 from .rawfiles import read_csv
-from .terms import SourceTerms
+from .declare import BuildCommand, SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {"openimages": SourceTerms(
@@ -192,3 +192,8 @@ def build_openimages(cfg: OpenImagesConfig):
                     options={"format": "openimages", "classes": cfg.classes if cfg.classes in ("boxable", "all")
                              else Path(cfg.classes).name, "min_positives": cfg.min_positives,
                              "test_split": str(cfg.test_split)})
+
+
+COMMAND = BuildCommand("build-openimages", OpenImagesConfig, build_openimages,
+                       "Build from Open Images' human-verified image-level labels: 1 verified present, -1 verified absent, 0 unknown.",
+                       "mlrpl build-openimages --root /data/openimages --out /data/mlrpl/openimages-v6")

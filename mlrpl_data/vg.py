@@ -27,7 +27,7 @@ from .progress import progress_bar
 from .rawfiles import raw_path, read_lines, refuse_duplicates
 from .missing import drop_missing, listdir_names
 from .fsutil import sha256_file
-from .terms import SourceTerms
+from .declare import SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {
@@ -392,3 +392,6 @@ def build_vg200_ssgrl(cfg: SsgrlConfig) -> Manifest:
         extra={"vocabulary": "vg200 (SSGRL's 200-class labels)" if benchmark else f"vg500[0:{c}] (SSGRL's VG-500 labels)",
                "benchmark": benchmark, "ssgrl_lists": same_lists, "missing": missing},
     )
+
+
+COMMAND = None  # build-vg200 has options of its own (SSGRL's lists and labels): cli.py writes it by hand

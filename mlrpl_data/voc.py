@@ -25,7 +25,7 @@ from .progress import progress_bar
 from .rawfiles import read_lines
 from .missing import drop_missing
 from .specs import load_spec, voc20_names
-from .terms import SourceTerms
+from .declare import BuildCommand, SourceTerms
 
 # the source's licence and citation, for the dataset card (formats.source_terms)
 TERMS = {"voc": SourceTerms(
@@ -178,3 +178,8 @@ def build_voc07(cfg: VocConfig) -> Manifest:
         sources=sources,
         extra={"vocabulary": "voc20", "spec_checks": checks, "missing": missing},
     )
+
+
+COMMAND = BuildCommand("build-voc07", VocConfig, build_voc07,
+                       "Build a manifest from the PASCAL VOC 2007 devkit (trainval -> train, test -> test).",
+                       "mlrpl build-voc07 --root /data/VOCdevkit --out /data/mlrpl/voc2007")
