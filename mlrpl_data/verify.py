@@ -83,7 +83,7 @@ class _Chain:
 def check_shard(shard_url: str, entry: dict[str, Any], chain: _Chain, on_read=lambda n: None) -> list[str]:
     """One shard against its index entry and the manifest."""
     problems: list[str] = []
-    name, split = entry["name"], entry["split"]
+    split = entry["split"]
     try:
         size = file_size(shard_url)
     except MissingFileError:
@@ -120,11 +120,18 @@ def check_shard(shard_url: str, entry: dict[str, Any], chain: _Chain, on_read=la
                 raise
             return problems + found + [f"{shard_url}: unreadable or truncated tar ({type(e).__name__}: {e})"
                                        + (f" after {tries} tries" if tries > 1 else "")]
-    problems += found
+    return problems + found + _against_index(shard_url, entry, chain, keys, h.hexdigest(), size, over)
+
+
+def _against_index(shard_url: str, entry: dict[str, Any], chain: _Chain, keys: list[str], sha256: str, size: int,
+                   over: bool) -> list[str]:
+    """What a whole read of a shard (its keys in order, sha256, size, whether it ran past the index's
+    byte count) says against its index entry, and keys placed in two shards (chain.placed)."""
+    problems = []
     if over:
         problems.append(f"{shard_url}: holds more than the {entry['bytes']:,} bytes the index says (altered)")
-    elif size == entry["bytes"] and h.hexdigest() != entry["sha256"]:
-        problems.append(f"{shard_url}: sha256 {h.hexdigest()[:16]}… differs from the index {entry['sha256'][:16]}… (altered)")
+    elif size == entry["bytes"] and sha256 != entry["sha256"]:
+        problems.append(f"{shard_url}: sha256 {sha256[:16]}… differs from the index {entry['sha256'][:16]}… (altered)")
     if len(keys) != entry["samples"]:
         problems.append(f"{shard_url}: {len(keys)} samples, index says {entry['samples']}")
     if keys and (keys[0] != entry.get("first_key") or keys[-1] != entry.get("last_key")):
@@ -133,7 +140,7 @@ def check_shard(shard_url: str, entry: dict[str, Any], chain: _Chain, on_read=la
         if k in chain.placed:
             problems.append(f"{shard_url}: key {k} also in {chain.placed[k]}")
         else:
-            chain.placed[k] = name
+            chain.placed[k] = entry["name"]
     return problems
 
 
