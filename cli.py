@@ -601,7 +601,7 @@ def sweep(ctx: typer.Context,
     t = write_table(Path(out), title=f"{folder.card['name']}: final-epoch test metrics ({scheme} masks)",
                     metric=get_metric(str(metric)).name,
                     dataset=benchmark_dataset(folder.card, folder.class_names)
-                    if f"{scheme}-" in PUBLISHED_SCHEMES else None,  # the paper's masks only
+                    if scheme in PUBLISHED_SCHEMES else None,  # the paper's masks only
                     best_on_test=preset == "paper")
     typer.echo(t["markdown"])
     typer.echo(f"{out}: {', '.join(t['files'])}")  # what write_table wrote (no table.csv without a mAP)

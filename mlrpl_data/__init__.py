@@ -22,7 +22,7 @@ _PUBLIC = {
     "OpenImagesConfig": "openimages", "build_openimages": "openimages", "LvisConfig": "lvis", "build_lvis": "lvis",
     "NuswideConfig": "nuswide", "build_nuswide": "nuswide", "CsvConfig": "csvlabels", "build_csv": "csvlabels",
     "Manifest": "manifest", "read_manifest": "folder", "write_manifest": "folder",
-    "DatasetFolder": "folder",
+    "DatasetFolder": "folder", "list_masks": "folder",
     "MaskConfig": "masks", "make_masks": "masks", "read_mask": "masks",
     "ShardConfig": "shards", "write_shards": "shards", "read_index": "shards",
     "embed_labels": "embeddings",

@@ -149,11 +149,12 @@ class DatasetFolder:
         return self._sidecars[name]
 
     def mask_names(self) -> list[str]:
-        """Names of the masks with a sidecar, sorted, from the masks/ listing (a local folder listed as one;
+        """Names of the masks with a sidecar, in their files' order (`-test.json` before `.json`, as the card
+        has always listed them), from the masks/ listing (a local folder listed as one;
         s3, ... through fsspec; a store that cannot list, plain http, has none)."""
         if not self.remote:
             folder = self.local / MASKS_DIR
-            return sorted(p.name[: -len(".json")] for p in folder.glob("*.json")) if folder.is_dir() else []
+            return [p.name[: -len(".json")] for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
         import fsspec
 
         try:
@@ -161,10 +162,10 @@ class DatasetFolder:
             found = fs.glob(f"{path}/*.json")
         except Exception:  # no listing: nothing listed (masks are checked again when read)
             return []
-        return sorted(p.rsplit("/", 1)[-1][: -len(".json")] for p in found)
+        return [p[: -len(".json")] for p in sorted(p.rsplit("/", 1)[-1] for p in found)]
 
     def mask_sidecars(self, skip_bad: bool = False) -> list[dict[str, Any]]:
-        """The sidecars of every mask, sorted by name, each checked for its fields (a bad one raises,
+        """The sidecars of every mask, in mask_names' order, each checked for its fields (a bad one raises,
         or with skip_bad is left out)."""
         metas = []
         for name in self.mask_names():
@@ -330,3 +331,10 @@ def read_manifest(dataset: str | Path | DatasetFolder, verify: bool = True) -> M
     if {k: int(v) for k, v in card["counts"].items()} != m.counts():
         raise BadInputError(f"{where}/{DATASET_JSON}: counts {card['counts']} differ from the images {m.counts()}")
     return m
+
+
+def list_masks(dataset: str | Path | DatasetFolder, skip_bad: bool = False) -> list[dict[str, Any]]:
+    """Every mask's sidecar (name, scheme, proportion, seed, split, stats, ...) of a dataset folder, in
+    file order; a damaged sidecar raises BadInputError naming it, or with skip_bad is left out. The public
+    form of DatasetFolder.mask_sidecars (`from mlrpl_data import list_masks`)."""
+    return DatasetFolder.of(dataset).mask_sidecars(skip_bad=skip_bad)

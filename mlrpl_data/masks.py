@@ -134,6 +134,17 @@ def parse_mask_name(name: str) -> dict[str, Any] | None:
             "split": m["split"] or "train"}
 
 
+def mask_proportion(dataset: "str | Path | DatasetFolder", name: str) -> float | None:
+    """The known proportion of mask `name`: its sidecar's in `dataset` (the value it was made with);
+    the name's (parse_mask_name) only when no sidecar can be read (a dataset moved or copied without its
+    masks); None for a scheme without one (single-positive) or a name that is not a mask's."""
+    try:
+        return DatasetFolder.of(dataset).mask_sidecar(name).get("proportion")
+    except BadInputError:
+        parsed = parse_mask_name(name)
+        return parsed["proportion"] if parsed else None
+
+
 def _splitmix64(z: np.ndarray) -> np.ndarray:
     """The splitmix64 finaliser, vectorised (uint64 arithmetic wraps, as it should)."""
     z = z + _GOLDEN

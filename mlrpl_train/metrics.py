@@ -16,6 +16,9 @@ report and table, metrics.csv's columns and TensorBoard, and `sweep --metric` re
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -133,6 +136,26 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+_MEMO: contextvars.ContextVar[dict | None] = contextvars.ContextVar("mlrpl_metrics_memo", default=None)
+
+
+def _shared(fn: Callable) -> Callable:
+    """`fn` computed once per evaluate_scores call for the same arguments: several metrics take the same
+    per-class AP, F1 family, top-k family or label tensors (unshared, evaluation took 4x as long). Keyed by
+    the arrays' identity, which holds while evaluate_scores keeps them; outside it, `fn` as is."""
+    @functools.wraps(fn)
+    def once(*args):
+        memo = _MEMO.get()
+        if memo is None:
+            return fn(*args)
+        key = (fn.__name__, *(id(a) if isinstance(a, np.ndarray) else a for a in args))
+        if key not in memo:
+            memo[key] = fn(*args)
+        return memo[key]
+    return once
+
+
+@_shared
 def _known01(targets: np.ndarray):
     """(N, C) int64 tensor: 1 known positive, 0 known negative, -1 unknown (torchmetrics' ignore_index)."""
     import torch
@@ -140,6 +163,7 @@ def _known01(targets: np.ndarray):
     return torch.from_numpy(np.where(targets == 1, 1, np.where(targets == -1, 0, -1)).astype(np.int64))
 
 
+@_shared
 def _predicted(scores: np.ndarray):
     """(N, C) int64 tensor of the thresholded scores: torchmetrics takes it as labels, and never re-thresholds
     (its own rule is > 0.5, after a sigmoid when a score is outside [0, 1]; ours is >= THRESHOLD)."""
@@ -148,8 +172,12 @@ def _predicted(scores: np.ndarray):
     return torch.from_numpy((scores >= THRESHOLD).astype(np.int64))
 
 
+_per_class_ap, _ap_classes = _shared(per_class_ap), _shared(ap_classes)
+_threshold_metrics, _topk_metrics = _shared(threshold_metrics), _shared(topk_metrics)
+
+
 def _mean_ap(scores: np.ndarray, targets: np.ndarray, voc: bool = False) -> float | None:
-    ap, valid = per_class_ap(scores, targets, voc=voc), ap_classes(targets)[0]
+    ap, valid = _per_class_ap(scores, targets, voc), _ap_classes(targets)[0]
     return float(np.mean(ap[valid])) if valid.any() else None
 
 
@@ -159,7 +187,7 @@ def macro_auroc(scores: np.ndarray, targets: np.ndarray) -> float | None:
     = mlcpl partial_multilabel_auroc (macro)."""
     import torch
 
-    valid, y = ap_classes(targets)[0], _known01(targets)
+    valid, y = _ap_classes(targets)[0], _known01(targets)
     if not valid.any():
         return None
     s = torch.from_numpy(scores)
@@ -184,13 +212,14 @@ def weighted_ap(scores: np.ndarray, targets: np.ndarray) -> float | None:
     """mAP's per-class AP (plain, = scikit-learn = torchmetrics binary_average_precision) over mAP's classes,
     weighted by each class's known positives; = mlcpl's AP (weighted). Our AP rather than torchmetrics' so
     that equal weights give mAP exactly."""
-    ap, valid = per_class_ap(scores, targets), ap_classes(targets)[0]
+    ap, valid = _per_class_ap(scores, targets, False), _ap_classes(targets)[0]
     if not valid.any():
         return None
     w = (targets == 1).sum(axis=0)[valid]
     return float(np.sum(ap[valid] * w) / w.sum())
 
 
+@_shared
 def _ranked_known(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each image's labels by descending score, a known negative before a positive on a tie (a tie counts
     against the ranking, as scikit-learn's ranking loss and coverage count it): (sorted targets, known
@@ -320,7 +349,7 @@ def _part(family: Callable[[np.ndarray, np.ndarray], dict[str, float]], key: str
 
 
 def _top3(scores: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    return topk_metrics(scores, targets, 3)
+    return _topk_metrics(scores, targets, 3)
 
 
 _PAPER = "Pu et al., arXiv 2205.13092, eq. 17-19 (as ML-GCN reports them)"
@@ -333,7 +362,7 @@ METRICS: list[Metric] = [
     Metric("mAP_voc", lambda s, t: _mean_ap(s, t, voc=True), True, "mAP, VOC-interpolated (published code)",
            "VOC-interpolated AP, as the published code", "SSGRL/HCP-MLR-PL's evaluation code", short="mAP (VOC)",
            published="mAP"),
-    *[Metric(k, _part(threshold_metrics, k), True, k, f"{k} at probability >= 0.5 on known entries", _PAPER,
+    *[Metric(k, _part(_threshold_metrics, k), True, k, f"{k} at probability >= 0.5 on known entries", _PAPER,
              per_epoch=k in ("OF1", "CF1")) for k in ("OP", "OR", "OF1", "CP", "CR", "CF1")],
     *[Metric(f"{k}_top3", _part(_top3, k), True, f"{k} top-3", f"{k} of each image's 3 top-scored known labels",
              _PAPER, per_epoch=k in ("OF1", "CF1")) for k in ("OP", "OR", "OF1", "CP", "CR", "CF1")],
@@ -356,10 +385,27 @@ METRICS: list[Metric] = [
 ]
 
 
+# names a metric cannot take: the other keys of evaluate's report and the bookkeeping columns of metrics.csv
+# (runlog.METRIC_COLUMNS; a test keeps the two in step), which a metric of that name would overwrite
+RESERVED_NAMES = frozenset({
+    "images", "classes", "classes_evaluated", "left_out", "per_class_ap", "per_class_ap_voc", "checkpoint",
+    "published", "report_dir", "epoch", "train_loss", "lr", "val_mAP", "val_mAP_voc", "best", "selection",
+    "bad_samples", "images_per_s", "seconds", "peak_memory_mb", "mAP_classes"})
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
 def register(metric: Metric) -> Metric:
-    """Add a metric to the registry (after the others); a name taken (in any case) is a ValueError."""
-    if metric.name.lower() in {m.name.lower() for m in METRICS}:
-        raise ValueError(f"metric {metric.name!r}: a metric of that name is already registered")
+    """Add a metric to the registry (after the others). ValueError for a name taken (in any case), one of
+    RESERVED_NAMES, one ending in `_best_on_test` (sweep's column for a metric's best epoch) or not a
+    plain identifier (it is a CSV column and a --metric choice)."""
+    name = metric.name
+    if not _NAME.match(name) or name.endswith("_best_on_test"):
+        raise ValueError(f"metric {name!r}: use letters, digits and '_' (starting with a letter), not ending "
+                         f"in '_best_on_test'")
+    if name.lower() in {n.lower() for n in RESERVED_NAMES}:
+        raise ValueError(f"metric {name!r}: that name is taken by evaluate's report or metrics.csv")
+    if name.lower() in {m.name.lower() for m in METRICS}:
+        raise ValueError(f"metric {name!r}: a metric of that name is already registered")
     METRICS.append(metric)
     return metric
 
@@ -388,12 +434,15 @@ def evaluate_scores(scores: np.ndarray, targets: np.ndarray, class_names: list[s
     VOC); scores (N, C) probabilities, targets (N, C) in {-1, 0, 1}."""
     scores = np.asarray(scores, dtype=np.float64)
     targets = np.asarray(targets)
-    ap = per_class_ap(scores, targets)
-    ap_voc = per_class_ap(scores, targets, voc=True)
-    valid, no_pos, no_neg = ap_classes(targets)
     names = class_names or [str(i) for i in range(targets.shape[1])]
-    with _one_torch_thread():
-        values = {m.name: m.fn(scores, targets) for m in registered()}
+    token = _MEMO.set({})
+    try:
+        ap, ap_voc = _per_class_ap(scores, targets, False), _per_class_ap(scores, targets, True)
+        valid, no_pos, no_neg = _ap_classes(targets)
+        with _one_torch_thread():
+            values = {m.name: m.fn(scores, targets) for m in registered()}
+    finally:
+        _MEMO.reset(token)
     out: dict[str, Any] = {
         "images": int(len(targets)),
         **values,

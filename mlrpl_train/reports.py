@@ -15,7 +15,7 @@ from mlrpl_data.errors import BadInputError
 from mlrpl_data.fsutil import atomic_write_text, atomic_write_with
 from mlrpl_data.folder import DatasetFolder, read_card
 from mlrpl_data.manifest import check_fingerprint
-from mlrpl_data.masks import parse_mask_name
+from mlrpl_data.masks import mask_proportion, parse_mask_name
 from mlrpl_data.ownership import claim_file, parquet_kind, refuse_overlap, sweep_stale
 
 from . import dist as D
@@ -98,7 +98,7 @@ def write_scores(path: Path, keys: list[str], scores: np.ndarray, labels: np.nda
 
 # the mask schemes of the paper's protocol (labels dropped uniformly at random): the only ones beside which
 # the published figures mean anything (per-image and single-positive masks are other experiments)
-PUBLISHED_SCHEMES = ("uniform-", "hcp-")
+PUBLISHED_SCHEMES = ("uniform", "hcp")
 
 
 def _published_beside(dataset: str | DatasetFolder, class_names: list[str], method: str, mask: str, metrics: dict,
@@ -109,7 +109,8 @@ def _published_beside(dataset: str | DatasetFolder, class_names: list[str], meth
     when `dataset` holds no sidecar of that name)."""
     from .published import SOURCE, benchmark_dataset, published
 
-    p = _mask_proportion(dataset, mask) if mask.startswith(PUBLISHED_SCHEMES) else None
+    parsed = parse_mask_name(mask)
+    p = mask_proportion(dataset, mask) if parsed and parsed["scheme"] in PUBLISHED_SCHEMES else None
     row = published(benchmark_dataset(read_card(dataset), class_names), method, p)
     if row is None or row["mAP"] is None or p is None or metrics["mAP_voc"] is None:
         return None
@@ -118,16 +119,6 @@ def _published_beside(dataset: str | DatasetFolder, class_names: list[str], meth
             "proportion": row["proportion"], "mAP": row["mAP"] / 100, "delta_mAP_voc": metrics["mAP_voc"] - row["mAP"] / 100,
             "note": (f"this run trained on {1 - val_fraction:.0%} of the training split (--val-fraction {val_fraction:g}), "
                      f"the paper on all of it (sweep's default, --val-fraction 0)") if val_fraction > 0 else None}
-
-
-def _mask_proportion(dataset: str | DatasetFolder, mask: str) -> float | None:
-    """The known proportion of `mask`: its sidecar's in `dataset`; parse_mask_name's reading of the
-    name when there is no readable sidecar (a dataset copied without its masks); None without one."""
-    try:
-        return DatasetFolder.of(dataset).mask_sidecar(mask).get("proportion")
-    except BadInputError:
-        parsed = parse_mask_name(mask)
-        return parsed["proportion"] if parsed else None
 
 
 def plot_per_class_ap(ap: dict[str, float | None], path: Path, title: str = "") -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from mlrpl_data.folder import DatasetFolder, read_card
-from mlrpl_data.masks import MaskConfig, compute_masks, mask_name, parse_mask_name, proportion_text, write_mask
+from mlrpl_data.masks import (MaskConfig, compute_masks, mask_name, mask_proportion, parse_mask_name, proportion_text,
+                              write_mask)
 from mlrpl_data.folder import read_manifest
 
 from .checkpoint import CHECKPOINT_LAST, CONFIG_JSON, load_checkpoint
@@ -37,13 +38,15 @@ def run_name(name: str) -> dict | None:
 
 
 def run_proportion(run: Path, parsed: dict) -> float:
-    """The known proportion a run trained with: its mask's sidecar's (config.json names the mask and the
-    dataset); the run folder's name only when that sidecar cannot be read (a moved dataset, a bare folder)."""
+    """The known proportion a run trained with: its mask's (masks.mask_proportion: the sidecar's; config.json
+    names the mask and the dataset); the run folder's name only when config.json cannot say."""
     try:
         doc = json.loads((run / CONFIG_JSON).read_text())
-        return float(DatasetFolder(doc["config"]["dataset"]).mask_sidecar(doc["mask"])["proportion"])
-    except Exception:  # noqa: BLE001 - any unreadable piece: the name, which sweep wrote from the same value
+        dataset, mask = doc["config"]["dataset"], doc["mask"]
+    except (OSError, ValueError, KeyError, TypeError):  # a bare or damaged run folder: the name sweep wrote
         return parsed["proportion"]
+    p = mask_proportion(dataset, mask)
+    return parsed["proportion"] if p is None else p
 
 
 def finished(run: Path, epochs: int) -> bool:

@@ -116,3 +116,29 @@ def test_sweep_tables_take_the_proportion_from_the_runs_mask_sidecar(tmp_path):
 def test_a_remote_folder_is_refused_where_a_local_one_is_needed():
     with pytest.raises(BadInputError, match="s3://b/d: a remote dataset"):
         DatasetFolder("s3://b/d/").local
+
+
+def test_masks_are_listed_in_file_order_as_the_card_always_listed_them(tmp_path):
+    """'-' sorts before '.', so a test-split mask's file comes before the train mask of the same name: the
+    card's configs and table keep the order they had (a name sort would swap them and change README.md)."""
+    from mlrpl_data.folder import list_masks
+
+    d = tmp_path / "d"
+    (d / "masks").mkdir(parents=True)
+    for n in ("uniform-p0.30-s0", "uniform-p0.30-s0-test", "hcp-p0.30-s0"):
+        (d / "masks" / f"{n}.json").write_text("{}")
+    assert DatasetFolder(d).mask_names() == ["hcp-p0.30-s0", "uniform-p0.30-s0-test", "uniform-p0.30-s0"]
+    assert list_masks(d, skip_bad=True) == []  # sidecars without their fields: left out, not guessed
+
+
+def test_mask_proportion_is_the_sidecars_and_the_names_only_without_one(tmp_path):
+    from mlrpl_data.masks import mask_proportion
+
+    d = tmp_path / "d"
+    (d / "masks").mkdir(parents=True)
+    (d / "masks" / "uniform-p0.10-s0.json").write_text(json.dumps({
+        "name": "uniform-p0.10-s0", "fingerprint": "f", "scheme": "uniform", "seed": 0, "split": "train",
+        "num_classes": 3, "content_sha256": "0", "stats": {}, "proportion": 0.125}))
+    assert mask_proportion(d, "uniform-p0.10-s0") == 0.125  # the value it was made with, not its name's 0.10
+    assert mask_proportion(d, "uniform-p0.30-s0") == 0.3  # no sidecar: the name
+    assert mask_proportion(d, "single-positive-s0") is None and mask_proportion(d, "not a mask") is None

@@ -232,3 +232,23 @@ def test_sweep_best_epoch_follows_each_metrics_direction_and_old_runs_still_read
     with open(tmp_path / "table.csv", newline="") as f:
         row = next(csv.DictReader(f))
     assert float(row["avg_ranking_loss_best_on_test"]) == 0.1 and "avg_coverage" not in row
+
+
+@pytest.mark.parametrize("name", ["", "a,b", "2x", "lr", "epoch", "images", "checkpoint", "val_mAP", "IMAGES",
+                                  "mAP_best_on_test", "mAP"])
+def test_register_refuses_a_name_that_would_overwrite_a_report_key_or_a_csv_column(name):
+    from mlrpl_train.metrics import Metric, registered, register
+
+    before = [m.name for m in registered()]
+    with pytest.raises(ValueError, match=repr(name)):
+        register(Metric(name, lambda s, t: 0.5, True, "", "", ""))
+    assert [m.name for m in registered()] == before
+
+
+def test_reserved_names_cover_every_bookkeeping_column_of_metrics_csv():
+    from mlrpl_train.metrics import RESERVED_NAMES, registered
+    from mlrpl_train.runlog import METRIC_COLUMNS
+
+    metric_names = {m.name for m in registered()}
+    assert set(METRIC_COLUMNS) - metric_names <= RESERVED_NAMES
+    assert not RESERVED_NAMES & metric_names
