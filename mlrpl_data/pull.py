@@ -7,6 +7,9 @@ sha256 is kept, so a killed pull resumes. dataset.json is removed first when any
 change and written last: a half-pulled folder reads as incomplete. A transfer that fails or
 arrives altered is fetched again (a bounded number of times, with backoff); a file the source
 lacks (404) stops the pull naming it, and what was already fetched stays for the next run.
+A whole copy keeps the source's README.md, masks/README.md and files.json byte for byte; a subset
+(--no-shards, --split, --masks) fetches neither card and gets its own cards and files.json
+(DatasetFolder.refresh), declaring only what it holds.
 """
 
 from __future__ import annotations
