@@ -7,6 +7,7 @@ A dataset folder (a local path or an fsspec URL such as s3://bucket/coco2014) ho
     shards/<split>-NNNNNN.tar, shards/index.json, shards/SHA256SUMS   WebDataset shards (shards.py)
     label_embeddings.npy + .json   CSRL's label embeddings (embeddings.py)
     README.md, files.json   the dataset card and the listing `mlrpl pull` copies (card.py renders the card)
+    masks/README.md   the masks' dataset card (one Hugging Face config per mask; card.py)
     .mlrpl-local.json   this machine's raw root: never shared
 
 The names are declared here and every other module takes them from here. `DatasetFolder` reads
@@ -27,7 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .card import dataset_card
+from .card import dataset_card, masks_card
 from .errors import AlreadyExistsError, BadInputError
 from .fsutil import atomic_write_text, publish_dir, sha256_file, staging_dir
 from .manifest import (SCHEMA_VERSION, Manifest, categories_table, images_table, labels_from_arrow, table_bytes,
@@ -46,6 +47,7 @@ INDEX = "index.json"
 SUMS = "SHA256SUMS"
 EMBEDDINGS_NPY, EMBEDDINGS_JSON = "label_embeddings.npy", "label_embeddings.json"
 CARD = "README.md"
+MASKS_CARD = f"{MASKS_DIR}/{CARD}"  # the masks' own card: datasets reads one file format per folder
 FILES = "files.json"
 LOCAL = ".mlrpl-local.json"  # this machine's raw root: never shared (not in files.json, not pulled)
 
@@ -54,7 +56,7 @@ DATASET_ENTRIES = (DATASET_JSON, CATEGORIES_PARQUET, IMAGES_PARQUET)
 DERIVED_ENTRIES = (MASKS_DIR, SHARDS_DIR, EMBEDDINGS_NPY, EMBEDDINGS_JSON, CARD, FILES)
 # files.json lists these (when present) and every mask file; the shards are listed by shards/index.json
 SHARED_FILES = (DATASET_JSON, CATEGORIES_PARQUET, IMAGES_PARQUET, CARD, EMBEDDINGS_NPY, EMBEDDINGS_JSON,
-                f"{SHARDS_DIR}/{INDEX}", f"{SHARDS_DIR}/{SUMS}")
+                f"{SHARDS_DIR}/{INDEX}", f"{SHARDS_DIR}/{SUMS}", MASKS_CARD)
 
 CARD_FIELDS = {"name": str, "version": str, "schema_version": int, "fingerprint": str, "num_classes": int,
                "counts": dict}
@@ -190,6 +192,16 @@ class DatasetFolder:
             raise BadInputError(f"{self.path(SHARDS_DIR, INDEX)}: expected a JSON object, got {type(doc).__name__}")
         return doc
 
+    def held_splits(self) -> list[str]:
+        """The splits, sorted, whose every shard the index lists is in this local folder (all of the
+        index's splits in a folder write-shards made; train only in a `pull --split train` copy)."""
+        if not self.index:
+            return []
+        shards = self.index.get("shards", [])
+        held = {s["split"] for s in shards}
+        return sorted(sp for sp in held if all((self.local / SHARDS_DIR / s["name"]).is_file()
+                                              for s in shards if s["split"] == sp))
+
     @property
     def embeddings_path(self) -> str:
         """Where the label embeddings (C, E) float32 .npy are (present or not)."""
@@ -208,10 +220,16 @@ class DatasetFolder:
                 for p in paths if p.is_file()]
 
     def refresh(self) -> None:
-        """Rewrite README.md and files.json from what the folder holds now (after a command wrote into it):
-        the one place they are written. Reads the folder afresh."""
+        """Rewrite README.md, masks/README.md (removed when no mask is left) and files.json from what the
+        folder holds now (after a command wrote into it): the one place they are written. Reads the folder
+        afresh."""
         fresh = DatasetFolder(self.url)
         atomic_write_text(fresh.local / CARD, dataset_card(fresh))
+        masks_text = masks_card(fresh)
+        if masks_text is not None:
+            atomic_write_text(fresh.local / MASKS_CARD, masks_text)
+        else:
+            (fresh.local / MASKS_CARD).unlink(missing_ok=True)
         atomic_write_text(fresh.local / FILES, json.dumps({"files": fresh.listing()}, indent=1) + "\n")
 
 

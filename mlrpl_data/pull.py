@@ -7,6 +7,9 @@ sha256 is kept, so a killed pull resumes. dataset.json is removed first when any
 change and written last: a half-pulled folder reads as incomplete. A transfer that fails or
 arrives altered is fetched again (a bounded number of times, with backoff); a file the source
 lacks (404) stops the pull naming it, and what was already fetched stays for the next run.
+A whole copy keeps the source's README.md, masks/README.md and files.json byte for byte; a subset
+(--no-shards, --split, --masks) fetches neither card and gets its own cards and files.json
+(DatasetFolder.refresh), declaring only what it holds.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 from . import retry
 from .errors import BadInputError, MlrplError
 from .fsutil import CHUNK, atomic_path, atomic_write_bytes, sha256_file
-from .folder import DATASET_ENTRIES, DATASET_JSON, DERIVED_ENTRIES, FILES, INDEX, SHARDS_DIR
+from .folder import CARD, DATASET_ENTRIES, DATASET_JSON, DERIVED_ENTRIES, FILES, INDEX, MASKS_CARD, SHARDS_DIR, DatasetFolder
 from .options import check_ranges, opt, progress_field
 from .progress import progress_bar
 from .readers import MissingFileError, file_size, join, open_binary, read_bytes
@@ -74,6 +77,11 @@ def pull(url: str, out: Path, cfg: PullConfig) -> PullResult:
     listing_bytes = read_bytes(join(url, FILES), 64 * 2**20)
     files = _check_listing(listing_bytes, join(url, FILES))
     plan = _select(files, cfg)
+    # a subset (some masks, no shards, one split) gets cards and a listing of what it holds, written here:
+    # the source's would declare files it lacks (datasets: DataFilesNotFoundError)
+    subset = len(plan) < len(files) or (cfg.shards and cfg.split != "all")
+    if subset:
+        plan = [w for w in plan if w.path not in (CARD, MASKS_CARD)]
     index_entry = next((w for w in plan if w.path == f"{SHARDS_DIR}/{INDEX}"), None)
     if cfg.shards and index_entry is None:
         raise BadInputError(f"{join(url, FILES)}: lists no {SHARDS_DIR}/{INDEX}: the source has no shards yet "
@@ -93,7 +101,7 @@ def pull(url: str, out: Path, cfg: PullConfig) -> PullResult:
             mark(out / SHARDS_DIR, "shards")
 
     todo = [w for w in plan if not _matches(out / w.path, w)]
-    if todo or not (out / FILES).is_file() or (out / FILES).read_bytes() != listing_bytes:
+    if todo or not subset and (not (out / FILES).is_file() or (out / FILES).read_bytes() != listing_bytes):
         (out / DATASET_JSON).unlink(missing_ok=True)  # from here on the folder reads as incomplete ...
         if card not in todo:
             todo.append(card)  # ... until dataset.json is written again, last
@@ -104,8 +112,10 @@ def pull(url: str, out: Path, cfg: PullConfig) -> PullResult:
     with bar:
         for stage in (0, 1, 2):
             _fetch_all(url, out, [w for w in todo if last.get(w.path, 0) == stage], cfg.jobs, bar)
-            if stage == 1:
+            if stage == 1 and not subset:
                 atomic_write_bytes(out / FILES, listing_bytes)
+    if subset:
+        DatasetFolder(out).refresh()  # after dataset.json: the cards and files.json of this copy
     return PullResult(fetched=[w.path for w in todo], kept=kept, bytes_fetched=sum(w.bytes for w in todo))
 
 
@@ -139,13 +149,14 @@ def _wanted(path: str, size: int, sha: str, where: str) -> Wanted:
 def _select(files: list[Wanted], cfg: PullConfig) -> list[Wanted]:
     names = None if cfg.masks is None else {n.strip() for n in cfg.masks.split(",") if n.strip()}
     if names:
-        have = {PurePosixPath(w.path).stem for w in files if w.path.startswith("masks/")}
+        have = {PurePosixPath(w.path).stem for w in files if w.path.startswith("masks/") and w.path != MASKS_CARD}
         unknown = sorted(names - have)
         if unknown:
             raise BadInputError(f"--masks: the source has no mask {', '.join(unknown)} (it has {', '.join(sorted(have)) or 'none'})")
     chosen = []
     for w in files:
-        if w.path.startswith("masks/") and names is not None and PurePosixPath(w.path).stem not in names:
+        if (w.path.startswith("masks/") and w.path != MASKS_CARD and names is not None
+                and PurePosixPath(w.path).stem not in names):
             continue
         if w.path.startswith(f"{SHARDS_DIR}/") and not cfg.shards:
             continue

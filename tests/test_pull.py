@@ -141,7 +141,7 @@ def test_select_split_masks_and_no_shards(published, tmp_path):
     got = tree(tmp_path / "t")
     assert sorted(k for k in got if k.startswith("shards/") and k.endswith(".tar")) == \
         [f"shards/train-{i:06d}.tar" for i in range(5)]
-    assert sorted(k for k in got if k.startswith("masks/")) == ["masks/uniform-p0.30-s0.json",
+    assert sorted(k for k in got if k.startswith("masks/")) == ["masks/README.md", "masks/uniform-p0.30-s0.json",
                                                                 "masks/uniform-p0.30-s0.parquet"]
     assert verify(tmp_path / "t", split="train") == []
     assert any("test image(s) of the manifest are in no shard" in p for p in verify(tmp_path / "t"))
