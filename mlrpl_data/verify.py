@@ -103,8 +103,9 @@ def check_shard(shard_url: str, entry: dict[str, Any], chain: _Chain, on_read=la
     except Exception as e:
         if not isinstance(e, (tarfile.TarError, OSError, EOFError)) and not retry.is_transient(e):
             raise
+        retried = tries > 1 and (retry.is_transient(e) or cut_short(e))  # else it was read once
         return problems + read.found + [f"{shard_url}: unreadable or truncated tar ({type(e).__name__}: {e})"
-                                        + (f" after {tries} tries" if tries > 1 else "")]
+                                        + (f" after {tries} tries" if retried else "")]
     return problems + read.found + _against_index(shard_url, entry, chain, keys, sha256, size, over)
 
 
