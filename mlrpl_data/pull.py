@@ -245,8 +245,8 @@ def _fetch(src: str, dest: Path, w: Wanted, bar, stop: threading.Event) -> None:
         raise
     except Exception as e:
         what = f"altered in transit: {e}" if isinstance(e, retry.Corrupted) else describe(e)
-        raise PullError(f"{src}: could not be fetched whole after {retry.attempts()} tries ({what}); "
-                        f"re-run mlrpl pull to resume") from None
+        tries = f" after {retry.attempts()} tries" if retry.is_transient(e) else ""  # else it was tried once
+        raise PullError(f"{src}: could not be fetched whole{tries} ({what}); re-run mlrpl pull to resume") from None
 
 
 def summary(r: PullResult) -> dict[str, Any]:

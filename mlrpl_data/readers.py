@@ -15,7 +15,7 @@ import stat
 from typing import Any
 
 from .errors import BadInputError, MlrplError
-from .retry import with_retries
+from .retry import attempts, transient_cause, with_retries
 from .timeouts import describe
 
 MiB = 2**20
@@ -59,7 +59,11 @@ def _fs(url: str):
 
 
 def file_size(url: str) -> int:
-    """Size in bytes of a regular file (local) or an object (remote); MissingFileError when absent."""
+    """Size in bytes of a regular file (local) or an object (remote, a HEAD request over http).
+
+    Raises MissingFileError when absent (404), BadInputError for a folder, a device or an object of
+    unknown size, RemoteAccessError when the store refuses (401, 403, credentials) or cannot be
+    reached after MLRPL_RETRIES tries (refused connection, timeout, 5xx, 429)."""
     url = str(url)
     if not is_remote(url):
         path = local_path(url)
@@ -77,8 +81,14 @@ def file_size(url: str) -> int:
     try:
         info = with_retries(lambda: fs.info(path))
     except FileNotFoundError as e:
-        if _unreachable(e):
-            raise RemoteAccessError(f"{url}: cannot reach the server ({_unreachable(e)})") from None
+        from aiohttp import ClientResponseError
+
+        cause = transient_cause(e)  # fsspec's http store reports every failed HEAD and GET as "not found"
+        if cause is not None:
+            tries = f" after {attempts()} tries" if attempts() > 1 else ""
+            raise RemoteAccessError(f"{url}: cannot reach the server{tries} ({describe(cause)})") from None
+        if isinstance(e.__cause__, ClientResponseError) and e.__cause__.status != 404:
+            raise RemoteAccessError(f"{url}: the server refused it ({e.__cause__.status} {e.__cause__.message})") from None
         raise MissingFileError(f"{url}: not found") from None
     except Exception as e:  # credentials, DNS, refused connections: each store raises its own types
         raise RemoteAccessError(f"{url}: cannot reach it ({describe(e)})") from None
@@ -90,26 +100,24 @@ def file_size(url: str) -> int:
     return int(size)
 
 
-def _unreachable(e: BaseException) -> str | None:
-    """The connection failure behind a 'not found' (fsspec's http store reports refused connections so)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, (ConnectionError, TimeoutError)) or any(n in type(e).__name__ for n in ("Connect", "Timeout")):
-            return describe(e)  # a server that never answered is unreachable, not a missing file
-        e = e.__cause__ or e.__context__
-    return None
-
-
 def open_binary(url: str):
-    """A binary stream of a local file or a remote object (call file_size first: it checks the kind)."""
-    if is_remote(url):
-        import fsspec
+    """A binary file object (a context manager) reading a local file or a remote object front to back.
 
-        from .timeouts import storage_options
-
-        return fsspec.open(url, "rb", **storage_options(url)).open()
-    return open(local_path(url), "rb")
+    http(s) is one streaming GET (fsspec's HTTPStreamFile, `block_size=0`): no Range request, so
+    any static server works, `python -m http.server` included (fsspec's default 5 MiB blocks
+    need ranges past the first block: "The HTTP server doesn't appear to support range
+    requests"). Object stores (s3://, gs://, ...) always honour Range and read through their own
+    buffered file, a ranged GET per block (s3fs: 50 MiB). Call file_size first: it checks the
+    kind and the size; this raises FileNotFoundError for a missing object and the store's own
+    errors otherwise (retry.is_transient says which are worth another try). Seeking back is not
+    possible on a stream: read it in order.
+    """
+    if not is_remote(url):
+        return open(local_path(url), "rb")
+    fs, path = _fs(url)
+    if "http" in fs.protocol:  # fsspec's HTTPFileSystem.protocol is ("http", "https")
+        return fs.open(path, "rb", block_size=0)
+    return fs.open(path, "rb")
 
 
 def read_bytes(url: str, limit: int) -> bytes:

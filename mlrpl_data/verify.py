@@ -15,7 +15,7 @@ import hashlib
 import io
 import json
 import tarfile
-import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -83,7 +83,6 @@ class _Chain:
 def check_shard(shard_url: str, entry: dict[str, Any], chain: _Chain, on_read=lambda n: None) -> list[str]:
     """One shard against its index entry and the manifest."""
     problems: list[str] = []
-    split = entry["split"]
     try:
         size = file_size(shard_url)
     except MissingFileError:
@@ -93,34 +92,51 @@ def check_shard(shard_url: str, entry: dict[str, Any], chain: _Chain, on_read=la
     if size != entry["bytes"]:
         problems.append(f"{shard_url}: {size:,} bytes, index says {entry['bytes']:,} (truncated or altered)")
     tries = retry.attempts() if is_remote(shard_url) else 1
-    for attempt in range(tries):  # a transient remote failure reads the shard again
-        h = hashlib.sha256()
-        keys: list[str] = []
-        members: set[str] = set()
-        found: list[str] = []
-        reader = None
-        try:
-            with open_binary(shard_url) as f:
-                reader = _Bounded(f, h, entry["bytes"], on_read)
-                with tarfile.open(fileobj=reader, mode="r|") as tar:
-                    for member in tar:
-                        found += _check_member(shard_url, tar, member, members, keys, split, chain)
-                while reader.read(1 << 20):  # hash the tar's end padding as well
-                    pass
-                over = reader.exhausted and bool(f.read(1))
-            if reader.n < min(size, entry["bytes"]):  # the stream ended before the file did: a cut transfer
-                raise retry.Corrupted(f"read {reader.n:,} of {size:,} bytes")
-            break
-        except Exception as e:
-            cut_short = isinstance(e, (tarfile.TarError, EOFError)) and reader is not None and reader.n < size
-            if retry.read_again(e, attempt, tries, cut_short):
-                time.sleep(retry.delay(attempt))
-                continue
-            if not isinstance(e, (tarfile.TarError, OSError, EOFError)) and not retry.is_transient(e):
-                raise
-            return problems + found + [f"{shard_url}: unreadable or truncated tar ({type(e).__name__}: {e})"
-                                       + (f" after {tries} tries" if tries > 1 else "")]
-    return problems + found + _against_index(shard_url, entry, chain, keys, h.hexdigest(), size, over)
+    read = _Read()
+
+    def cut_short(e: BaseException) -> bool:  # a remote body that ended before the file did: read it again
+        return isinstance(e, (tarfile.TarError, EOFError)) and read.n < size
+
+    try:  # a transient remote failure reads the shard again, from the start
+        keys, sha256, over = retry.with_retries(lambda: _read_shard(shard_url, entry, chain, size, on_read, read),
+                                                tries, also=cut_short)
+    except Exception as e:
+        if not isinstance(e, (tarfile.TarError, OSError, EOFError)) and not retry.is_transient(e):
+            raise
+        retried = tries > 1 and (retry.is_transient(e) or cut_short(e))  # else it was read once
+        return problems + read.found + [f"{shard_url}: unreadable or truncated tar ({type(e).__name__}: {e})"
+                                        + (f" after {tries} tries" if retried else "")]
+    return problems + read.found + _against_index(shard_url, entry, chain, keys, sha256, size, over)
+
+
+@dataclass
+class _Read:
+    """What the current read of a shard has seen: bytes, and problems of its members."""
+
+    n: int = 0
+    found: list[str] = field(default_factory=list)
+
+
+def _read_shard(shard_url: str, entry: dict[str, Any], chain: _Chain, size: int, on_read,
+                read: _Read) -> tuple[list[str], str, bool]:
+    """One read of a shard front to back, at most the index's byte count: its sample keys in
+    order, its sha256, and whether it holds more than the index says (problems of its members
+    go to `read.found`, the bytes read to `read.n`)."""
+    h = hashlib.sha256()
+    keys: list[str] = []
+    members: set[str] = set()
+    read.n, read.found = 0, []
+    with open_binary(shard_url) as f:
+        reader = _Bounded(f, h, entry["bytes"], on_read, read)
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            for member in tar:
+                read.found += _check_member(shard_url, tar, member, members, keys, entry["split"], chain)
+        while reader.read(1 << 20):  # hash the tar's end padding as well
+            pass
+        over = reader.exhausted and bool(f.read(1))
+    if read.n < min(size, entry["bytes"]):  # the stream ended before the file did: a cut transfer
+        raise retry.Corrupted(f"read {read.n:,} of {size:,} bytes")
+    return keys, h.hexdigest(), over
 
 
 def _against_index(shard_url: str, entry: dict[str, Any], chain: _Chain, keys: list[str], sha256: str, size: int,
@@ -197,8 +213,12 @@ def check_masks(url: str, m: Manifest) -> list[str]:
 class _Bounded(io.RawIOBase):
     """A read-only stream that hashes and counts what is read through it and stops at `limit` bytes."""
 
-    def __init__(self, f, h, limit: int, on_read):
-        self.f, self.h, self.n, self.limit, self.on_read = f, h, 0, limit, on_read
+    def __init__(self, f, h, limit: int, on_read, read: _Read):
+        self.f, self.h, self.limit, self.on_read, self.seen = f, h, limit, on_read, read
+
+    @property
+    def n(self) -> int:
+        return self.seen.n
 
     @property
     def exhausted(self) -> bool:
@@ -217,6 +237,6 @@ class _Bounded(io.RawIOBase):
         size = room if size is None or size < 0 else min(size, room)
         data = self.f.read(size) if size > 0 else b""
         self.h.update(data)
-        self.n += len(data)
+        self.seen.n += len(data)
         self.on_read(len(data))
         return data
