@@ -78,22 +78,24 @@ def base_loader(commit: str):
     return mod
 
 
-def mlrpl_loader(dataset: Path, n: int, loader=None) -> float:
+def mlrpl_loader(dataset: Path, n: int, loader=None, cpu: bool = False) -> float:
     """images/s of the training stream (448 px, batch 16, one process) of `loader` (a module with
-    StreamConfig and make_loader; default: today's)."""
+    StreamConfig and make_loader; default: today's); `cpu`: per second of this process's CPU time
+    (steadier than wall time on a machine others use)."""
     from mlrpl_train.data import resolve_data
 
     config, make = (StreamConfig, make_loader) if loader is None else (loader.StreamConfig, loader.make_loader)
     spec = resolve_data(str(dataset), None)
     cfg = config(urls=spec.train_urls, num_classes=spec.num_classes, train=True, image_size=448,
                  batch_size=16, shuffle_buffer=64)
-    t = time.perf_counter()
+    clock = time.process_time if cpu else time.perf_counter
+    t = clock()
     seen = 0
     for batch in make(cfg, 0):  # num_workers=0: this process is the one worker
         seen += len(batch["keys"])
         if seen >= n:
             break
-    return seen / (time.perf_counter() - t)
+    return seen / (clock() - t)
 
 
 def measure(n_images: int, repeats: int, base: str = BASE) -> dict:
@@ -110,20 +112,25 @@ def measure(n_images: int, repeats: int, base: str = BASE) -> dict:
         d = coco_dataset(tmp / "raw", names, 1, tmp / "ds")
         write_shards(d, ShardConfig(split="train", shard_size=None, max_samples=100, progress=False))
         old = base_loader(base)
-        pub, ours, dec, before, after = [], [], [], [], []
+        pub, ours, dec, before, after, before_cpu, after_cpu = [], [], [], [], [], [], []
         for _ in range(repeats):  # interleaved, best of N (the old-vs-new pair: median of N)
             pub.append(published_pipeline(files))
             ours.append(mlrpl_loader(d, n_images))
             dec.append(decode_only(files))
             before.append(mlrpl_loader(d, n_images, old))
             after.append(mlrpl_loader(d, n_images))
+            before_cpu.append(mlrpl_loader(d, n_images, old, cpu=True))
+            after_cpu.append(mlrpl_loader(d, n_images, cpu=True))
     old_s, new_s = statistics.median(before), statistics.median(after)
+    old_cpu, new_cpu = statistics.median(before_cpu), statistics.median(after_cpu)
     return {"pillow": PIL.__version__, "pillow_simd": "post" in PIL.__version__,
             "published_pipeline_img_s": round(max(pub), 1), "mlrpl_loader_img_s": round(max(ours), 1),
             "decode_only_img_s": round(max(dec), 1),
             "old_loader": base, "old_loader_img_s_median": round(old_s, 1), "new_loader_img_s_median": round(new_s, 1),
             "old_loader_img_s": [round(x, 1) for x in before], "new_loader_img_s": [round(x, 1) for x in after],
-            "new_vs_old_loader": round(new_s / old_s, 3)}
+            "new_vs_old_loader": round(new_s / old_s, 3),
+            "old_loader_img_per_cpu_s_median": round(old_cpu, 1), "new_loader_img_per_cpu_s_median": round(new_cpu, 1),
+            "new_vs_old_loader_cpu": round(new_cpu / old_cpu, 3)}
 
 
 def main() -> None:
