@@ -8,6 +8,10 @@ streaming loader over shards, on the same ~640x480 images in the same run (one p
 With --simd DIR (pillow-simd installed there: CC="cc -mavx2" pip install --target DIR pillow-simd),
 both pipelines run once under plain Pillow and once under pillow-simd, in child processes.
 Targets: (b) >= 3x (a) with pillow-simd, >= 1.5x with plain Pillow.
+
+Side by side in the same process and run, interleaved, median of --repeats: the loader before it was
+rebuilt on webdataset (mlrpl_train/loader.py as of --base, read with `git show`) and today's, on the
+same shards and config. Target: new_vs_old_loader >= 0.95.
 """
 
 from __future__ import annotations
@@ -57,24 +61,47 @@ def decode_only(files: list[Path]) -> float:
     return len(files) / (time.perf_counter() - t)
 
 
-def mlrpl_loader(dataset: Path, n: int) -> float:
+BASE = "51b6845"  # the last commit with the hand-written loader (before issue 22)
+
+
+def base_loader(commit: str):
+    """mlrpl_train/loader.py as of `commit`, imported as the module `loader_base` (from `git show`)."""
+    import importlib.util
+    import subprocess
+
+    src = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:mlrpl_train/loader.py"], capture_output=True,
+                         text=True, check=True).stdout
+    spec = importlib.util.spec_from_loader("loader_base", loader=None)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["loader_base"] = mod  # dataclasses look their module up there
+    exec(compile(src, f"{commit}:mlrpl_train/loader.py", "exec"), mod.__dict__)
+    return mod
+
+
+def mlrpl_loader(dataset: Path, n: int, loader=None, cpu: bool = False) -> float:
+    """images/s of the training stream (448 px, batch 16, one process) of `loader` (a module with
+    StreamConfig and make_loader; default: today's); `cpu`: per second of this process's CPU time
+    (steadier than wall time on a machine others use)."""
     from mlrpl_train.data import resolve_data
 
+    config, make = (StreamConfig, make_loader) if loader is None else (loader.StreamConfig, loader.make_loader)
     spec = resolve_data(str(dataset), None)
-    cfg = StreamConfig(urls=spec.test_urls + spec.train_urls, num_classes=spec.num_classes, train=True, image_size=448,
-                       batch_size=16, shuffle_buffer=64)
-    cfg.urls = spec.train_urls
-    t = time.perf_counter()
+    cfg = config(urls=spec.train_urls, num_classes=spec.num_classes, train=True, image_size=448,
+                 batch_size=16, shuffle_buffer=64)
+    clock = time.process_time if cpu else time.perf_counter
+    t = clock()
     seen = 0
-    for batch in make_loader(cfg, 0):  # num_workers=0: this process is the one worker
+    for batch in make(cfg, 0):  # num_workers=0: this process is the one worker
         seen += len(batch["keys"])
         if seen >= n:
             break
-    return seen / (time.perf_counter() - t)
+    return seen / (clock() - t)
 
 
-def measure(n_images: int, repeats: int) -> dict:
-    """Both pipelines under whichever Pillow this process imported."""
+def measure(n_images: int, repeats: int, base: str = BASE) -> dict:
+    """Both pipelines under whichever Pillow this process imported, and the loader as of `base`."""
+    import statistics
+
     from mlrpl_data.shards import ShardConfig, write_shards
 
     torch.set_num_threads(1)
@@ -84,14 +111,26 @@ def measure(n_images: int, repeats: int) -> dict:
         files = [tmp / "raw" / "train2014" / n for n in names]
         d = coco_dataset(tmp / "raw", names, 1, tmp / "ds")
         write_shards(d, ShardConfig(split="train", shard_size=None, max_samples=100, progress=False))
-        pub, ours, dec = [], [], []
-        for _ in range(repeats):  # interleaved, best of N
+        old = base_loader(base)
+        pub, ours, dec, before, after, before_cpu, after_cpu = [], [], [], [], [], [], []
+        for _ in range(repeats):  # interleaved, best of N (the old-vs-new pair: median of N)
             pub.append(published_pipeline(files))
             ours.append(mlrpl_loader(d, n_images))
             dec.append(decode_only(files))
+            before.append(mlrpl_loader(d, n_images, old))
+            after.append(mlrpl_loader(d, n_images))
+            before_cpu.append(mlrpl_loader(d, n_images, old, cpu=True))
+            after_cpu.append(mlrpl_loader(d, n_images, cpu=True))
+    old_s, new_s = statistics.median(before), statistics.median(after)
+    old_cpu, new_cpu = statistics.median(before_cpu), statistics.median(after_cpu)
     return {"pillow": PIL.__version__, "pillow_simd": "post" in PIL.__version__,
             "published_pipeline_img_s": round(max(pub), 1), "mlrpl_loader_img_s": round(max(ours), 1),
-            "decode_only_img_s": round(max(dec), 1)}
+            "decode_only_img_s": round(max(dec), 1),
+            "old_loader": base, "old_loader_img_s_median": round(old_s, 1), "new_loader_img_s_median": round(new_s, 1),
+            "old_loader_img_s": [round(x, 1) for x in before], "new_loader_img_s": [round(x, 1) for x in after],
+            "new_vs_old_loader": round(new_s / old_s, 3),
+            "old_loader_img_per_cpu_s_median": round(old_cpu, 1), "new_loader_img_per_cpu_s_median": round(new_cpu, 1),
+            "new_vs_old_loader_cpu": round(new_cpu / old_cpu, 3)}
 
 
 def main() -> None:
@@ -99,10 +138,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--simd", type=Path, default=None, help="A folder holding pillow-simd (pip install --target DIR)")
+    ap.add_argument("--base", default=BASE, help="The commit whose mlrpl_train/loader.py is the old loader")
     ap.add_argument("--child", action="store_true")
     a = ap.parse_args()
     if a.child or a.simd is None:
-        print(json.dumps(measure(a.images, a.repeats)))
+        print(json.dumps(measure(a.images, a.repeats, a.base)))
         return
     import os
     import subprocess
@@ -112,7 +152,8 @@ def main() -> None:
         env = dict(os.environ)
         if extra:
             env["PYTHONPATH"] = extra + os.pathsep + env.get("PYTHONPATH", "")
-        r = subprocess.run([sys.executable, __file__, "--child", "--images", str(a.images), "--repeats", str(a.repeats)],
+        r = subprocess.run([sys.executable, __file__, "--child", "--images", str(a.images), "--repeats", str(a.repeats),
+                            "--base", a.base],
                            env=env, capture_output=True, text=True, check=True)
         runs[name] = json.loads(r.stdout.strip().splitlines()[-1])
     published = runs["plain"]["published_pipeline_img_s"]  # the pipeline as published: plain Pillow

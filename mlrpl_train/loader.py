@@ -1,11 +1,15 @@
-"""The streaming loader, as explicit stages (each an iterator in, an iterator out):
+"""The streaming loader: a webdataset pipeline (webdataset 1.0.2), per DataLoader worker:
 
-shard URLs -> split by rank and worker -> read tar members (.jpg/.json only) -> shuffle buffer
--> skip (resume) -> decode -> join partial labels by key -> augment -> batch (DataLoader).
+shard list (wds.SimpleShardList, dealt to ranks and workers by `deal`) -> url opener
+(mlrpl_data.readers.open_binary) and tar reading (webdataset's tar iterator and group by key;
+.jpg/.json members only) -> keep the split's keys (wds.select) -> this reader's samples
+(wds.slice) -> shuffle buffer (wds.shuffle) -> skip (resume: wds.slice) -> decode
+(wds.map, a handler counting bad samples) -> join partial labels by key -> augment -> batch
+(wds.batched); the DataLoader deals the workers' batches round-robin.
 
-Determinism: the shuffle of (epoch, rank, worker, pass) and each sample's augmentation
-(seed, epoch, key) come from seeded RNGs, so a run resumed mid-epoch sees the same batches.
-Every rank yields the same number of batches per epoch: the training stream cycles over
+Determinism: the shard order and shuffle of (seed, epoch, rank, worker, pass) and each sample's
+augmentation (seed, epoch, key) come from seeded RNGs, so a run resumed mid-epoch sees the same
+batches. Every rank yields the same number of batches per epoch: the training stream cycles over
 the rank's share and the epoch is cut at len(train samples) // (world * batch) batches.
 Untrusted shards: only `.jpg` and `.json` members are ever read (never pickles), images are
 refused over a pixel limit, labels are checked, a corrupt sample is skipped and counted.
@@ -22,7 +26,9 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+import webdataset as wds
 from PIL import Image
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from mlrpl_data.errors import BadInputError, MlrplError
 from mlrpl_data.images import MAX_PIXELS, BadImageError, decode_rgb
@@ -102,14 +108,33 @@ def my_share(urls: list[str], rank: int, world: int, worker: int, workers: int,
     return [urls[i] for i in idx], stride, offset
 
 
-# ---- stage 2: tar members -> raw samples ----------------------------------------------------------
+# ---- stage 2: tar members -> raw samples (webdataset's tar reader) -----------------------------
 
-def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
-    """Group `.jpg` and `.json` members by key; every other member is skipped unread.
+def _wanted(name: str) -> bool:
+    """Only `.jpg` and `.json` members are read: never a pickle, `.pth` or anything else an untrusted
+    shard holds (webdataset reads no member this rejects)."""
+    parts = split_member(name)
+    return parts is not None and parts[1] in ("jpg", "json")
+
+
+def _shard_samples(url: str) -> Iterator[dict[str, Any]]:
+    """One shard's samples ({"__key__", "__url__", "jpg", "json"}), opened with mlrpl's reader
+    (mlrpl_data.readers.open_binary: local, http(s), s3, with its timeouts) and read front to back
+    by webdataset's tar iterator and grouping by key."""
+    from mlrpl_data.readers import open_binary
+
+    with open_binary(url) as f:
+        files = ({**m, "__url__": url} for m in tar_file_iterator(f, select_files=_wanted))
+        yield from group_by_keys(files, lcase=False)
+
+
+def _read_shards(sources: Iterator[dict]) -> Iterator[dict[str, Any]]:
+    """The url opener and tar reading stage: {"url": ...} dicts -> samples.
 
     A remote shard whose read fails in a transient way (a dropped connection, a body cut short)
-    is opened again and read on after the samples already given out; after the last try the
-    error names the shard, so a rank stops instead of hanging.
+    is opened again and read on after the samples already given out (our own: webdataset's
+    handlers can only skip the rest of a shard or stop); after the last try the error names the
+    shard, so a rank stops instead of hanging.
     """
     import time
 
@@ -117,7 +142,8 @@ def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
     from mlrpl_data.readers import file_size, is_remote
     from mlrpl_data.timeouts import describe
 
-    for url in urls:
+    for source in sources:
+        url = source["url"]
         try:
             file_size(url)  # a regular file (never a device or a FIFO), or a clear error
         except MlrplError as e:
@@ -133,64 +159,23 @@ def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
             except Exception as e:
                 cut_short = isinstance(e, (tarfile.TarError, EOFError))  # a body that ended early, remotely
                 if not retry.read_again(e, attempt, tries, cut_short):
+                    _unmark(e)
                     raise ShardReadError(f"{url}: cannot read shard ({describe(e)})"
                                          + (f" after {tries} tries" if tries > 1 else "")) from None
                 time.sleep(retry.delay(attempt))
 
 
-def _shard_samples(url: str) -> Iterator[dict[str, Any]]:
-    from mlrpl_data.readers import open_binary
-
-    current: dict[str, Any] | None = None
-    with open_binary(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for member in tar:
-            parts = split_member(member.name) if member.isfile() else None
-            if parts is None:
-                continue
-            key, ext = parts
-            if ext not in ("jpg", "json"):
-                continue  # never decode pickles, .pth or anything else an untrusted shard holds
-            data = tar.extractfile(member).read()
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    yield current
-                current = {"__key__": key, "__url__": url}
-            current[ext] = data
-    if current is not None:
-        yield current
+def _unmark(e: BaseException) -> None:
+    """Drop the " @ <file object>" webdataset appends to a failed member read's message (the shard's
+    url is named instead)."""
+    if e.args and isinstance(e.args[0], str) and " @ " in e.args[0]:
+        e.args = (e.args[0].rsplit(" @ ", 1)[0],) + e.args[1:]
 
 
-def select_keys(samples: Iterator[dict], only: frozenset[str] | None, exclude: frozenset[str]) -> Iterator[dict]:
-    """Keep the samples of `only` (when given) and not of `exclude`, before anything is decoded."""
-    for s in samples:
-        if (only is None or s["__key__"] in only) and s["__key__"] not in exclude:
-            yield s
-
-
-def take_every(samples: Iterator[dict], stride: int, offset: int) -> Iterator[dict]:
-    for i, s in enumerate(samples):
-        if i % stride == offset:
-            yield s
-
-
-def shuffle(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
-    """A reservoir shuffle buffer (bounded memory)."""
-    buf: list[dict] = []
-    for s in samples:
-        if len(buf) < bufsize:
-            buf.append(s)
-            continue
-        i = rng.randrange(len(buf))
-        buf[i], s = s, buf[i]
-        yield s
-    rng.shuffle(buf)
-    yield from buf
-
-
-def skip(samples: Iterator[dict], n: int) -> Iterator[dict]:
-    for i, s in enumerate(samples):
-        if i >= n:
-            yield s
+def read_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
+    """Every sample of `urls`, in order: {"__key__", "__url__", "jpg": bytes, "json": bytes}.
+    Raises ShardReadError naming a shard that cannot be opened or read."""
+    return iter(wds.DataPipeline(wds.SimpleShardList(urls), _read_shards)) if urls else iter(())
 
 
 # ---- stage 3: decode and check ---------------------------------------------------------------------
@@ -202,52 +187,64 @@ def check_labels(labels: Any, num_classes: int, where: str) -> np.ndarray:
     return arr.astype(np.int8)
 
 
-def decode(samples: Iterator[dict], cfg: StreamConfig, counter: list[int]) -> Iterator[dict]:
-    """Raw bytes -> PIL RGB image + full labels; a bad sample is skipped and counted (or raises)."""
-    for s in samples:
-        where = f"{s['__url__']} sample {s['__key__']}"
-        try:
-            if "jpg" not in s or "json" not in s:
-                raise BadSampleError(f"{where}: needs both .jpg and .json members")
-            try:
-                meta = json.loads(s["json"])
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise BadSampleError(f"{where}: malformed .json member") from None
-            labels = check_labels(meta.get("labels"), cfg.num_classes, where)
-            image = decode_rgb(s["jpg"], where, max_pixels=cfg.max_pixels)
-        except (BadSampleError, BadImageError) as e:
-            if cfg.on_bad_sample == "fail":
-                raise BadSampleError(str(e)) from None
-            print(f"warning: skipped bad sample: {e}", file=sys.stderr)
-            counter[0] += 1
-            continue
-        yield {"key": s["__key__"], "image": image, "labels": labels}
+def decode_sample(s: dict, cfg: StreamConfig) -> dict:
+    """Raw sample -> {"image": PIL RGB, "labels": (C,) int8 full labels}; BadSampleError or
+    BadImageError (naming the shard and key) for a missing member, malformed JSON or labels, or an
+    image that does not decode or is over cfg.max_pixels."""
+    where = f"{s['__url__']} sample {s['__key__']}"
+    if "jpg" not in s or "json" not in s:
+        raise BadSampleError(f"{where}: needs both .jpg and .json members")
+    try:
+        meta = json.loads(s["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadSampleError(f"{where}: malformed .json member") from None
+    labels = check_labels(meta.get("labels"), cfg.num_classes, where)
+    return {"image": decode_rgb(s["jpg"], where, max_pixels=cfg.max_pixels), "labels": labels}
 
 
-def join_partial(samples: Iterator[dict], partial: dict[str, np.ndarray] | None, cfg: StreamConfig,
-                 counter: list[int]) -> Iterator[dict]:
-    """Attach the mask's partial labels by key (training); the full labels stay for evaluation.
+class MaskCoverageError(BadInputError):
+    """A training sample the mask has no row for: the mask is of another split (never skipped)."""
+
+
+def join_partial(s: dict, partial: dict[str, np.ndarray] | None) -> dict:
+    """Attach the mask's (C,) partial labels by key (training); without a mask, the full labels.
 
     A sample whose labels contradict what the mask knows (a shard altered after the mask was
-    made) is a bad sample: skipped and counted, or an error with --on-bad-sample fail."""
-    for s in samples:
-        if partial is not None:
-            try:
-                known = partial[s["key"]]
-            except KeyError:
-                raise BadSampleError(f"sample {s['key']} has no row in the mask: the mask does not cover this split") from None
-            seen = known != 0
-            if (known[seen] != s["labels"][seen]).any():
-                msg = f"sample {s['key']}: its labels differ from the mask's known labels (altered shard?)"
-                if cfg.on_bad_sample == "fail":
-                    raise BadSampleError(msg)
-                print(f"warning: skipped bad sample: {msg}", file=sys.stderr)
-                counter[0] += 1
-                continue
-            s["partial"] = known
-        else:
-            s["partial"] = s["labels"]
-        yield s
+    made) is a bad sample (BadSampleError); a key the mask lacks raises MaskCoverageError."""
+    if partial is None:
+        s["partial"] = s["labels"]
+        return s
+    try:
+        known = partial[s["__key__"]]
+    except KeyError:
+        raise MaskCoverageError(f"sample {s['__key__']} has no row in the mask: the mask does not cover this split") from None
+    seen = known != 0
+    if (known[seen] != s["labels"][seen]).any():
+        raise BadSampleError(f"sample {s['__key__']}: its labels differ from the mask's known labels (altered shard?)")
+    s["partial"] = known
+    return s
+
+
+class BadSamples:
+    """webdataset's exception handler for the decode and join stages: a bad sample (BadSampleError,
+    BadImageError) is skipped, warned about and counted, or raised with on_bad_sample "fail";
+    any other error is raised. `take()` gives the count since the last call."""
+
+    def __init__(self, on_bad_sample: str):
+        self.fail, self.count = on_bad_sample == "fail", 0
+
+    def __call__(self, e: Exception) -> bool:
+        if not isinstance(e, (BadSampleError, BadImageError)):
+            raise e
+        if self.fail:
+            raise BadSampleError(str(e)) from None
+        print(f"warning: skipped bad sample: {e}", file=sys.stderr)
+        self.count += 1
+        return True
+
+    def take(self) -> int:
+        n, self.count = self.count, 0
+        return n
 
 
 # ---- stage 4: augmentation (one fused resize) ---------------------------------------------------------
@@ -275,18 +272,20 @@ def augment_image(image: Image.Image, train: bool, size: int, rng: random.Random
     return np.array(out, dtype=np.uint8)  # a writable copy (torch refuses read-only buffers)
 
 
-def augment(samples: Iterator[dict], cfg: StreamConfig) -> Iterator[dict]:
-    for s in samples:
-        rng = random.Random(f"{cfg.seed}:{cfg.epoch}:{s['key']}")
-        yield {"key": s["key"], "image": torch.from_numpy(augment_image(s.pop("image"), cfg.augmented, cfg.image_size, rng, tuple(cfg.crop_scales))),
-               "partial": torch.tensor(s["partial"]), "labels": torch.tensor(s["labels"])}
+def augment(s: dict, cfg: StreamConfig) -> dict:
+    """Decoded sample -> {"image": (size, size, 3) uint8, "partial", "labels": (C,) int8 tensors}; the
+    crop and flip drawn from (seed, epoch, key), so a sample's augmentation is the same on resume."""
+    rng = random.Random(f"{cfg.seed}:{cfg.epoch}:{s['__key__']}")
+    return {"image": torch.from_numpy(augment_image(s["image"], cfg.augmented, cfg.image_size, rng, tuple(cfg.crop_scales))),
+            "partial": torch.tensor(s["partial"]), "labels": torch.tensor(s["labels"])}
 
 
 # ---- the dataset: the stages chained per worker ------------------------------------------------------
 
 class ShardStream(torch.utils.data.IterableDataset):
-    """Yields augmented samples; training streams cycle over the share forever (the engine cuts
-    the epoch at a fixed number of batches); test streams read each sample exactly once."""
+    """Yields collated batches (see `collate`); training streams cycle over the share forever (the
+    engine cuts the epoch at a fixed number of batches, every batch full); test streams read each
+    sample exactly once (the last batch of a worker may be short)."""
 
     def __init__(self, cfg: StreamConfig):
         super().__init__()
@@ -302,31 +301,41 @@ class ShardStream(torch.utils.data.IterableDataset):
             # the logical worker (w + k) % W, and skips that worker's share of the first k batches.
             worker = (worker + cfg.skip_batches) % workers
         urls, stride, offset = my_share(cfg.urls, cfg.rank, cfg.world, worker, workers, cfg.counts, cfg.unsure)
-        counter = [0]
+        bad = BadSamples(cfg.on_bad_sample)
         if cfg.train:
-            raw = self._cycle(urls, stride, offset, worker)
             mine = len(range(worker, cfg.skip_batches, workers))
-            raw = skip(raw, mine * cfg.batch_size)
+            # resume: this worker's samples of the batches already trained on are dropped before decoding
+            head = [lambda: self._cycle(urls, stride, offset, worker), wds.slice(mine * cfg.batch_size, None)]
         else:
-            raw = take_every(select_keys(read_samples(urls), cfg.only, cfg.exclude), stride, offset)
-        stream = augment(join_partial(decode(raw, cfg, counter), cfg.partial, cfg, counter), cfg)
-        for s in stream:
-            s["bad"] = counter[0]
-            counter[0] = 0
-            yield s
+            head = [wds.SimpleShardList(urls), *self._mine(stride, offset)] if urls else [[]]
+        return iter(wds.DataPipeline(
+            *head,
+            wds.map(lambda s: decode_sample(s, cfg), handler=bad),
+            wds.map(lambda s: join_partial(s, cfg.partial), handler=bad),
+            wds.map(lambda s: augment(s, cfg)),
+            wds.map(lambda s: {**s, "bad": bad.take()}),  # skipped before this sample, summed per batch
+            wds.batched(cfg.batch_size, collation_fn=collate, partial=not cfg.train),  # never a short training batch (BatchNorm)
+        ))
+
+    def _mine(self, stride: int, offset: int) -> list:
+        """The stages from a shard list to this reader's samples of the split's keys."""
+        cfg = self.cfg
+        return [_read_shards, wds.select(lambda s: (cfg.only is None or s["__key__"] in cfg.only)
+                                         and s["__key__"] not in cfg.exclude), wds.slice(offset, None, stride)]
 
     def _cycle(self, urls, stride, offset, worker) -> Iterator[dict]:
+        """This reader's raw training samples, pass after pass: each pass its own shard order and
+        shuffle buffer, seeded by (seed, epoch, rank, worker, pass)."""
         cfg = self.cfg
         if not urls:
             return
         for p in range(10**9):
-            rng = random.Random(f"{cfg.seed}:{cfg.epoch}:{cfg.rank}:{worker}:{p}")
-            order = list(urls)
+            seed = f"{cfg.seed}:{cfg.epoch}:{cfg.rank}:{worker}:{p}"
             # readers that stride through the same shards must see them in the same order, or they overlap
-            (rng if stride == 1 else random.Random(f"{cfg.seed}:{cfg.epoch}:{p}")).shuffle(order)
-            mine = take_every(select_keys(read_samples(order), cfg.only, cfg.exclude), stride, offset)
+            order = wds.SimpleShardList(urls, seed=seed if stride == 1 else f"{cfg.seed}:{cfg.epoch}:{p}")
             n = 0
-            for s in shuffle(mine, cfg.shuffle_buffer, rng):
+            for s in wds.DataPipeline(order, *self._mine(stride, offset),
+                                      wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=seed)):
                 n += 1
                 yield s
             if n == 0:  # an empty share would end this worker's batches and shift every other worker's
@@ -336,8 +345,10 @@ class ShardStream(torch.utils.data.IterableDataset):
 
 
 def collate(samples: list[dict]) -> dict[str, Any]:
+    """A batch: "keys", "images" (B, H, W, 3) uint8, "partial" and "labels" (B, C) int8, "bad" (the
+    samples skipped as bad before these)."""
     return {
-        "keys": [s["key"] for s in samples],
+        "keys": [s["__key__"] for s in samples],
         "images": torch.stack([s["image"] for s in samples]),  # (B, H, W, 3) uint8
         "partial": torch.stack([s["partial"] for s in samples]),  # (B, C) int8
         "labels": torch.stack([s["labels"] for s in samples]),  # (B, C) int8
@@ -379,10 +390,11 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(cfg: StreamConfig, workers: int) -> torch.utils.data.DataLoader:
+    """A torch DataLoader over ShardStream(cfg) with `workers` processes (0: in this one); each
+    worker batches its own samples (wds.batched), the DataLoader deals its batches round-robin."""
     return torch.utils.data.DataLoader(
-        ShardStream(cfg), batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate,
-        worker_init_fn=_worker_init if workers > 0 else None,
-        drop_last=cfg.train, persistent_workers=False,  # never a short training batch (BatchNorm)
+        ShardStream(cfg), batch_size=None, num_workers=workers,
+        worker_init_fn=_worker_init if workers > 0 else None, persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if workers > 0 else None,
     )

@@ -291,3 +291,50 @@ def share_sizes(counts: list[int], readers: int, unsure: int = 0) -> list[int]:
     total = sum(c for c in counts if c > 0)
     return [sum(counts[i] for i in idx) if stride == 1 else len(range(off, total, stride))
             for idx, stride, off in deal(counts, readers, unsure)]
+
+
+def letters_tar(tmp_path, n=5, name="s.tar") -> str:
+    meta = json.dumps({"labels": [1, -1, 0]}).encode()
+    return write_tar(tmp_path / name, [m for k in "abcdefgh"[:n] for m in ((f"{k}.jpg", jpeg()), (f"{k}.json", meta))])
+
+
+def test_batches_in_shard_order_test_short_last_training_cycles_and_resumes(tmp_path):
+    """webdataset's batching: a test stream ends with a short batch; a training stream (a buffer of 1:
+    no shuffle) cycles a, b, c, d, e, a, ... in full batches, and resumed after 1 batch starts at c."""
+    url = letters_tar(tmp_path)
+    test = StreamConfig(urls=[url], num_classes=3, train=False, image_size=8, batch_size=2)
+    assert [b["keys"] for b in make_loader(test, 0)] == [["a", "b"], ["c", "d"], ["e"]]
+    train = StreamConfig(urls=[url], num_classes=3, train=True, image_size=8, batch_size=2, shuffle_buffer=1)
+    assert take(train, 0, 3) == [["a", "b"], ["c", "d"], ["e", "a"]]
+    train.skip_batches = 1
+    assert take(train, 0, 2) == [["c", "d"], ["e", "a"]]
+
+
+def test_bad_samples_are_counted_in_the_batch_after_them(tmp_path):
+    good = json.dumps({"labels": [1, -1, 1]}).encode()
+    url = write_tar(tmp_path / "s.tar", [("a.jpg", jpeg()), ("a.json", good), ("b.jpg", b"not a jpeg"), ("b.json", good),
+                                         ("c.JPG", jpeg()), ("c.json", good),  # .JPG is no .jpg member: never read
+                                         ("d.jpg", jpeg()), ("d.json", good), ("e.jpg", jpeg()), ("e.json", good)])
+    cfg = StreamConfig(urls=[url], num_classes=3, train=False, image_size=8, batch_size=2)
+    assert [(b["keys"], b["bad"]) for b in make_loader(cfg, 0)] == [(["a", "d"], 2), (["e"], 0)]
+
+
+def test_a_key_the_mask_lacks_stops_even_when_bad_samples_are_skipped(tmp_path):
+    from mlrpl_train.loader import MaskCoverageError
+
+    url = letters_tar(tmp_path, n=2)
+    cfg = StreamConfig(urls=[url], num_classes=3, train=False, image_size=8, batch_size=2,
+                       partial={"a": np.array([1, 0, 0], np.int8)})
+    with pytest.raises(MaskCoverageError, match="^sample b has no row in the mask: the mask does not cover this split$"):
+        list(make_loader(cfg, 0))
+
+
+def test_a_shard_cut_short_is_named_in_one_line(tmp_path):
+    url = letters_tar(tmp_path, n=3)
+    blob = Path(url).read_bytes()
+    cfg = StreamConfig(urls=[url], num_classes=3, train=False, image_size=8, batch_size=2)
+    for cut in (512 + 300, 2048 + 300):  # inside a.jpg's bytes (webdataset marks that error), after a
+        Path(url).write_bytes(blob[:cut])
+        with pytest.raises(ShardReadError) as e:
+            list(make_loader(cfg, 0))
+        assert str(e.value) == f"{url}: cannot read shard (ReadError: unexpected end of data)"
