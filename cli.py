@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Tuple
 
 import typer
+from typer.core import TyperCommand
 
 from mlrpl_data import __version__
 from mlrpl_data.declare import BuildCommand
@@ -36,6 +37,98 @@ from mlrpl_train.registry import help_list, method_names
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Multi-label recognition with partial labels: datasets, masks, shards, DSRB.")
+
+
+# ---- --help in click's words -------------------------------------------------------------------------------------
+
+def range_text(lo: float | None, hi: float | None, lo_open: bool = False) -> str | None:
+    """A range as click's IntRange/FloatRange show it: x>=1, 1<=x<=100, x>0, 0<x<=1; None when unbounded."""
+    if lo is None and hi is None:
+        return None
+    left = "" if lo is None else f"{lo}{'<' if lo_open else '<='}"
+    return f"{left}x<={hi}" if hi is not None else f"x{'>' if lo_open else '>='}{lo}"
+
+
+def click_metavar(p: Any, ranged: bool) -> str | None:
+    """An option's value as click writes it: INTEGER, FLOAT RANGE, TEXT, PATH, <PATH PATH>, [a|b|c];
+    None for a flag (typer 0.29 writes <int range>, <str>, <a|b|c>)."""
+    if getattr(p, "is_flag", False):
+        return None
+    d = p.type_descriptor
+    if d.is_choice:
+        return "[" + "|".join(str(getattr(c, "value", c)) for c in d.choices) + "]"
+    args = typing.get_args(d.annotation)
+    if d.is_tuple:
+        return "<" + " ".join(_click_type_name(a) for a in args) + ">"
+    name = _click_type_name(args[0] if d.is_list else d.annotation)
+    return f"{name} RANGE" if ranged and name in ("INTEGER", "FLOAT") else name
+
+
+def _click_type_name(tp: Any) -> str:
+    return {int: "INTEGER", float: "FLOAT", bool: "BOOLEAN", Path: "PATH"}.get(tp, "TEXT")
+
+
+class ClickHelp(TyperCommand):
+    """A command whose --help reads as click's: `Usage: mlrpl train [OPTIONS] METHOD DATASET`, each value
+    as INTEGER RANGE or [a|b|c], and every range in the brackets, `[default: 20; x>=1]`: those typer checks
+    (typer.Option min/max) and those the library checks (an option dataclass field's opt(min=, max=),
+    shown here only so that the library's one-line error stays the one a user meets)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if p.param_type_name == "argument":
+                name = _argument_name(p)
+                pieces.append((name if p.required else f"[{name}]") + ("..." if p.nargs != 1 else ""))
+        return pieces
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        shown = _declared_ranges(self.callback)
+        args, opts = [], []
+        for p in self.get_params(ctx):
+            record = p.get_help_record(ctx) if p.param_type_name == "argument" else None
+            if p.param_type_name == "argument" and record:
+                choices = click_metavar(p, False) if p.type_descriptor.is_choice else ""
+                args.append((f"{_argument_name(p)}{'...' if p.nargs != 1 else ''} {choices}".strip(), record[1]))
+            elif p.param_type_name == "option":
+                declared = shown.get(p.name)
+                if p.metavar is None:
+                    p.metavar = click_metavar(p, declared is not None or p.min is not None or p.max is not None)
+                record = p.get_help_record(ctx)
+                if record:
+                    opts.append((record[0], _with_range(record[1], declared)))
+        if args:
+            with formatter.section("Arguments"):
+                formatter.write_dl(args)
+        if opts:
+            with formatter.section("Options"):
+                formatter.write_dl(opts)
+
+
+def _argument_name(p: Any) -> str:
+    return p.metavar or p.name.upper()
+
+
+def _declared_ranges(callback: Any) -> dict[str, str]:
+    """{option name: range text} that `with_options` recorded on the command's function (found through
+    the wrappers' __wrapped__)."""
+    while callback is not None:
+        if hasattr(callback, "declared_ranges"):
+            return callback.declared_ranges
+        callback = getattr(callback, "__wrapped__", None)
+    return {}
+
+
+def _with_range(help: str, declared: str | None) -> str:
+    """The help text with a declared range in its trailing [default: ...; required] brackets, where click puts it."""
+    if not declared:
+        return help
+    if help.endswith("]") and "  [" in help:
+        text, extras = help.rsplit("  [", 1)
+        parts = extras[:-1].split("; ")
+        at = len(parts) - (parts[-1] == "required")
+        return f"{text}  [{'; '.join(parts[:at] + [declared] + parts[at:])}]"
+    return f"{help}  [{declared}]" if help else f"[{declared}]"
 
 
 # ---- plumbing: errors, options built from dataclasses ----------------------------------------------------------
@@ -127,7 +220,7 @@ def command(name: str, example: str):
     """An app command with one-line errors and an example line at the end of its --help."""
 
     def deco(fn):
-        return app.command(name, epilog=f"Example: {example}")(friendly(fn))
+        return app.command(name, epilog=f"Example: {example}", cls=ClickHelp)(friendly(fn))
 
     return deco
 
@@ -212,6 +305,9 @@ def with_options(cls: type, name: str = "cfg", exclude: tuple[str, ...] = (), de
             return fn(**kwargs, **{name: _build(cls, values, adapt(kwargs) if adapt else kwargs)})
 
         params = own + generated
+        wrapper.declared_ranges = {f.name: text for f, _ in _cli_fields(cls, set(exclude) | own_names)
+                                   if (text := range_text(f.metadata.get("min"), f.metadata.get("max"),
+                                                          f.metadata.get("min_open", False)))}
         wrapper.__signature__ = inspect.Signature(params)
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
         return wrapper
@@ -323,7 +419,7 @@ def build_vg200(out: Path = OUT, force: bool = FORCE_BUILD,
 
 @command("stats", "mlrpl stats /data/mlrpl/coco2014 --json")
 def stats(dataset: str = typer.Argument(..., help="Dataset folder or URL"),
-          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table")):
+          as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table")):
     """Images per split, positives per class, labels per image."""
     from mlrpl_data.folder import read_manifest
     from mlrpl_data.stats import dataset_stats, format_stats
@@ -335,7 +431,7 @@ def stats(dataset: str = typer.Argument(..., help="Dataset folder or URL"),
 # ---- masks and shards -------------------------------------------------------------------------------------------------------
 
 DATASET_DIR = typer.Argument(..., help="Dataset folder")
-JSON = typer.Option(False, "--json", help="Print the result as JSON")
+JSON = typer.Option(False, "--json/--no-json", help="Print the result as JSON")
 
 
 @command("make-masks", "mlrpl make-masks /data/mlrpl/coco2014 --proportion 0.1:0.9:0.1 --seed 0")
