@@ -579,7 +579,7 @@ def train(ctx: typer.Context,
           nproc: int = typer.Option(1, min=1, help="GPUs/processes: more than 1 launches torchrun itself"),
           cfg=None):
     """Train a model on a dataset's shards and a mask (one GPU, CPU, or many with --nproc)."""
-    from mlrpl_train.checkpoint import missing_best_reason, resume_config, run_files
+    from mlrpl_train.checkpoint import finished_note, missing_best_reason, resume_config, run_files
     from mlrpl_train.engine import train as run_training
 
     refuse_foreign(ctx, [str(method)])
@@ -589,6 +589,11 @@ def train(ctx: typer.Context,
         cfg, changed = resume_config(resume, cfg, given_options(ctx))
         for line in changed:
             typer.echo(f"resume: {line}", err=True)
+        note = finished_note(resume, cfg.epochs)
+        if note:  # nothing to do is no failure (exit 0), as a re-run with the same content is not
+            if os.environ.get("RANK", "0") == "0":
+                typer.echo(note, err=True)
+            return
     try:
         run = run_training(cfg, resume=resume is not None, force=force)
     except KeyboardInterrupt as e:
