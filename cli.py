@@ -473,8 +473,12 @@ def masks(dataset: Path = DATASET_DIR, as_json: bool = JSON):
 @with_options(ShardConfig)
 def write_shards(dataset: Path = DATASET_DIR, as_json: bool = JSON, cfg=None):
     """Write deterministic, checksummed WebDataset shards: DIR/shards/<split>-000000.tar ..."""
-    from mlrpl_data.shards import write_shards as write
+    from mlrpl_data.shards import slurm_part, write_shards as write
 
+    if cfg.part is None and (part := slurm_part(dict(os.environ))):
+        cfg.part = part  # said, never silent: outside a Slurm array the same command writes every shard
+        typer.echo(f"part {part[0]}/{part[1]} (Slurm array task SLURM_ARRAY_TASK_ID="
+                   f"{os.environ['SLURM_ARRAY_TASK_ID']}; pass --part 1/1 for every shard)", err=True)
     r = write(dataset, cfg)
     if as_json:
         return echo_json({"written": r.written, "kept": r.kept, "complete": r.complete, "index": r.index})
