@@ -682,7 +682,7 @@ def sweep(ctx: typer.Context,
     from mlrpl_data.options import parse_int_list
     from mlrpl_train.reports import PUBLISHED_SCHEMES
     from mlrpl_train.published import benchmark_dataset
-    from mlrpl_train.sweep import paper_preset, run_sweep, write_table
+    from mlrpl_train.sweep import paper_preset, run_sweeps, write_table
 
     try:
         seed_list = list(parse_int_list(seeds))
@@ -700,8 +700,7 @@ def sweep(ctx: typer.Context,
     configs = [dataclasses.replace(cfg, method=Method(name)) for name in sweep_methods(method)]
     if preset == "paper":  # fp32 and the label embeddings, every method refused before any training
         configs = [paper_preset(c) for c in configs]
-    for c in configs:
-        run_sweep(c, props, seed_list, Path(out), scheme)
+    run_sweeps(configs, props, seed_list, Path(out), scheme)  # a failure removes the masks and folder it made
     folder = DatasetFolder(dataset)
     t = write_table(Path(out), title=f"{folder.card['name']}: final-epoch test metrics ({scheme} masks)",
                     metric=get_metric(str(metric)).name,

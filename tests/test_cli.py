@@ -227,3 +227,31 @@ def test_range_text_is_clicks():
 
     assert [range_text(1, None), range_text(1, 100), range_text(0, None, True), range_text(0, 1, True),
             range_text(None, 5), range_text(None, None)] == ["x>=1", "1<=x<=100", "x>0", "0<x<=1", "x<=5", None]
+
+
+def test_a_failed_sweep_removes_the_masks_and_folder_it_made(tmp_path):
+    """8 training images cannot fill a batch of 32: train refuses it after the sweep wrote its masks and folder; the new mask (p0.25) and
+    the sweep folder go, the mask that was there before (p0.50) stays, and the card lists the masks as before."""
+    from trainkit import tiny_training_set
+
+    d = tiny_training_set(tmp_path, n_train=8, n_test=4)
+    before = {p.name: p.read_bytes() for p in sorted((d / "masks").iterdir())}
+    card = {n: (d / n).read_bytes() for n in ("README.md", "files.json")}
+    assert "uniform-p0.50-s0.parquet" in before
+    out = tmp_path / "sw"
+    r = runner.invoke(app, ["sweep", "dsrb", str(d), "--proportions", "0.5,0.25", "--backbone", "tiny",
+                            "--weights", "none", "--image-size", "16", "--epochs", "1", "--workers", "0",
+                            "--out", str(out), "--no-progress"])
+    assert r.exit_code == 1 and "error: 8 training samples are fewer than one batch of 32" in r.output, r.output
+    assert "training (uniform-p0.50-s0)" in r.output  # it had started
+    assert {p.name: p.read_bytes() for p in sorted((d / "masks").iterdir())} == before
+    assert {n: (d / n).read_bytes() for n in card} == card
+    assert not out.exists()
+    # a sweep folder that was there before stays, with what it held
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    r = runner.invoke(app, ["sweep", "dsrb", str(d), "--proportions", "0.25", "--backbone", "tiny", "--weights",
+                            "none", "--image-size", "16", "--epochs", "1", "--workers", "0", "--out", str(out),
+                            "--no-progress"])
+    assert r.exit_code == 1 and (out / "notes.txt").read_text() == "mine"
+    assert {p.name: p.read_bytes() for p in sorted((d / "masks").iterdir())} == before
