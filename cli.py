@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Tuple
 
 import typer
+from typer.core import TyperCommand
 
 from mlrpl_data import __version__
 from mlrpl_data.declare import BuildCommand
@@ -36,6 +37,98 @@ from mlrpl_train.registry import help_list, method_names
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Multi-label recognition with partial labels: datasets, masks, shards, DSRB.")
+
+
+# ---- --help in click's words -------------------------------------------------------------------------------------
+
+def range_text(lo: float | None, hi: float | None, lo_open: bool = False) -> str | None:
+    """A range as click's IntRange/FloatRange show it: x>=1, 1<=x<=100, x>0, 0<x<=1; None when unbounded."""
+    if lo is None and hi is None:
+        return None
+    left = "" if lo is None else f"{lo}{'<' if lo_open else '<='}"
+    return f"{left}x<={hi}" if hi is not None else f"x{'>' if lo_open else '>='}{lo}"
+
+
+def click_metavar(p: Any, ranged: bool) -> str | None:
+    """An option's value as click writes it: INTEGER, FLOAT RANGE, TEXT, PATH, <PATH PATH>, [a|b|c];
+    None for a flag (typer 0.29 writes <int range>, <str>, <a|b|c>)."""
+    if getattr(p, "is_flag", False):
+        return None
+    d = p.type_descriptor
+    if d.is_choice:
+        return "[" + "|".join(str(getattr(c, "value", c)) for c in d.choices) + "]"
+    args = typing.get_args(d.annotation)
+    if d.is_tuple:
+        return "<" + " ".join(_click_type_name(a) for a in args) + ">"
+    name = _click_type_name(args[0] if d.is_list else d.annotation)
+    return f"{name} RANGE" if ranged and name in ("INTEGER", "FLOAT") else name
+
+
+def _click_type_name(tp: Any) -> str:
+    return {int: "INTEGER", float: "FLOAT", bool: "BOOLEAN", Path: "PATH"}.get(tp, "TEXT")
+
+
+class ClickHelp(TyperCommand):
+    """A command whose --help reads as click's: `Usage: mlrpl train [OPTIONS] METHOD DATASET`, each value
+    as INTEGER RANGE or [a|b|c], and every range in the brackets, `[default: 20; x>=1]`: those typer checks
+    (typer.Option min/max) and those the library checks (an option dataclass field's opt(min=, max=),
+    shown here only so that the library's one-line error stays the one a user meets)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if p.param_type_name == "argument":
+                name = _argument_name(p)
+                pieces.append((name if p.required else f"[{name}]") + ("..." if p.nargs != 1 else ""))
+        return pieces
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        shown = _declared_ranges(self.callback)
+        args, opts = [], []
+        for p in self.get_params(ctx):
+            record = p.get_help_record(ctx) if p.param_type_name == "argument" else None
+            if p.param_type_name == "argument" and record:
+                choices = click_metavar(p, False) if p.type_descriptor.is_choice else ""
+                args.append((f"{_argument_name(p)}{'...' if p.nargs != 1 else ''} {choices}".strip(), record[1]))
+            elif p.param_type_name == "option":
+                declared = shown.get(p.name)
+                if p.metavar is None:
+                    p.metavar = click_metavar(p, declared is not None or p.min is not None or p.max is not None)
+                record = p.get_help_record(ctx)
+                if record:
+                    opts.append((record[0], _with_range(record[1], declared)))
+        if args:
+            with formatter.section("Arguments"):
+                formatter.write_dl(args)
+        if opts:
+            with formatter.section("Options"):
+                formatter.write_dl(opts)
+
+
+def _argument_name(p: Any) -> str:
+    return p.metavar or p.name.upper()
+
+
+def _declared_ranges(callback: Any) -> dict[str, str]:
+    """{option name: range text} that `with_options` recorded on the command's function (found through
+    the wrappers' __wrapped__)."""
+    while callback is not None:
+        if hasattr(callback, "declared_ranges"):
+            return callback.declared_ranges
+        callback = getattr(callback, "__wrapped__", None)
+    return {}
+
+
+def _with_range(help: str, declared: str | None) -> str:
+    """The help text with a declared range in its trailing [default: ...; required] brackets, where click puts it."""
+    if not declared:
+        return help
+    if help.endswith("]") and "  [" in help:
+        text, extras = help.rsplit("  [", 1)
+        parts = extras[:-1].split("; ")
+        at = len(parts) - (parts[-1] == "required")
+        return f"{text}  [{'; '.join(parts[:at] + [declared] + parts[at:])}]"
+    return f"{help}  [{declared}]" if help else f"[{declared}]"
 
 
 # ---- plumbing: errors, options built from dataclasses ----------------------------------------------------------
@@ -127,7 +220,7 @@ def command(name: str, example: str):
     """An app command with one-line errors and an example line at the end of its --help."""
 
     def deco(fn):
-        return app.command(name, epilog=f"Example: {example}")(friendly(fn))
+        return app.command(name, epilog=f"Example: {example}", cls=ClickHelp)(friendly(fn))
 
     return deco
 
@@ -212,6 +305,9 @@ def with_options(cls: type, name: str = "cfg", exclude: tuple[str, ...] = (), de
             return fn(**kwargs, **{name: _build(cls, values, adapt(kwargs) if adapt else kwargs)})
 
         params = own + generated
+        wrapper.declared_ranges = {f.name: text for f, _ in _cli_fields(cls, set(exclude) | own_names)
+                                   if (text := range_text(f.metadata.get("min"), f.metadata.get("max"),
+                                                          f.metadata.get("min_open", False)))}
         wrapper.__signature__ = inspect.Signature(params)
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
         return wrapper
@@ -323,7 +419,7 @@ def build_vg200(out: Path = OUT, force: bool = FORCE_BUILD,
 
 @command("stats", "mlrpl stats /data/mlrpl/coco2014 --json")
 def stats(dataset: str = typer.Argument(..., help="Dataset folder or URL"),
-          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table")):
+          as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table")):
     """Images per split, positives per class, labels per image."""
     from mlrpl_data.folder import read_manifest
     from mlrpl_data.stats import dataset_stats, format_stats
@@ -335,7 +431,7 @@ def stats(dataset: str = typer.Argument(..., help="Dataset folder or URL"),
 # ---- masks and shards -------------------------------------------------------------------------------------------------------
 
 DATASET_DIR = typer.Argument(..., help="Dataset folder")
-JSON = typer.Option(False, "--json", help="Print the result as JSON")
+JSON = typer.Option(False, "--json/--no-json", help="Print the result as JSON")
 
 
 @command("make-masks", "mlrpl make-masks /data/mlrpl/coco2014 --proportion 0.1:0.9:0.1 --seed 0")
@@ -377,8 +473,12 @@ def masks(dataset: Path = DATASET_DIR, as_json: bool = JSON):
 @with_options(ShardConfig)
 def write_shards(dataset: Path = DATASET_DIR, as_json: bool = JSON, cfg=None):
     """Write deterministic, checksummed WebDataset shards: DIR/shards/<split>-000000.tar ..."""
-    from mlrpl_data.shards import write_shards as write
+    from mlrpl_data.shards import slurm_part, write_shards as write
 
+    if cfg.part is None and (part := slurm_part(dict(os.environ))):
+        cfg.part = part  # said, never silent: outside a Slurm array the same command writes every shard
+        typer.echo(f"part {part[0]}/{part[1]} (Slurm array task SLURM_ARRAY_TASK_ID="
+                   f"{os.environ['SLURM_ARRAY_TASK_ID']}; pass --part 1/1 for every shard)", err=True)
     r = write(dataset, cfg)
     if as_json:
         return echo_json({"written": r.written, "kept": r.kept, "complete": r.complete, "index": r.index})
@@ -483,7 +583,7 @@ def train(ctx: typer.Context,
           nproc: int = typer.Option(1, min=1, help="GPUs/processes: more than 1 launches torchrun itself"),
           cfg=None):
     """Train a model on a dataset's shards and a mask (one GPU, CPU, or many with --nproc)."""
-    from mlrpl_train.checkpoint import missing_best_reason, resume_config, run_files
+    from mlrpl_train.checkpoint import finished_note, missing_best_reason, resume_config, run_files
     from mlrpl_train.engine import train as run_training
 
     refuse_foreign(ctx, [str(method)])
@@ -493,6 +593,11 @@ def train(ctx: typer.Context,
         cfg, changed = resume_config(resume, cfg, given_options(ctx))
         for line in changed:
             typer.echo(f"resume: {line}", err=True)
+        note = finished_note(resume, cfg.epochs)
+        if note:  # nothing to do is no failure (exit 0), as a re-run with the same content is not
+            if os.environ.get("RANK", "0") == "0":
+                typer.echo(note, err=True)
+            return
     try:
         run = run_training(cfg, resume=resume is not None, force=force)
     except KeyboardInterrupt as e:
@@ -577,7 +682,7 @@ def sweep(ctx: typer.Context,
     from mlrpl_data.options import parse_int_list
     from mlrpl_train.reports import PUBLISHED_SCHEMES
     from mlrpl_train.published import benchmark_dataset
-    from mlrpl_train.sweep import paper_preset, run_sweep, write_table
+    from mlrpl_train.sweep import paper_preset, run_sweeps, write_table
 
     try:
         seed_list = list(parse_int_list(seeds))
@@ -595,8 +700,7 @@ def sweep(ctx: typer.Context,
     configs = [dataclasses.replace(cfg, method=Method(name)) for name in sweep_methods(method)]
     if preset == "paper":  # fp32 and the label embeddings, every method refused before any training
         configs = [paper_preset(c) for c in configs]
-    for c in configs:
-        run_sweep(c, props, seed_list, Path(out), scheme)
+    run_sweeps(configs, props, seed_list, Path(out), scheme)  # a failure removes the masks and folder it made
     folder = DatasetFolder(dataset)
     t = write_table(Path(out), title=f"{folder.card['name']}: final-epoch test metrics ({scheme} masks)",
                     metric=get_metric(str(metric)).name,

@@ -62,14 +62,45 @@ def parse_size(text: str) -> int:
 
 
 def parse_part(text: str | None) -> tuple[int, int] | None:
+    """--part i/n -> (i, n): part i of n, counted from 1 (1/8 .. 8/8; as one says "part 3 of 8").
+    BadInputError for another form; a 0 (a Slurm task ID, which counts from 0) is refused, never shifted."""
     if not text:
         return None
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
         raise BadInputError(f"--part {text!r}: use i/n, e.g. 3/8") from None
+    if i == 0 and n > 0:
+        raise BadInputError(f"--part {text}: parts count from 1 (1/{n} .. {n}/{n}); a Slurm array task ID counts "
+                            f"from 0: leave --part out in an array job (SLURM_ARRAY_TASK_ID is read), or pass "
+                            f"--part $((SLURM_ARRAY_TASK_ID + 1))/{n}")
     if not 1 <= i <= n:
         raise BadInputError(f"--part {text}: i must be between 1 and n")
+    return i, n
+
+
+def slurm_part(env: dict[str, str]) -> tuple[int, int] | None:
+    """The part (i, n), counted from 1, of the Slurm array task running this (`env`: os.environ), or None
+    outside an array job. Task IDs count from SLURM_ARRAY_TASK_MIN (often 0) in SLURM_ARRAY_TASK_STEP
+    steps, so `--array=0-15` and `--array=1-16` both give parts 1/16 .. 16/16; n is
+    SLURM_ARRAY_TASK_COUNT, else (MAX - MIN) / STEP + 1. BadInputError when the variables disagree."""
+    if "SLURM_ARRAY_TASK_ID" not in env:
+        return None
+    where = ", ".join(f"{k}={env[k]}" for k in sorted(env) if k.startswith("SLURM_ARRAY_TASK_"))
+    try:
+        task = int(env["SLURM_ARRAY_TASK_ID"])
+        lo, step = int(env.get("SLURM_ARRAY_TASK_MIN", "0")), int(env.get("SLURM_ARRAY_TASK_STEP", "1"))
+        if "SLURM_ARRAY_TASK_COUNT" in env:
+            n = int(env["SLURM_ARRAY_TASK_COUNT"])
+        else:
+            n = (int(env["SLURM_ARRAY_TASK_MAX"]) - lo) // step + 1
+    except (KeyError, ValueError):
+        raise BadInputError(f"a Slurm array task ({where}) needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT "
+                            f"(or _MAX) as integers to choose its part: pass --part i/n") from None
+    i = (task - lo) // step + 1 if step > 0 else 0
+    if not (1 <= i <= n and (task - lo) % step == 0):
+        raise BadInputError(f"a Slurm array task ({where}): task {task} is not one of {n} tasks from {lo} in steps "
+                            f"of {step}; pass --part i/n")
     return i, n
 
 
@@ -95,7 +126,10 @@ class ShardConfig:
     on_bad_image: OnBadImage = field(default=OnBadImage.fail, metadata=opt(
         "A corrupt image stops the build naming the file, or is left out and listed in index.json"))
     part: tuple[int, int] | None = field(default=None, metadata=opt(
-        "i/n: write only part i of n (e.g. one task of a Slurm array)", parse=lambda t: parse_part(t),
+        "i/n: write only part i of n, counted from 1 (1/8 .. 8/8): every n-th shard from the i-th; the index is "
+        "written by the part that completes the set. Left out in a Slurm array job, the task's part is read from "
+        "SLURM_ARRAY_TASK_ID (which counts from 0) and SLURM_ARRAY_TASK_COUNT; --part 1/1 writes every shard there",
+        parse=lambda t: parse_part(t),
         show=lambda v: f"{v[0]}/{v[1]}" if v else ""))
     progress: bool = progress_field()
 

@@ -284,6 +284,7 @@ class RunCheckpoints:
     counters: RunCounters
     selection: str = ""  # how best.pt is chosen, in words ("" when there is no best.pt)
     main: bool = True
+    world: int = 1  # training processes: a resume must have as many (check_world)
 
     def checkpoint(self, epoch: int, step: int, best: bool = False) -> None:
         """last.pt (atomic, sealed) for a resume to start at batch `step` of `epoch` (0-based); with
@@ -295,7 +296,8 @@ class RunCheckpoints:
                    "global_step": self.counters.global_step, "best_score": self.counters.best_score, "selection": self.selection,
                    "config": self.cfg.to_json(), "fingerprint": self.spec.fingerprint,
                    "mask": self.spec.mask_name or "", "class_names": self.spec.class_names,
-                   "epoch_losses": [float(x) for x in self.counters.epoch_losses], "epoch_bad": int(self.counters.epoch_bad)}
+                   "epoch_losses": [float(x) for x in self.counters.epoch_losses], "epoch_bad": int(self.counters.epoch_bad),
+                   "world": self.world}
         save_checkpoint(self.run / CHECKPOINT_LAST, payload)
         if best:
             atomic_copy(self.run / CHECKPOINT_LAST, self.run / CHECKPOINT_BEST)
@@ -313,12 +315,14 @@ def resumes_from_checkpoint(run: Path, main: bool) -> bool:
 
 
 def restore_checkpoint(run: Path, cfg: TrainConfig, spec: DataSpec, core: torch.nn.Module, optimizer, scheduler,
-                       main: bool) -> RunCounters:
+                       main: bool, world: int = 1) -> RunCounters:
     """Load `run`'s last.pt into the model, optimizer and scheduler, and return its counters. Refused
-    (BadInputError, naming the file) when it was trained on another dataset (fingerprint), with other
-    fixed options, for more epochs than --epochs, when best.pt is damaged, or for another model."""
+    (BadInputError, naming the file) when it was trained on another dataset (fingerprint), by another
+    number of processes than `world`, with other fixed options, for more epochs than --epochs, when
+    best.pt is damaged, or for another model."""
     ckpt = load_checkpoint(run / CHECKPOINT_LAST)
     check_fingerprint(ckpt["fingerprint"], spec.fingerprint, f"{run}", "train a new run on this dataset")
+    check_world(ckpt.get("world"), world, run, int(ckpt["config"].get("batch_size", cfg.batch_size)))
     check_resumable(ckpt["config"], cfg, str(run / CHECKPOINT_LAST))
     done = ckpt["epoch"] + (1 if ckpt["step"] else 0)  # epochs begun: a mid-epoch checkpoint's epoch counts
     if cfg.epochs < done:
@@ -345,3 +349,39 @@ def restore_checkpoint(run: Path, cfg: TrainConfig, spec: DataSpec, core: torch.
                   f"steps (written by an older mlrpl): that epoch's train_loss is over the resumed steps only",
                   file=sys.stderr)
     return counters
+
+
+def check_world(trained: int | None, world: int, run: Path, batch_size: int) -> None:
+    """A run resumes with the number of processes it was trained by, or not at all (BadInputError):
+    each rank's share of the shards, the sample order, the batches per epoch and the effective batch
+    (processes x --batch-size) all follow from it, so another number would neither continue the run's
+    sample stream exactly nor train with its batch. A checkpoint without the number (mlrpl <= 0.21)
+    is not checked."""
+    if trained is None or int(trained) == world:
+        return
+    fix = f"--nproc {trained}" if trained > 1 else "one process (no --nproc, no torchrun)"
+
+    def runs(n: int) -> str:
+        return f"{n} process{'es' if n > 1 else ''} (an effective batch of {n} x {batch_size} = {n * batch_size})"
+
+    raise BadInputError(f"{run / CHECKPOINT_LAST}: trained by {runs(int(trained))}, resumed by {runs(world)}: resume "
+                        f"it with {fix}, so that its batches and sample order continue exactly; to train on with "
+                        f"another number of processes, start a new run")
+
+
+def finished_note(run: Path, epochs: int) -> str | None:
+    """The line for a --resume of a run whose last.pt has all `epochs` epochs done (None when there is
+    more to train, or no last.pt): that nothing is trained, and how to train longer."""
+    last = Path(run) / CHECKPOINT_LAST
+    if not last.exists():
+        return None
+    ckpt = load_checkpoint(last)
+    if ckpt["step"] or ckpt["epoch"] != epochs:
+        return None
+    return finished_line(run, epochs)
+
+
+def finished_line(run: Path, epochs: int) -> str:
+    return (f"note: {run} had already finished its {epochs} epoch(s): nothing trained (finished at epoch {epochs} "
+            f"of {epochs}; to train longer, resume it with a larger --epochs, e.g. --resume {run} --epochs "
+            f"{2 * epochs})")

@@ -23,8 +23,8 @@ from mlrpl_data.ownership import claim, made_here, releasing, remove_owned, swee
 from mlrpl_data.progress import progress_bar
 
 from . import dist as D
-from .checkpoint import (CHECKPOINT_LAST, RUN_ENTRIES, RunCheckpoints, RunCounters, prepare_run_dir, record_config,
-                         restore_checkpoint, resumes_from_checkpoint)
+from .checkpoint import (CHECKPOINT_LAST, RUN_ENTRIES, RunCheckpoints, RunCounters, finished_line, prepare_run_dir,
+                         record_config, restore_checkpoint, resumes_from_checkpoint)
 from .data import DataSpec, resolve_data
 from .device import autocast, pick_device, to_device, uses_fast_path
 from .loader import StreamConfig, batches_per_epoch, check_readers, make_loader
@@ -223,12 +223,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo, resume: bool, force: bool) -> Pat
     if info.main:
         check_validation(cfg, spec)
     resume = resume and resumes_from_checkpoint(run, info.main)
-    counters = restore_checkpoint(run, cfg, spec, core, optimizer, scheduler, info.main) if resume else RunCounters()
+    counters = (restore_checkpoint(run, cfg, spec, core, optimizer, scheduler, info.main, info.world) if resume
+                else RunCounters())
     if resume and info.main:
         record_config(run, cfg, spec)  # with the changes --resume applied (more epochs, other workers...)
         drop_rows_after(run / "metrics.csv", counters.epoch)  # epochs logged after the checkpoint are trained again
     checkpoints = RunCheckpoints(run, core, optimizer, scheduler, cfg, spec, counters, selection_rule(cfg, spec),
-                                 info.main)
+                                 info.main, info.world)
     model = core
     if info.world > 1:
         # the registry says which methods have parameters without a gradient in some steps (DSRB's alpha/beta)
@@ -255,8 +256,7 @@ def _epochs(model, core: PartialLabelModel, optimizer, scheduler, device, cfg: T
     counters, run = checkpoints.counters, checkpoints.run
     metrics, trained = None, False  # a resumed run that had already finished trains no epoch
     if counters.epoch >= cfg.epochs and info.main:
-        print(f"note: {run} had already finished its {cfg.epochs} epoch(s): nothing trained (pass a larger "
-              f"--epochs to train on)", file=sys.stderr)
+        print(finished_line(run, cfg.epochs), file=sys.stderr)
     for epoch in range(counters.epoch, cfg.epochs):
         if counters.step == 0:  # mid-epoch resume: the checkpoint holds the hook's state
             core.before_epoch(epoch, lambda: _prototype_loader(cfg, spec, info, epoch), device, info)

@@ -89,6 +89,49 @@ def run_sweep(base: TrainConfig, proportions: list[float], seeds: list[int], out
     return runs
 
 
+def run_sweeps(configs: list[TrainConfig], proportions: list[float], seeds: list[int], out: Path,
+               scheme: str = "uniform") -> list[Path]:
+    """run_sweep for each method's config in turn (one dataset). On an error (not on Ctrl-C or SIGTERM,
+    after which re-running the sweep continues), what this call made and no kept run needs is removed
+    before the error goes on: the masks it wrote, and the sweep folder when it made it and no run is
+    left there. A run with a checkpoint is kept, as train keeps it (re-running the sweep resumes or
+    keeps it), and so is its mask; a run stopped before its first checkpoint was removed by train.
+    Masks and runs that were there before are never touched."""
+    folder = DatasetFolder(configs[0].dataset).local
+    masks_dir = folder / "masks"
+    masks_before = set(masks_dir.iterdir()) if masks_dir.is_dir() else set()
+    out_existed = Path(out).exists()
+    try:
+        return [run for cfg in configs for run in run_sweep(cfg, proportions, seeds, out, scheme)]
+    except Exception:
+        _undo_sweep(folder, masks_before, Path(out), out_existed)
+        raise
+
+
+def _undo_sweep(folder: Path, masks_before: set[Path], out: Path, out_existed: bool) -> None:
+    """Remove the masks a failed sweep wrote that no kept run of `out` uses, then `out` itself when the
+    sweep made it and holds no run; the dataset's card and files.json list the masks again as before."""
+    from mlrpl_data.ownership import MARKER, remove_owned
+
+    kept = [r for r in (out.iterdir() if out.is_dir() else []) if r.is_dir() and (r / CHECKPOINT_LAST).exists()]
+    used = set()
+    for run in kept:
+        try:
+            used.add(json.loads((run / CONFIG_JSON).read_text())["config"]["masks"])
+        except (OSError, ValueError, KeyError):
+            continue
+    masks_dir = folder / "masks"
+    made = [p for p in (masks_dir.iterdir() if masks_dir.is_dir() else []) if p not in masks_before
+            and p.suffix in (".parquet", ".json") and p.name.rsplit(".", 1)[0] not in used]
+    for p in made:
+        p.unlink(missing_ok=True)
+    if made:
+        DatasetFolder(folder).refresh()
+    if not out_existed and out.is_dir() and all(p.name == MARKER for p in out.iterdir()):
+        remove_owned(out, (MARKER,))
+        out.rmdir()
+
+
 def _evaluated_rows(run: Path) -> list[dict[str, str]]:
     path = run / "metrics.csv"
     if not path.exists():

@@ -169,3 +169,89 @@ def test_sweep_without_its_weights_writes_nothing(tmp_path):
                             "--weights", str(tmp_path / "nope.pth"), "--out", str(out), "--no-progress"])
     assert r.exit_code == 1 and "nope.pth: weights file not found" in r.output
     assert not out.exists() and sorted(p.name for p in (d / "masks").iterdir()) == masks
+
+
+def _help_text(args: list[str]) -> str:
+    r = runner.invoke(app, args + ["--help"], prog_name="mlrpl")
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+# int/float options with no range: any value of their type is valid or the valid set is not an interval
+UNBOUNDED = {("train", "norm_gamma"): "any real but 0", ("sweep", "norm_gamma"): "any real but 0",
+             ("build-vg200", "ssgrl_classes"): "200 or 500"}
+
+
+def test_help_states_every_range_in_clicks_words():
+    """Every int/float option of every command shows INTEGER RANGE / FLOAT RANGE and its range in the
+    brackets, whether typer or the option's dataclass checks it; usage lines read METHOD, not {method}."""
+    import typer
+    from mlrpl.cli import _declared_ranges, range_text
+
+    group = typer.main.get_command(app)
+    checked = 0
+    for name, cmd in group.commands.items():
+        raw = _help_text([name])
+        text = " ".join(raw.split())  # one line: no wrapping
+        declared = _declared_ranges(cmd.callback)
+        usage = raw.split("Usage: ", 1)[1].splitlines()[0]
+        assert "{" not in usage and "<int" not in text and "<str>" not in text and "<path>" not in text, name
+        for p in cmd.params:
+            if p.param_type_name != "option" or p.type_descriptor.annotation not in (int, float):
+                continue
+            shown = declared.get(p.name) or range_text(p.min, p.max)
+            if (name, p.name) in UNBOUNDED:
+                assert shown is None
+                continue
+            kind = "INTEGER" if p.type_descriptor.annotation is int else "FLOAT"
+            assert shown, f"{name} {p.opts[0]}: no range declared"
+            assert f"{p.opts[0]} {kind} RANGE " in text, f"{name} {p.opts[0]}"
+            after = text.split(f"{p.opts[0]} {kind} RANGE ", 1)[1].split("]", 1)[0] + "]"  # its help, brackets
+            assert f"; {shown}]" in after or f"[{shown}]" in after, f"{name} {p.opts[0]}: {after}"
+            checked += 1
+    assert checked > 80
+    train = " ".join(_help_text(["train"]).split())
+    assert "Usage: mlrpl train [OPTIONS] METHOD DATASET" in train
+    assert "--epochs INTEGER RANGE Training epochs [default: 20; x>=1]" in train
+    assert "--lr FLOAT RANGE Adam learning rate [default: 1e-05; x>0]" in train  # strictly above 0
+    assert "--backbone [resnet18|resnet34|resnet50|resnet101|resnet152|tiny]" in train
+    shards = " ".join(_help_text(["write-shards"]).split())
+    assert "--quality INTEGER RANGE JPEG quality of --resize [default: 95; 1<=x<=100]" in shards
+    assert "Usage: mlrpl write-shards [OPTIONS] DATASET" in shards and "--json / --no-json" in shards
+    assert "Usage: mlrpl predict [OPTIONS] MODEL INPUTS..." in " ".join(_help_text(["predict"]).split())
+    assert "--ssgrl-lists <PATH PATH>" in " ".join(_help_text(["build-vg200"]).split())
+
+
+def test_range_text_is_clicks():
+    from mlrpl.cli import range_text
+
+    assert [range_text(1, None), range_text(1, 100), range_text(0, None, True), range_text(0, 1, True),
+            range_text(None, 5), range_text(None, None)] == ["x>=1", "1<=x<=100", "x>0", "0<x<=1", "x<=5", None]
+
+
+def test_a_failed_sweep_removes_the_masks_and_folder_it_made(tmp_path):
+    """8 training images cannot fill a batch of 32: train refuses it after the sweep wrote its masks and folder; the new mask (p0.25) and
+    the sweep folder go, the mask that was there before (p0.50) stays, and the card lists the masks as before."""
+    from trainkit import tiny_training_set
+
+    d = tiny_training_set(tmp_path, n_train=8, n_test=4)
+    before = {p.name: p.read_bytes() for p in sorted((d / "masks").iterdir())}
+    card = {n: (d / n).read_bytes() for n in ("README.md", "files.json")}
+    assert "uniform-p0.50-s0.parquet" in before
+    out = tmp_path / "sw"
+    r = runner.invoke(app, ["sweep", "dsrb", str(d), "--proportions", "0.5,0.25", "--backbone", "tiny",
+                            "--weights", "none", "--image-size", "16", "--epochs", "1", "--workers", "0",
+                            "--out", str(out), "--no-progress"])
+    assert r.exit_code == 1 and "error: 8 training samples are fewer than one batch of 32" in r.output, r.output
+    assert "training (uniform-p0.50-s0)" in r.output  # it had started
+    assert {p.name: p.read_bytes() for p in sorted((d / "masks").iterdir())} == before
+    assert {n: (d / n).read_bytes() for n in card} == card
+    assert not out.exists()
+    # a sweep folder that was there before stays, with what it held
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    r = runner.invoke(app, ["sweep", "dsrb", str(d), "--proportions", "0.25", "--backbone", "tiny", "--weights",
+                            "none", "--image-size", "16", "--epochs", "1", "--workers", "0", "--out", str(out),
+                            "--no-progress"])
+    assert r.exit_code == 1 and (out / "notes.txt").read_text() == "mine"
+    assert {p.name: p.read_bytes() for p in sorted((d / "masks").iterdir())} == before

@@ -101,3 +101,31 @@ def test_readme_python_snippet_runs(lab, monkeypatch):
     assert set(np.unique(batch["partial"].numpy())) <= {-1, 0, 1}
     assert probabilities.shape == (4, 3) and ((probabilities > 0) & (probabilities < 1)).all()
     assert model.class_names == ["person", "car", "train"]
+
+
+def test_two_exports_of_a_run_are_byte_identical(lab, tmp_path):
+    """Two `mlrpl export` commands (each its own process, each its own temporary and --out name) write the
+    same bytes in every format: no file name, time or counter is inside. The archives' records are under
+    `archive/`, whatever the file is called."""
+    import hashlib
+    import subprocess
+    import sys
+    import zipfile
+
+    home, d, run = lab
+    sha = {}
+    for fmt, ext in (("weights", "pt"), ("torchscript", "ts"), ("exported", "pt2")):
+        for name in ("first", "second-name"):
+            out = tmp_path / f"{name}.{ext}"
+            r = subprocess.run([sys.executable, "-m", "mlrpl.cli", "export", str(run), "--out", str(out), "--format",
+                                fmt], cwd=REPO, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+            sha[fmt, name] = hashlib.sha256(out.read_bytes()).hexdigest()
+            assert {n.split("/")[0] for n in zipfile.ZipFile(out).namelist()} == {"archive"}
+        assert sha[fmt, "first"] == sha[fmt, "second-name"], fmt
+    assert len(set(sha.values())) == 3
+    # within one process too, but for TorchScript (torch renames a class traced twice: ___torch_mangle_N)
+    export_run(run, tmp_path / "again.pt2", "exported")
+    export_run(run, tmp_path / "again.pt", "weights")
+    assert hashlib.sha256((tmp_path / "again.pt2").read_bytes()).hexdigest() == sha["exported", "first"]
+    assert hashlib.sha256((tmp_path / "again.pt").read_bytes()).hexdigest() == sha["weights", "first"]

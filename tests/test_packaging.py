@@ -105,5 +105,5 @@ def test_sweep_documents_every_training_option():
                 flag = (f.metadata.get("flags") or "--" + f.name.replace("_", "-")).split("/")[0]
                 assert flag in text, flag
     # choices are shown, booleans read --x/--no-x, the Table 2 spellings work
-    assert "<sd|sa>" in text and "--iprb / --no-iprb" in text and "--learn-alpha / --fixed-alpha" in text
+    assert "[sd|sa]" in text and "--iprb / --no-iprb" in text and "--learn-alpha / --fixed-alpha" in text
     assert "--progress / --no-progress" in text and "--no-no-" not in text

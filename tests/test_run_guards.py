@@ -144,3 +144,36 @@ def test_export_never_replaces_another_runs_checkpoint(data, tmp_path):
         export_run(a, b / "last.pt", "weights", "last")
     assert (b / "last.pt").read_bytes() == before
     export_run(a, b / "a-model.pt", "weights", "last")  # a new file beside another run's files is fine
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_resumed_on_the_command_line_says_so_and_exits_0(data, tmp_path):
+    run = train(config(data, tmp_path / "run", epochs=2))
+    before = _files(run)
+    r = runner.invoke(app, ["train", "pbce", str(data), "--resume", str(run), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().splitlines() == [
+        f"note: {run} had already finished its 2 epoch(s): nothing trained (finished at epoch 2 of 2; to train "
+        f"longer, resume it with a larger --epochs, e.g. --resume {run} --epochs 4)"]
+    assert _files(run) == before  # no model built, no file touched
+
+
+def test_a_resume_with_another_number_of_processes_is_refused(data, tmp_path):
+    from mlrpl_train.checkpoint import load_checkpoint, save_checkpoint
+
+    run = train(config(data, tmp_path / "run", epochs=2, checkpoint_every=1))
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["world"] == 1  # the number of processes that trained it
+    ckpt["world"] = 2  # as torchrun --nproc 2 writes it
+    save_checkpoint(run / "last.pt", ckpt)
+    before = _files(run)
+    r = runner.invoke(app, ["train", "pbce", str(data), "--resume", str(run), "--epochs", "3", "--no-progress"])
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines()[-1] == (
+        f"error: {run / 'last.pt'}: trained by 2 processes (an effective batch of 2 x 4 = 8), resumed by 1 process "
+        f"(an effective batch of 1 x 4 = 4): resume it with --nproc 2, so that its batches and sample order "
+        f"continue exactly; to train on with another number of processes, start a new run")
+    assert _files(run) == before
