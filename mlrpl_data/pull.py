@@ -169,7 +169,12 @@ def _shards(url: str, index_entry: Wanted, split: str) -> list[Wanted]:
     from .shards import check_index
 
     where = join(url, SHARDS_DIR, INDEX)
-    data = retry.with_retries(lambda: _checked(read_bytes(where, 64 * 2**20), index_entry, where))
+    try:
+        data = retry.with_retries(lambda: _checked(read_bytes(where, 64 * 2**20), index_entry, where))
+    except MlrplError:
+        raise
+    except Exception as e:
+        raise _not_whole(where, e) from None
     index = check_index(parse_json(data, where), where)
     return [_wanted(f"{SHARDS_DIR}/{s['name']}", s["bytes"], s["sha256"], where)
             for s in index["shards"] if split in ("all", s["split"])]
@@ -244,9 +249,15 @@ def _fetch(src: str, dest: Path, w: Wanted, bar, stop: threading.Event) -> None:
     except MlrplError:
         raise
     except Exception as e:
-        what = f"altered in transit: {e}" if isinstance(e, retry.Corrupted) else describe(e)
-        tries = f" after {retry.attempts()} tries" if retry.is_transient(e) else ""  # else it was tried once
-        raise PullError(f"{src}: could not be fetched whole{tries} ({what}); re-run mlrpl pull to resume") from None
+        raise _not_whole(src, e) from None
+
+
+def _not_whole(src: str, e: Exception) -> PullError:
+    """One line for a file that did not arrive whole: altered in transit (its sha256 or size differ
+    from the listing's) or unreadable, and after how many tries."""
+    what = f"altered in transit: {e}" if isinstance(e, retry.Corrupted) else describe(e)
+    tries = f" after {retry.attempts()} tries" if retry.is_transient(e) else ""  # else it was tried once
+    return PullError(f"{src}: could not be fetched whole{tries} ({what}); re-run mlrpl pull to resume")
 
 
 def summary(r: PullResult) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 from mlrpl_data.errors import MlrplError
 from mlrpl_data.folder import read_manifest
 from mlrpl_data.masks import MaskConfig, make_masks
-from mlrpl_data.pull import PullConfig, pull
+from mlrpl_data.pull import PullConfig, PullError, pull
 from mlrpl_data.shards import ShardConfig, write_shards
 from mlrpl_data.verify import verify
 
@@ -103,6 +103,19 @@ def test_a_file_that_arrives_altered_every_time_stops_the_pull(published, tmp_pa
             pull(f"{srv.url}/{published.name}", tmp_path / "b", quiet())
     assert not (tmp_path / "b" / "masks" / "uniform-p0.30-s0.parquet").exists()
 
+
+
+def test_an_index_that_arrives_altered_every_time_is_one_line_too(published, tmp_path, monkeypatch):
+    """shards/index.json is read by its own path (its shards are listed from it): the same one line, not
+    an 'unexpected Corrupted ... (a bug)'."""
+    monkeypatch.setenv("MLRPL_RETRIES", "2")
+    path = f"/{published.name}/shards/index.json"
+    with Loopback(published.parent, flip_once=(path,)) as srv:
+        srv.flip_pending = _Always(path)
+        with pytest.raises(PullError, match=r"shards/index\.json: could not be fetched whole after 2 tries "
+                                            r"\(altered in transit: .*the listing says"):
+            pull(f"{srv.url}/{published.name}", tmp_path / "b", quiet())
+    assert not (tmp_path / "b" / "dataset.json").exists()
 
 class _Always(set):
     """A flip_once set that never empties: every GET of its path is altered."""
