@@ -531,9 +531,11 @@ def pull(url: str = typer.Argument(..., help="The published dataset: a folder or
     r = mirror(url, dataset, cfg)
     if as_json:
         return echo_json(summary(r))
+    # verify checks the chain through the shards: a copy without them has none to check
+    check = (f" (check the whole chain with: mlrpl verify {shlex.quote(str(dataset))}"
+             + (f" --split {cfg.split}" if cfg.split != "all" else "") + ")") if cfg.shards else ""
     typer.echo(f"{dataset}: {len(r.fetched)} file(s) fetched ({r.bytes_fetched:,} bytes), {len(r.kept)} already "
-               f"complete; every file matches its sha256 (check the whole chain with: mlrpl verify {shlex.quote(str(dataset))}"
-               + (f" --split {cfg.split}" if cfg.split != "all" else "") + ")")
+               f"complete; every file matches its sha256{check}")
 
 
 # ---- training -------------------------------------------------------------------------------------------------------------------
