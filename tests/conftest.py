@@ -176,7 +176,26 @@ class _Handler(SimpleHTTPRequestHandler):
         self.close_connection = True
 
 
-class Loopback:
+class ServedFolder:
+    """The life of a test http server: `self.srv` (a ThreadingHTTPServer on 127.0.0.1, made by the
+    subclass) serves in a daemon thread inside `with`, and is shut down after; `url` its address."""
+
+    srv: ThreadingHTTPServer
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.srv.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+class Loopback(ServedFolder):
     """An http server on 127.0.0.1 serving `folder`. drop_every=k: every k-th request is answered
     with nothing (HEAD) or half its body (GET); flip_once: paths whose first GET has a byte flipped."""
 
@@ -201,12 +220,3 @@ class Loopback:
         self.requests, self.drop_every, self.delay = 0, drop_every, delay
         self.flip_pending = set(flip_once)
         self.srv = Server(("127.0.0.1", 0), lambda *a: _Handler(*a, directory=str(folder)))
-        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
-
-    def __enter__(self) -> "Loopback":
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.srv.shutdown()
-        self.srv.server_close()

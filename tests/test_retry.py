@@ -2,7 +2,6 @@
 and that a pull names the number of tries; a failure that is not transient is tried once."""
 
 import asyncio
-import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from mlrpl_data.pull import PullConfig, PullError, pull
 from mlrpl_data.readers import RemoteAccessError, file_size
 from mlrpl_data.shards import ShardConfig, write_shards
 
+from conftest import ServedFolder
 from test_shards import CFG, dataset
 
 
@@ -94,7 +94,7 @@ def test_a_cut_stream_is_tried_again_only_when_the_caller_says_so():
     assert n[0] == 1
 
 
-class Answering:
+class Answering(ServedFolder):
     """http on 127.0.0.1 serving `folder`, but GETs of paths ending in `name` are answered `status`
     (HEAD too if `head`; else normally, so the size is known and the body's GET is what fails); counts the GETs."""
 
@@ -118,15 +118,6 @@ class Answering:
                 self.send_error(status)
 
         self.srv = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Handler(*a, directory=str(folder)))
-        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
-
-    def __enter__(self):
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.srv.shutdown()
-        self.srv.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,11 @@ from mlrpl_data.pull import PullConfig, PullError, pull
 from mlrpl_data.shards import ShardConfig, write_shards
 from mlrpl_train.loader import ShardReadError, read_samples
 
+from conftest import ServedFolder
 from test_shards import dataset
 
 
-class Stalling:
+class Stalling(ServedFolder):
     """http on 127.0.0.1 serving `folder`; a GET of a path ending in `stall` sends the status and headers
     (full Content-Length), then `mode`: "nothing" (silence) or "trickle" (one byte every `gap` s)."""
 
@@ -52,16 +53,10 @@ class Stalling:
 
         self.srv = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Handler(*a, directory=str(folder)))
         self.srv.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
-
-    def __enter__(self):
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        return self
 
     def __exit__(self, *exc):
-        self.stop.set()
-        self.srv.shutdown()
-        self.srv.server_close()
+        self.stop.set()  # a stalled answer ends now, or shutdown would wait for it
+        super().__exit__(*exc)
 
 
 @pytest.fixture(scope="module")
