@@ -140,7 +140,8 @@ def dataloader(dataset: str, mask: str | None = None, split: str = "train", batc
     shard order. Batches hold "keys", "images" (B, size, size, 3) uint8 RGB, "labels" (the full
     labels: 1 present, -1 absent) and "partial" (the mask's labels, 0 unknown; the full labels
     without a mask). `augment` (default: on for train) is the training crop and flip. `mlrpl train`
-    itself shuffles and cycles the training stream instead."""
+    itself shuffles and cycles the training stream instead. With `workers` > 0, a script needs the
+    `if __name__ == "__main__":` guard: workers start from a forkserver (loader.worker_context)."""
     from .loader import StreamConfig, make_loader
 
     if split not in ("train", "test"):

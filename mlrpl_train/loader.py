@@ -17,10 +17,12 @@ refused over a pixel limit, labels are checked, a corrupt sample is skipped and 
 
 from __future__ import annotations
 
+import atexit
 import json
 import random
 import sys
 import tarfile
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -74,6 +76,20 @@ class StreamConfig:
     @property
     def augmented(self) -> bool:
         return self.train if self.augment is None else self.augment
+
+    # Each worker gets this config pickled (worker_context): `partial` travels as a key list and one
+    # (N, C) array, 7x faster both ways than a dict of N small arrays (0.08 s vs 0.6 s for COCO's 82,081)
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.partial:
+            state["partial"] = (list(self.partial), np.stack(list(self.partial.values())))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state.get("partial"), tuple):
+            keys, rows = state["partial"]
+            state["partial"] = dict(zip(keys, rows))
+        self.__dict__.update(state)
 
 
 # ---- stage 1: which shards / which samples are mine -------------------------------------------
@@ -389,12 +405,54 @@ def _worker_init(_: int) -> None:
     quiet_exit()
 
 
+def _end_workers_at_exit() -> None:
+    """At interpreter exit, end loader workers that are still alive. multiprocessing's own exit hook
+    sends its daemonic children SIGTERM and joins them, but our workers ignore SIGTERM (_worker_init):
+    a loader whose iterator outlived its loop (an error still referenced at exit) hung the process
+    for ever. Each daemonic child gets SIGTERM first, as before, then SIGKILL if it is still alive
+    after a second. Registered after multiprocessing's hook, so it runs first."""
+    import multiprocessing as mp
+
+    children = [p for p in mp.active_children() if p.daemon]
+    for p in children:
+        p.terminate()
+    deadline = time.monotonic() + 1.0
+    for p in children:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+atexit.register(_end_workers_at_exit)
+
+
+def worker_context():
+    """The start method of loader workers: a forkserver with this module preloaded, where the
+    platform has one (Linux, macOS), else the platform's default (None).
+
+    Why not fork: forking a process that runs threads (DDP's gloo/NCCL threads, the previous
+    loader's queue feeders, a progress bar's monitor) can deadlock the child if a thread held a lock
+    at the fork. Seen once in CI: a rank's worker stuck inside os.fork after epoch 1, the other rank
+    waiting in DDP. The forkserver is a fresh single-threaded process started once per process; each
+    worker is forked from it and gets the pickled stream config (benchmarks/loader.py: the cost)."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return None
+    ctx = torch.multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # the server imports torch, webdataset and PIL once
+    return ctx
+
+
 def make_loader(cfg: StreamConfig, workers: int) -> torch.utils.data.DataLoader:
-    """A torch DataLoader over ShardStream(cfg) with `workers` processes (0: in this one); each
-    worker batches its own samples (wds.batched), the DataLoader deals its batches round-robin."""
+    """A torch DataLoader over ShardStream(cfg) with `workers` processes (0: in this one), started
+    by `worker_context()`; each worker batches its own samples (wds.batched), the DataLoader deals
+    its batches round-robin."""
     return torch.utils.data.DataLoader(
         ShardStream(cfg), batch_size=None, num_workers=workers,
         worker_init_fn=_worker_init if workers > 0 else None, persistent_workers=False,
+        multiprocessing_context=worker_context() if workers > 0 else None,
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if workers > 0 else None,
     )

@@ -1,6 +1,9 @@
 import io
 import json
+import os
 import random
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -95,6 +98,62 @@ def test_partial_labels_joined_by_key(data):
             known = p != 0
             assert torch.equal(p[known], full[known])
     assert b["images"].dtype == torch.uint8 and b["images"].shape == (4, 16, 16, 3)  # uint8 until the device
+
+
+def test_partial_labels_reach_worker_processes_row_for_row(data):
+    """Workers get the config pickled (partial as a key list and one array): every row intact."""
+    import pickle
+
+    spec = resolve_data(str(data), "uniform-p0.50-s0")
+    back = pickle.loads(pickle.dumps(cfg_for(spec, True)))
+    assert list(back.partial) == list(spec.partial)
+    assert all(np.array_equal(back.partial[k], v) and back.partial[k].dtype == np.int8 for k, v in spec.partial.items())
+    assert pickle.loads(pickle.dumps(cfg_for(spec, True, partial={}))).partial == {}
+    for b, _ in zip(make_loader(cfg_for(spec, True), 2), range(3)):
+        for k, p in zip(b["keys"], b["partial"]):
+            assert p.tolist() == spec.partial[k].tolist()
+
+
+FORK_DEADLOCK = """
+import os, sys, threading
+from mlrpl_train.data import resolve_data
+from mlrpl_train.loader import StreamConfig, make_loader
+lock = threading.Lock()
+os.register_at_fork(after_in_child=lock.acquire)  # a child forked from here takes the lock...
+held = threading.Event()
+threading.Thread(target=lambda: (lock.acquire(), held.set(), threading.Event().wait()), daemon=True).start()
+held.wait()  # ...which another thread holds: a forked child waits forever (as a rank's worker did under DDP)
+spec = resolve_data(sys.argv[1], None)
+cfg = StreamConfig(urls=spec.test_urls, num_classes=spec.num_classes, train=False, image_size=16, batch_size=4)
+print(sum(len(b["keys"]) for b in make_loader(cfg, 2)))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="no fork on this platform")
+def test_workers_start_even_when_another_thread_holds_a_lock(data):
+    """Loader workers are not forked from this process (a fork copies a lock held by another thread,
+    locked for ever: the DDP hang CI saw once): they start from a forkserver."""
+    r = subprocess.run([sys.executable, "-c", FORK_DEADLOCK, str(data)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout.split()[-1]) == resolve_data(str(data), None).test_samples
+
+
+LIVE_AT_EXIT = """
+import sys
+from mlrpl_train.data import resolve_data
+from mlrpl_train.loader import StreamConfig, make_loader
+spec = resolve_data(sys.argv[1], None)
+cfg = StreamConfig(urls=spec.train_urls, num_classes=spec.num_classes, train=True, image_size=16, batch_size=4)
+it = iter(make_loader(cfg, 2))  # a training stream cycles: its workers never end by themselves
+print(len(next(it)["keys"]))
+sys.exit(7)  # `it` is still referenced at exit (as by an error's traceback)
+"""
+
+
+def test_a_process_exits_with_loader_workers_still_alive(data):
+    """Workers ignore SIGTERM (Slurm); at exit they are still ended, not waited for for ever."""
+    r = subprocess.run([sys.executable, "-c", LIVE_AT_EXIT, str(data)], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout.split()) == (7, ["4"]), r.stderr[-2000:]
 
 
 def test_mask_of_another_manifest_refused(data, tmp_path):
