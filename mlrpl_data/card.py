@@ -4,7 +4,8 @@ folder.DatasetFolder.refresh writes them, with files.json.
 The YAML headers follow the dataset-card convention (`configs:` with data_files), one card per file
 format because datasets (5.2) infers one builder per folder (huggingface/datasets#7101):
 README.md declares the shards (config `default`, a split per shard split the folder holds:
-`datasets.load_dataset(DIR)`, the WebDataset builder), masks/README.md one config per mask
+`datasets.load_dataset(DIR)`, the WebDataset builder; a folder without shards: config `images`,
+the images table), masks/README.md one config per mask
 (`datasets.load_dataset(f"{DIR}/masks", NAME)`, the Parquet builder: columns key and labels).
 README.md's body says what the data is, where the raw archives come from and their checksums,
 the counts, the fingerprint, the masks with their stats, the licences and how to cite.
@@ -38,14 +39,18 @@ def yaml_header(card: dict, licence: str, configs: list[dict]) -> str:
     return f"---\n{text}---"
 
 
-def shard_configs(folder) -> list[dict]:
-    """The root card's one config, `default`: a split per shard split the folder holds whole (a `pull
-    --split train` copy lists train only), read by datasets' WebDataset builder. The masks are not here:
-    datasets (5.2; huggingface/datasets#7101) infers ONE builder per folder from its first config's files,
-    so a Parquet mask config beside the shards would be handed to the WebDataset builder."""
+def root_configs(folder) -> list[dict]:
+    """The root card's one config. With shards: `default`, a split per shard split the folder holds
+    whole (a `pull --split train` copy lists train only), read by datasets' WebDataset builder.
+    Without (before write-shards, a `pull --no-shards` copy): `images`, the manifest's images table
+    (key, split, path, width, height, labels) as one split `images`, read by the Parquet builder;
+    `load_dataset(DIR)` would otherwise guess a builder from the folder's Parquet files and fail.
+    The masks are not here: datasets (5.2; huggingface/datasets#7101) infers ONE builder per folder
+    from its first config's files, so a Parquet mask config beside the shards would be handed to the
+    WebDataset builder."""
     splits = folder.held_splits()
     if not splits:
-        return []
+        return [{"config_name": "images", "data_files": [{"split": "images", "path": "images.parquet"}]}]
     return [{"config_name": "default", "data_files": [{"split": sp, "path": f"shards/{sp}-*.tar"} for sp in splits]}]
 
 
@@ -66,7 +71,7 @@ def dataset_card(folder) -> str:
     licence, licence_text, citation = source_terms(fmt, card["name"])  # the builder's own (formats.py)
     masks = folder.mask_sidecars(skip_bad=True)  # a damaged mask is verify's to report, not the card's
     index = folder.index
-    head = [yaml_header(card, licence, shard_configs(folder))]
+    head = [yaml_header(card, licence, root_configs(folder))]
     counts = ", ".join(f"{k} {v:,}" for k, v in card["counts"].items())
     body = [f"# {card['name']} {card['version']}", "",
             f"A multi-label image dataset with partial labels, built by mlrpl from the {fmt or 'raw'} release: "

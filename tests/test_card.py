@@ -23,14 +23,16 @@ def yaml_header(text: str) -> list[str]:
 def test_card_lists_splits_and_masks_and_is_regenerated(tmp_path):
     d = dataset(tmp_path)
     card = (d / CARD).read_text()
-    assert "configs:" not in card and "None yet" in card  # no shards, no masks yet
+    assert "None yet" in card  # no shards, no masks yet: the root config is the images table
+    assert yaml_header(card)[-5:] == ["configs:", "- config_name: images", "  data_files:", "  - split: images",
+                                      "    path: images.parquet"]
     assert "license: cc-by-4.0" in card and "Lin et al." in card and "2205.13092" in card
     make_masks(d, MaskConfig(proportions=[0.5], seed=0))
     card = (d / CARD).read_text()
     header = yaml_header((d / MASKS_CARD).read_text())  # the masks' own card: one builder per folder in datasets
     assert "- config_name: uniform-p0.50-s0" in header
     assert "    path: uniform-p0.50-s0.parquet" in header
-    assert "configs:" not in card
+    assert "- config_name: images" in card and "config_name: uniform" not in card  # masks: their own card
     # 23 train images x 3 classes at 50%: the mask's own stats, not a template
     meta = json.loads((d / "masks" / "uniform-p0.50-s0.json").read_text())
     row = next(line for line in card.splitlines() if line.startswith("| uniform-p0.50-s0 |"))

@@ -78,6 +78,25 @@ def check_every_config(d, tmp_path, splits=("test", "train"), masks=("uniform-p0
         assert round(float((labels != 0).mean()), 12) == round(side["stats"]["known_proportion"], 12)
 
 
+def check_images_config(d, tmp_path):
+    """`load_dataset(DIR)` on a folder without shards: the images table, every row, labels as built."""
+    m = read_manifest(d)
+    got = datasets.load_dataset(str(d), cache_dir=str(tmp_path / "hf-cache"))  # no config named: the only one
+    assert list(got) == ["images"]
+    rows = got["images"]
+    assert rows["key"] == list(m.keys) and rows["split"] == m.images["split"].tolist()  # 23 train, 7 test
+    assert np.array_equal(np.array(rows["labels"], dtype=np.int8), m.labels)
+
+
+def test_a_folder_before_write_shards_loads_its_images_table(tmp_path):
+    d = dataset(tmp_path / "a")
+    make_masks(d, MaskConfig(proportions=[0.5], seed=0))
+    assert configs(d / CARD) == {"images": {"images": "images.parquet"}}
+    check_images_config(d, tmp_path)
+    write_shards(d, ShardConfig(**CFG))  # the shards take the root card over
+    check_every_config(d, tmp_path, masks=("uniform-p0.50-s0",))
+
+
 def test_every_config_of_both_cards_loads(tmp_path):
     d = published(tmp_path / "a")
     side = json.loads((d / "masks" / "uniform-p0.50-s0.json").read_text())["stats"]
@@ -98,7 +117,8 @@ def test_a_pulled_subset_declares_only_what_it_holds(tmp_path):
     assert again.fetched == []  # its own cards are not taken for altered files
     no_shards = tmp_path / "no-shards"
     pull(d, no_shards, PullConfig(progress=False, shards=False))
-    assert configs(no_shards / CARD) == {}
+    assert configs(no_shards / CARD) == {"images": {"images": "images.parquet"}}
+    check_images_config(no_shards, tmp_path)
     assert sorted(configs(no_shards / MASKS_CARD)) == ["uniform-p0.30-s1-test", "uniform-p0.50-s0"]
     for name in configs(no_shards / MASKS_CARD):
         want = {"test": 7} if name.endswith("-test") else {"train": 23}
