@@ -593,11 +593,12 @@ def train(ctx: typer.Context,
         _launch_torchrun(nproc)
     if resume:
         cfg, changed = resume_config(resume, cfg, given_options(ctx))
-        for line in changed:
+        first = os.environ.get("RANK", "0") == "0"  # under --nproc every rank runs this: one line each, not N
+        for line in changed if first else ():
             typer.echo(f"resume: {line}", err=True)
         note = finished_note(resume, cfg.epochs)
         if note:  # nothing to do is no failure (exit 0), as a re-run with the same content is not
-            if os.environ.get("RANK", "0") == "0":
+            if first:
                 typer.echo(note, err=True)
             return
     try:

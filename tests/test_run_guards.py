@@ -159,6 +159,10 @@ def test_a_finished_run_resumed_on_the_command_line_says_so_and_exits_0(data, tm
         f"note: {run} had already finished its 2 epoch(s): nothing trained (finished at epoch 2 of 2; to train "
         f"longer, resume it with a larger --epochs, e.g. --resume {run} --epochs 4)"]
     assert _files(run) == before  # no model built, no file touched
+    args = ["train", "pbce", str(data), "--resume", str(run), "--no-progress", "--workers", "1"]
+    first, other = runner.invoke(app, args), runner.invoke(app, args, env={"RANK": "1"})
+    assert [ln.split(":")[0] for ln in first.output.strip().splitlines()] == ["resume", "note"], first.output
+    assert (other.exit_code, other.output) == (0, "")  # under --nproc, every rank runs this: rank 0 speaks for them
 
 
 def test_a_resume_with_another_number_of_processes_is_refused(data, tmp_path):
