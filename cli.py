@@ -436,10 +436,11 @@ JSON = typer.Option(False, "--json/--no-json", help="Print the result as JSON")
 
 @command("make-masks", "mlrpl make-masks /data/mlrpl/coco2014 --proportion 0.1:0.9:0.1 --seed 0")
 @with_options(MaskConfig)
-def make_masks(dataset: Path = DATASET_DIR, as_json: bool = JSON, cfg=None):
+def make_masks(ctx: typer.Context, dataset: Path = DATASET_DIR, as_json: bool = JSON, cfg=None):
     """Write seeded partial-label masks: DIR/masks/<scheme>-p0.30-s0.parquet (+ .json)."""
     from mlrpl_data.masks import format_mask_stats, make_masks as make
 
+    refuse_single_positive_proportion(ctx, str(cfg.scheme), "proportions", "--proportion")
     results = make(dataset, cfg)
     if as_json:
         return echo_json([{**mask.meta, "state": state} for mask, state in results])
@@ -615,6 +616,15 @@ def train(ctx: typer.Context,
     typer.echo(f"{run}: {', '.join(files)}" + ("" if "best.pt" in files else f" (no best.pt: {missing_best_reason(run)})"))
 
 
+def refuse_single_positive_proportion(ctx: typer.Context, scheme: str, param: str, flag: str) -> None:
+    """A proportion typed with --scheme single-positive (one known positive per image, no proportion)
+    would be ignored: refused."""
+    if scheme == "single-positive" and param in given_options(ctx):
+        raise MlrplError(f"{flag} {ctx.params[param] if isinstance(ctx.params[param], str) else ''}".rstrip()
+                         + ": single-positive masks know one positive label per image and take no proportion; "
+                         f"drop {flag}")
+
+
 def refuse_foreign(ctx: typer.Context, methods: list[str]) -> None:
     """An option typed for a method that is not trained (--gcn-tau for pbce) would be ignored: refused."""
     from mlrpl_train.options import foreign_options
@@ -698,6 +708,7 @@ def sweep(ctx: typer.Context,
         if pinned:
             raise MlrplError(f"--preset paper fixes the protocol; drop {', '.join('--' + n.replace('_', '-') for n in pinned)}")
         proportions = "0.1:0.9:0.1"
+    refuse_single_positive_proportion(ctx, str(scheme), "proportions", "--proportions")
     props = parse_proportions(proportions)
     refuse_foreign(ctx, sweep_methods(method))
     configs = [dataclasses.replace(cfg, method=Method(name)) for name in sweep_methods(method)]

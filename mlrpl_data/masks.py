@@ -231,7 +231,7 @@ def _show_proportions(values) -> str:
 @dataclass
 class MaskConfig:
     proportions: list[float] = field(default_factory=lambda: [0.3], metadata=opt(
-        "Known proportion(s): 0.3, 0.1,0.5,0.9 or 0.1:0.9:0.1 (ignored by single-positive)", flags="--proportion",
+        "Known proportion(s): 0.3, 0.1,0.5,0.9 or 0.1:0.9:0.1 (single-positive takes none)", flags="--proportion",
         parse=lambda t: parse_proportions(t), show=_show_proportions))
     seed: int = field(default=0, metadata=opt("Seed of which labels are known", min=0))
     scheme: Scheme = field(default=Scheme.uniform, metadata=opt(

@@ -171,6 +171,21 @@ def test_sweep_without_its_weights_writes_nothing(tmp_path):
     assert not out.exists() and sorted(p.name for p in (d / "masks").iterdir()) == masks
 
 
+def test_a_proportion_with_single_positive_is_refused_not_ignored(tmp_path):
+    from trainkit import tiny_training_set
+
+    d = tiny_training_set(tmp_path, n_train=8, n_test=4)
+    masks = sorted(p.name for p in (d / "masks").iterdir())
+    for args, flag in ((["make-masks", str(d), "--proportion", "0.5"], "--proportion 0.5"),
+                       (["sweep", "pbce", str(d), "--proportions", "0.5", "--out", str(tmp_path / "sw")], "--proportions 0.5")):
+        r = runner.invoke(app, args + ["--scheme", "single-positive"])
+        assert (r.exit_code, r.output.strip()) == (1, f"error: {flag}: single-positive masks know one positive label "
+                                                      f"per image and take no proportion; drop {flag.split()[0]}")
+    assert sorted(p.name for p in (d / "masks").iterdir()) == masks and not (tmp_path / "sw").exists()
+    r = runner.invoke(app, ["make-masks", str(d), "--scheme", "single-positive", "--json"])
+    assert r.exit_code == 0 and [m["name"] for m in json.loads(r.output)] == ["single-positive-s0"]
+
+
 def _help_text(args: list[str]) -> str:
     r = runner.invoke(app, args + ["--help"], prog_name="mlrpl")
     assert r.exit_code == 0, r.output
