@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import atexit
 import json
+import multiprocessing
+import multiprocessing.context
 import random
 import sys
 import tarfile
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -405,19 +408,20 @@ def _worker_init(_: int) -> None:
     quiet_exit()
 
 
-def _end_workers_at_exit() -> None:
-    """At interpreter exit, end loader workers that are still alive. multiprocessing's own exit hook
-    sends its daemonic children SIGTERM and joins them, but our workers ignore SIGTERM (_worker_init):
-    a loader whose iterator outlived its loop (an error still referenced at exit) hung the process
-    for ever. Each daemonic child gets SIGTERM first, as before, then SIGKILL if it is still alive
-    after a second. Registered after multiprocessing's hook, so it runs first."""
-    import multiprocessing as mp
+_WORKERS: "weakref.WeakSet" = weakref.WeakSet()  # the loader workers this process started (worker_context)
 
-    children = [p for p in mp.active_children() if p.daemon]
-    for p in children:
+
+def _end_workers_at_exit() -> None:
+    """At interpreter exit, end this process's loader workers that are still alive. multiprocessing's
+    own exit hook sends daemonic children SIGTERM and joins them, but loader workers ignore SIGTERM
+    (_worker_init): a loader whose iterator outlived its loop (an error still referenced at exit)
+    hung the process for ever. Each gets SIGTERM first, then SIGKILL if alive after a second; other
+    children are left to multiprocessing. Registered after its hook, so this runs first."""
+    workers = [p for p in list(_WORKERS) if p.is_alive()]
+    for p in workers:
         p.terminate()
     deadline = time.monotonic() + 1.0
-    for p in children:
+    for p in workers:
         p.join(max(0.0, deadline - time.monotonic()))
         if p.is_alive():
             p.kill()
@@ -425,6 +429,16 @@ def _end_workers_at_exit() -> None:
 
 
 atexit.register(_end_workers_at_exit)
+
+
+class _WorkerContext(multiprocessing.context.ForkServerContext):
+    """The forkserver context, recording each process it starts in _WORKERS (torch's DataLoader starts
+    its workers through `multiprocessing_context.Process`)."""
+
+    def Process(self, *args, **kwargs):  # noqa: N802 (multiprocessing's name)
+        p = super().Process(*args, **kwargs)
+        _WORKERS.add(p)
+        return p
 
 
 def worker_context():
@@ -435,12 +449,10 @@ def worker_context():
     loader's queue feeders, a progress bar's monitor) can deadlock the child if a thread held a lock
     at the fork. Seen once in CI: a rank's worker stuck inside os.fork after epoch 1, the other rank
     waiting in DDP. The forkserver is a fresh single-threaded process started once per process; each
-    worker is forked from it and gets the pickled stream config (benchmarks/loader.py: the cost)."""
-    import multiprocessing as mp
-
-    if "forkserver" not in mp.get_all_start_methods():
+    worker is forked from it and gets the pickled stream config (benchmarks/worker_start.py: the cost)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
         return None
-    ctx = torch.multiprocessing.get_context("forkserver")
+    ctx = _WorkerContext()
     ctx.set_forkserver_preload([__name__])  # the server imports torch, webdataset and PIL once
     return ctx
 
