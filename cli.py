@@ -708,7 +708,6 @@ def sweep(ctx: typer.Context,
         if pinned:
             raise MlrplError(f"--preset paper fixes the protocol; drop {', '.join('--' + n.replace('_', '-') for n in pinned)}")
         proportions = "0.1:0.9:0.1"
-    refuse_single_positive_proportion(ctx, str(scheme), "proportions", "--proportions")
     props = parse_proportions(proportions)
     refuse_foreign(ctx, sweep_methods(method))
     configs = [dataclasses.replace(cfg, method=Method(name)) for name in sweep_methods(method)]

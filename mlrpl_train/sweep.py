@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mlrpl_data.errors import BadInputError
 from mlrpl_data.folder import DatasetFolder, read_card
 from mlrpl_data.masks import (MaskConfig, compute_masks, mask_name, mask_proportion, parse_mask_name, proportion_text,
                               write_mask)
@@ -96,7 +97,12 @@ def run_sweeps(configs: list[TrainConfig], proportions: list[float], seeds: list
     before the error goes on: the masks it wrote, and the sweep folder when it made it and no run is
     left there. A run with a checkpoint is kept, as train keeps it (re-running the sweep resumes or
     keeps it), and so is its mask; a run stopped before its first checkpoint was removed by train.
-    Masks and runs that were there before are never touched."""
+    Masks and runs that were there before are never touched. A single-positive scheme (no proportion
+    to sweep over) is refused with BadInputError before anything is written."""
+    if str(scheme) == "single-positive":
+        raise BadInputError("sweep trains one run per known proportion and single-positive masks have none: make the "
+                            "mask (mlrpl make-masks DIR --scheme single-positive) and train it (mlrpl train METHOD DIR "
+                            "--masks single-positive-s0)")
     folder = DatasetFolder(configs[0].dataset).local
     masks_dir = folder / "masks"
     masks_before = set(masks_dir.iterdir()) if masks_dir.is_dir() else set()

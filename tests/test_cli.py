@@ -176,11 +176,14 @@ def test_a_proportion_with_single_positive_is_refused_not_ignored(tmp_path):
 
     d = tiny_training_set(tmp_path, n_train=8, n_test=4)
     masks = sorted(p.name for p in (d / "masks").iterdir())
-    for args, flag in ((["make-masks", str(d), "--proportion", "0.5"], "--proportion 0.5"),
-                       (["sweep", "pbce", str(d), "--proportions", "0.5", "--out", str(tmp_path / "sw")], "--proportions 0.5")):
-        r = runner.invoke(app, args + ["--scheme", "single-positive"])
-        assert (r.exit_code, r.output.strip()) == (1, f"error: {flag}: single-positive masks know one positive label "
-                                                      f"per image and take no proportion; drop {flag.split()[0]}")
+    r = runner.invoke(app, ["make-masks", str(d), "--proportion", "0.5", "--scheme", "single-positive"])
+    assert (r.exit_code, r.output.strip()) == (1, "error: --proportion 0.5: single-positive masks know one positive "
+                                                  "label per image and take no proportion; drop --proportion")
+    for extra in ([], ["--proportions", "0.5"]):  # a sweep has no proportion to sweep over (it crashed without one)
+        r = runner.invoke(app, ["sweep", "pbce", str(d), "--scheme", "single-positive", "--out", str(tmp_path / "sw"),
+                                "--backbone", "tiny", "--weights", "none", *extra])
+        assert r.exit_code == 1 and r.output.startswith("error: sweep trains one run per known proportion and "
+                                                        "single-positive masks have none"), r.output
     assert sorted(p.name for p in (d / "masks").iterdir()) == masks and not (tmp_path / "sw").exists()
     r = runner.invoke(app, ["make-masks", str(d), "--scheme", "single-positive", "--json"])
     assert r.exit_code == 0 and [m["name"] for m in json.loads(r.output)] == ["single-positive-s0"]

@@ -217,6 +217,11 @@ def test_train_resume_and_evaluate(data, tmp_path, monkeypatch, method, capsys):
     ref = train(_config(data, tmp_path / "ref", method))
     if method == "gcn-ml":  # the trainkit set has no label_embeddings.npy: learned, and said so
         assert "no label embeddings" in capsys.readouterr().err
+        from mlrpl_train.model.dsrb import load_embeddings
+
+        monkeypatch.setenv("RANK", "1")  # another rank of --nproc: rank 0 has said it
+        assert load_embeddings(resolve_data(str(data), None), None) is None and capsys.readouterr().err == ""
+        monkeypatch.delenv("RANK")
     state = load_checkpoint(ref / "last.pt")["model"]
     spec = resolve_data(str(data), "uniform-p0.50-s0", 0.0)
     # the graph is the mask's known positives' (the code form by default), carried in the checkpoint

@@ -17,6 +17,7 @@ own cell of a class at the peak of the channel sum of its weighted map.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Callable
 
@@ -453,8 +454,9 @@ def load_embeddings(spec, path: str | None) -> torch.Tensor | None:
 
     emb = read_embeddings(spec.dataset, path, spec.num_classes)
     if emb is None:
-        print("warning: no label embeddings (mlrpl embed-labels DIR --from glove.txt): learning them from scratch",
-              file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank of --nproc builds the model: one warning, not N
+            print("warning: no label embeddings (mlrpl embed-labels DIR --from glove.txt): learning them from scratch",
+                  file=sys.stderr)
         return None
     return torch.from_numpy(emb)
 
