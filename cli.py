@@ -440,7 +440,7 @@ def make_masks(ctx: typer.Context, dataset: Path = DATASET_DIR, as_json: bool = 
     """Write seeded partial-label masks: DIR/masks/<scheme>-p0.30-s0.parquet (+ .json)."""
     from mlrpl_data.masks import format_mask_stats, make_masks as make
 
-    refuse_single_positive_proportion(ctx, str(cfg.scheme), "proportions", "--proportion")
+    refuse_single_positive_proportion(ctx, cfg)
     results = make(dataset, cfg)
     if as_json:
         return echo_json([{**mask.meta, "state": state} for mask, state in results])
@@ -616,13 +616,12 @@ def train(ctx: typer.Context,
     typer.echo(f"{run}: {', '.join(files)}" + ("" if "best.pt" in files else f" (no best.pt: {missing_best_reason(run)})"))
 
 
-def refuse_single_positive_proportion(ctx: typer.Context, scheme: str, param: str, flag: str) -> None:
-    """A proportion typed with --scheme single-positive (one known positive per image, no proportion)
-    would be ignored: refused."""
-    if scheme == "single-positive" and param in given_options(ctx):
-        raise MlrplError(f"{flag} {ctx.params[param] if isinstance(ctx.params[param], str) else ''}".rstrip()
-                         + ": single-positive masks know one positive label per image and take no proportion; "
-                         f"drop {flag}")
+def refuse_single_positive_proportion(ctx: typer.Context, cfg) -> None:
+    """make-masks: a --proportion typed with --scheme single-positive (one known positive per image,
+    no proportion; MaskConfig drops it) would be ignored: refused."""
+    if str(cfg.scheme) == "single-positive" and "proportions" in given_options(ctx):
+        raise MlrplError(f"--proportion {ctx.params['proportions']}: single-positive masks know one positive label "
+                         "per image and take no proportion; drop --proportion")
 
 
 def refuse_foreign(ctx: typer.Context, methods: list[str]) -> None:
